@@ -1,0 +1,26 @@
+"""srf_upsample: SRF-GAN learned feature upsampling for FPN-style detector necks."""
+
+from .discriminator import FeaturePatchDiscriminator as FeaturePatchDiscriminator
+from .hub import list_shipped as list_shipped
+from .losses import discriminator_loss as discriminator_loss
+from .losses import feature_l1_loss as feature_l1_loss
+from .losses import generator_adversarial_loss as generator_adversarial_loss
+from .losses import integral_loss as integral_loss
+from .losses import srf_extractor_loss as srf_extractor_loss
+from .losses import srf_loss as srf_loss
+from .upsample import SRFUpsample as SRFUpsample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FeaturePatchDiscriminator",
+    "SRFUpsample",
+    "__version__",
+    "discriminator_loss",
+    "feature_l1_loss",
+    "generator_adversarial_loss",
+    "integral_loss",
+    "list_shipped",
+    "srf_extractor_loss",
+    "srf_loss",
+]
