@@ -83,6 +83,7 @@ class FeaturePatchDiscriminator(
                 module.reset_parameters()
 
     def extra_repr(self) -> str:
+        """The constructor arguments, shown by ``repr``."""
         return f"{self.in_channels}, hidden_channels={self.hidden_channels}, negative_slope={self.negative_slope}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,9 @@ def read_safetensors(path: str | os.PathLike, *, device: str | torch.device = "c
         ) from error
 
 
-def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str = "state dict") -> None:
+def load_state_dict_strict(
+    module: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str = "state dict"
+) -> None:
     """Load ``state_dict`` into ``module`` only if every key and shape matches; otherwise raise and change nothing.
 
     ``nn.Module.load_state_dict`` copies tensors one by one and can fail half way; this checks everything first.
@@ -112,9 +114,14 @@ class SRFHubMixin(PyTorchModelHubMixin):
                     raise ValueError(f"{CONFIG_NAME} in {name!r} is not valid JSON: {error}.") from error
         else:
             try:
-                hf_hub_download(repo_id=name, filename=CONFIG_NAME, revision=kwargs.get("revision"),
-                                cache_dir=kwargs.get("cache_dir"), local_files_only=kwargs.get("local_files_only", False),
-                                token=kwargs.get("token"))
+                hf_hub_download(
+                    repo_id=name,
+                    filename=CONFIG_NAME,
+                    revision=kwargs.get("revision"),
+                    cache_dir=kwargs.get("cache_dir"),
+                    local_files_only=kwargs.get("local_files_only", False),
+                    token=kwargs.get("token"),
+                )
             except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
                 raise ValueError(
                     f"Could not find pretrained weights {name!r}: it is not a local folder, not a shipped name "

@@ -30,10 +30,13 @@ ADVERSARIAL_WEIGHT = 0.001  # lambda of Eq. (2) and (3)
 DOWNSCALE_FACTOR = 0.5  # s of section 3.2
 
 
-def _check_levels(name: str, levels: Sequence[torch.Tensor], other: Sequence[torch.Tensor] | None = None,
-                  other_name: str = "") -> None:
+def _check_levels(
+    name: str, levels: Sequence[torch.Tensor], other: Sequence[torch.Tensor] | None = None, other_name: str = ""
+) -> None:
     if isinstance(levels, torch.Tensor) or not isinstance(levels, Sequence) or len(levels) == 0:
-        raise TypeError(f"{name} must be a non-empty list of tensors, one per pyramid level, got {type(levels).__name__}.")
+        raise TypeError(
+            f"{name} must be a non-empty list of tensors, one per pyramid level, got {type(levels).__name__}."
+        )
     if other is not None and len(other) != len(levels):
         raise ValueError(f"{name} has {len(levels)} levels but {other_name} has {len(other)}; pass the same levels.")
 
@@ -51,7 +54,7 @@ def discriminator_loss(real_logits: Sequence[torch.Tensor], fake_logits: Sequenc
     _check_levels("real_logits", real_logits)
     _check_levels("fake_logits", fake_logits, real_logits, "real_logits")
     total = real_logits[0].new_zeros(())
-    for real, fake in zip(real_logits, fake_logits):
+    for real, fake in zip(real_logits, fake_logits, strict=False):
         total = total + F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
         total = total + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
     return total
@@ -74,7 +77,7 @@ def feature_l1_loss(sr_features: Sequence[torch.Tensor], target_features: Sequen
     _check_levels("sr_features", sr_features)
     _check_levels("target_features", target_features, sr_features, "sr_features")
     total = sr_features[0].new_zeros(())
-    for level, (sr, target) in enumerate(zip(sr_features, target_features)):
+    for level, (sr, target) in enumerate(zip(sr_features, target_features, strict=False)):
         if sr.shape != target.shape:
             raise ValueError(
                 f"Level {level}: super-resolved features have shape {tuple(sr.shape)} but the target has "
@@ -107,7 +110,11 @@ def srf_loss(
         >>> srf_loss(sr, [torch.ones(1, 2, 4, 4)], [torch.zeros(1, 1, 4, 4)], adversarial_weight=0.0)
         tensor(1.)
     """
-    if isinstance(adversarial_weight, bool) or not isinstance(adversarial_weight, (int, float)) or adversarial_weight < 0:
+    if (
+        isinstance(adversarial_weight, bool)
+        or not isinstance(adversarial_weight, (int, float))
+        or adversarial_weight < 0
+    ):
         raise ValueError(f"adversarial_weight must be a non-negative float, got {adversarial_weight!r}.")
     loss = feature_l1_loss(sr_features, target_features)
     if adversarial_weight:
@@ -166,7 +173,7 @@ def srf_extractor_loss(
     """
     _check_levels("sr_features", sr_features)
     _check_levels("target_features", target_features, sr_features, "sr_features")
-    for level, (sr, target) in enumerate(zip(sr_features, target_features)):
+    for level, (sr, target) in enumerate(zip(sr_features, target_features, strict=False)):
         for dim in (-2, -1):
             if abs(sr.shape[dim] - scale * target.shape[dim]) > 1:
                 raise ValueError(
@@ -178,8 +185,9 @@ def srf_extractor_loss(
     return srf_loss(sr_features, downsampled, fake_logits, adversarial_weight=adversarial_weight)
 
 
-def integral_loss(srf_extractor_term: torch.Tensor, detection_losses: Mapping[str, torch.Tensor] | torch.Tensor
-                  ) -> torch.Tensor:
+def integral_loss(
+    srf_extractor_term: torch.Tensor, detection_losses: Mapping[str, torch.Tensor] | torch.Tensor
+) -> torch.Tensor:
     """L_INT(M, D, F) = L_SRF(M, D, F) + L_DET(M), section 4.2.
 
     Args:
@@ -196,5 +204,7 @@ def integral_loss(srf_extractor_term: torch.Tensor, detection_losses: Mapping[st
     elif isinstance(detection_losses, torch.Tensor):
         detection = detection_losses
     else:
-        raise TypeError(f"detection_losses must be a dict of tensors or a tensor, got {type(detection_losses).__name__}.")
+        raise TypeError(
+            f"detection_losses must be a dict of tensors or a tensor, got {type(detection_losses).__name__}."
+        )
     return srf_extractor_term + detection

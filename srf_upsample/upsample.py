@@ -137,7 +137,9 @@ class SRFUpsample(
         self.is_fused = False
 
         if variant == "paper":
-            self.head = nn.Sequential(nn.Conv2d(in_channels, hidden_channels, 3, padding=1), nn.LeakyReLU(negative_slope))
+            self.head = nn.Sequential(
+                nn.Conv2d(in_channels, hidden_channels, 3, padding=1), nn.LeakyReLU(negative_slope)
+            )
             self.body = nn.Sequential(*(_ResidualBlock(hidden_channels, negative_slope) for _ in range(num_blocks)))
             self.upsample = nn.Sequential(
                 nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
@@ -173,6 +175,7 @@ class SRFUpsample(
             nn.init.zeros_(self.tail.bias)
 
     def extra_repr(self) -> str:
+        """The constructor arguments, shown by ``repr``."""
         return (
             f"{self.in_channels}, hidden_channels={self.hidden_channels}, num_blocks={self.num_blocks}, "
             f"variant={self.variant!r}, negative_slope={self.negative_slope}, "
@@ -230,5 +233,7 @@ class SRFUpsample(
 
     def _save_pretrained(self, save_directory: Path) -> None:
         if self.is_fused:
-            raise ValueError("This SRFUpsample is fused; its weights no longer match its config. Save it before fuse().")
+            raise ValueError(
+                "This SRFUpsample is fused; its weights no longer match its config. Save it before fuse()."
+            )
         super()._save_pretrained(save_directory)

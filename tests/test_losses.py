@@ -1,0 +1,141 @@
+import math
+
+import pytest
+import torch
+
+from srf_upsample import (
+    FeaturePatchDiscriminator,
+    SRFUpsample,
+    discriminator_loss,
+    feature_l1_loss,
+    generator_adversarial_loss,
+    integral_loss,
+    srf_extractor_loss,
+    srf_loss,
+)
+from srf_upsample.losses import ADVERSARIAL_WEIGHT, DOWNSCALE_FACTOR, downsample_targets
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_paper_constants():
+    assert ADVERSARIAL_WEIGHT == 0.001  # lambda, section 4.1
+    assert DOWNSCALE_FACTOR == 0.5  # s, section 3.2
+
+
+def test_eq1_discriminator_loss_by_hand():
+    # Level 1: logits 0 everywhere -> D = 0.5 on both: -log 0.5 - log 0.5 = 2 log 2.
+    # Level 2 (another size): real logit = log 3 (D = 0.75), fake logit = -log 3 (D = 0.25):
+    # -log 0.75 - log(1 - 0.25) = -2 log 0.75. Levels are summed, pixels averaged.
+    real = [torch.zeros(2, 1, 3, 3), torch.full((2, 1, 2, 5), math.log(3))]
+    fake = [torch.zeros(2, 1, 3, 3), torch.full((2, 1, 2, 5), -math.log(3))]
+    expected = 2 * math.log(2) - 2 * math.log(0.75)
+    assert discriminator_loss(real, fake).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_eq1_is_a_mean_over_pixels_not_a_sum():
+    real = [torch.zeros(1, 1, 2, 2)]
+    big = [torch.zeros(1, 1, 8, 8)]
+    assert discriminator_loss(real, real).item() == pytest.approx(discriminator_loss(big, big).item())
+
+
+def test_eq2_l1_term_by_hand():
+    # mean over C, H, W per level, summed over levels: level 1 |1 - 0| = 1, level 2 mean(|[0, 2]|) = 1.
+    sr = [torch.zeros(1, 2, 2, 2), torch.tensor([0.0, 2.0]).view(1, 2, 1, 1)]
+    target = [torch.ones(1, 2, 2, 2), torch.zeros(1, 2, 1, 1)]
+    assert feature_l1_loss(sr, target).item() == pytest.approx(2.0)
+
+
+def test_eq2_full_loss_by_hand():
+    sr = [torch.zeros(1, 2, 2, 2)]
+    target = [torch.full((1, 2, 2, 2), 0.5)]
+    fake_logits = [torch.zeros(1, 1, 2, 2)]  # D = 0.5: -log D = log 2
+    expected = 0.5 + 0.001 * math.log(2)
+    assert srf_loss(sr, target, fake_logits).item() == pytest.approx(expected, rel=1e-6)
+    assert generator_adversarial_loss(fake_logits).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_eq3_compares_with_targets_downsampled_by_half():
+    # A 2x2 block-constant target downsampled by s = 0.5 (bilinear, half-pixel centres) is exactly the block values.
+    target = torch.tensor([[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0]]).view(1, 1, 2, 4)
+    sr = torch.tensor([[1.0, 2.0]]).view(1, 1, 1, 2)
+    fake = [torch.zeros(1, 1, 1, 2)]
+    loss = srf_extractor_loss([sr], [target], fake, adversarial_weight=0.0)
+    assert loss.item() == pytest.approx(0.5)  # mean(|1 - 1|, |2 - 3|)
+    with_adv = srf_extractor_loss([sr], [target], fake)
+    assert with_adv.item() == pytest.approx(0.5 + 0.001 * math.log(2), rel=1e-6)
+
+
+def test_downsample_targets_uses_floor_sizes():
+    out = downsample_targets([torch.randn(1, 2, 9, 13), torch.randn(1, 2, 5, 7)])
+    assert [tuple(t.shape[-2:]) for t in out] == [(4, 6), (2, 3)]
+
+
+def test_eq3_rejects_mismatched_scale():
+    with pytest.raises(ValueError, match="downsampled"):
+        srf_extractor_loss([torch.randn(1, 2, 8, 8)], [torch.randn(1, 2, 8, 8)], [torch.zeros(1, 1, 8, 8)])
+
+
+def test_integral_loss_sums_detection_dict():
+    det = {"loss_classifier": torch.tensor(1.5), "loss_box_reg": torch.tensor(0.25)}
+    assert integral_loss(torch.tensor(2.0), det).item() == pytest.approx(3.75)
+    assert integral_loss(torch.tensor(2.0), torch.tensor(1.0)).item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="empty"):
+        integral_loss(torch.tensor(2.0), {})
+
+
+def test_adversarial_gradient_reaches_the_generator():
+    # A public implementation detached D's output, so G never learned from D. With lambda only (no L1 term),
+    # G's parameters must still receive a gradient through D.
+    generator = SRFUpsample(4, hidden_channels=4, num_blocks=1)
+    disc = FeaturePatchDiscriminator(4, hidden_channels=[4, 4, 4])
+    sr = generator(torch.randn(2, 4, 5, 6))
+    target = sr.detach().clone()  # L1 term is zero and has no effect
+    loss = srf_loss([sr], [target], [disc(sr)])
+    loss.backward()
+    grads = [p.grad for p in generator.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+
+
+def test_discriminator_step_does_not_touch_the_generator():
+    generator = SRFUpsample(4, hidden_channels=4, num_blocks=1)
+    disc = FeaturePatchDiscriminator(4, hidden_channels=[4, 4, 4])
+    sr = generator(torch.randn(2, 4, 5, 6))
+    discriminator_loss([disc(torch.randn(2, 4, 10, 12))], [disc(sr.detach())]).backward()
+    assert all(p.grad is None for p in generator.parameters())
+    assert all(p.grad is not None for p in disc.parameters())
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: feature_l1_loss([torch.zeros(1, 1, 2, 2)], [torch.zeros(1, 1, 3, 3)]), ValueError, "Level 0"),
+        (lambda: feature_l1_loss([torch.zeros(1)], []), TypeError, "non-empty list"),
+        (lambda: discriminator_loss([torch.zeros(1)], [torch.zeros(1), torch.zeros(1)]), ValueError, "levels"),
+        (
+            lambda: srf_loss([torch.zeros(1)], [torch.zeros(1)], [torch.zeros(1)], adversarial_weight=-1),
+            ValueError,
+            "adversarial_weight",
+        ),
+        (lambda: feature_l1_loss(torch.zeros(1, 1, 2, 2), [torch.zeros(1, 1, 2, 2)]), TypeError, "one per pyramid"),
+    ],
+)
+def test_bad_loss_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_discriminator_shapes_and_paper_widths():
+    disc = FeaturePatchDiscriminator()
+    assert [m.out_channels for m in disc.features if isinstance(m, torch.nn.Conv2d)] == [512, 1024, 1024]
+    assert sum(p.numel() for p in disc.parameters()) == 15_341_569
+    small = FeaturePatchDiscriminator(4, hidden_channels=[4, 4, 4])
+    assert small(torch.randn(3, 4, 7, 9)).shape == (3, 1, 7, 9)
+    with pytest.raises(ValueError, match="in_channels=4"):
+        small(torch.randn(1, 5, 7, 9))
+    with pytest.raises(ValueError, match="hidden_channels"):
+        FeaturePatchDiscriminator(4, hidden_channels=[])
