@@ -125,11 +125,41 @@ class GeneratorExportWrapper(nn.Module):
     def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Upsample ``x`` to the spatial size of ``like`` in one generator pass."""
         size = like.shape[-2:]
-        # Resizing the (2H, 2W) residual to (2H, 2W) is an exact identity for bilinear with align_corners=False, so
-        # always resizing (instead of branching on the shape as _one_pass does) gives the same numbers.
-        residual = F.interpolate(self.module.residual(x), size=size, mode="bilinear", align_corners=False)
-        shortcut = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return shortcut + residual
+        return _one_pass(self.module, x, size)
+
+
+def _one_pass(module: SRFUpsample, x: torch.Tensor, size: Sequence[Any]) -> torch.Tensor:
+    # Resizing the (2H, 2W) residual to (2H, 2W) is an exact identity for bilinear with align_corners=False, so
+    # always resizing (instead of branching on the shape as SRFUpsample._one_pass does) gives the same numbers.
+    residual = F.interpolate(module.residual(x), size=size, mode="bilinear", align_corners=False)
+    shortcut = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return shortcut + residual
+
+
+class _SinglePassUpsample(nn.Module):
+    """Stands in for an SRFUpsample inside a patched neck during export: same call, one pass, no Python shape math.
+
+    ``SRFUpsample.forward`` validates sizes and counts passes with Python comparisons, which pins every image size
+    of an exported neck; FPN targets are at most twice the input, so one pass is what it computes anyway.
+    """
+
+    def __init__(self, module: SRFUpsample) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(
+        self, x: torch.Tensor, size: Any = None, scale_factor: float | Sequence[float] | None = None
+    ) -> torch.Tensor:
+        if size is None:
+            factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor or 2,) * 2
+            if any(float(f) not in (1.0, 2.0) for f in factors):
+                raise ValueError(
+                    f"export supports scale_factor 2 (or size=) in patched necks, got scale_factor={scale_factor!r}."
+                )
+            size = (x.shape[-2] * int(factors[0]), x.shape[-1] * int(factors[1]))
+        elif isinstance(size, int):
+            size = (size, size)
+        return _one_pass(self.module, x, size)
 
 
 @dataclass(frozen=True)
@@ -384,6 +414,15 @@ def check_generator_parity(
     return results
 
 
+def _swap_in_single_pass(backbone: nn.Module) -> None:
+    """Replace every SRFUpsample submodule of ``backbone`` (a private copy) by its export stand-in, in place."""
+    targets = [name for name, m in backbone.named_modules() if isinstance(m, SRFUpsample)]
+    for name in targets:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = backbone.get_submodule(parent_name) if parent_name else backbone
+        setattr(parent, child_name, _SinglePassUpsample(getattr(parent, child_name)))
+
+
 def _find_backbone(model: nn.Module) -> nn.Module:
     """The part of a detector that exports: ``model.backbone`` (torchvision detectors) or the model itself."""
     return model.backbone if isinstance(getattr(model, "backbone", None), nn.Module) else model
@@ -402,14 +441,15 @@ def export_backbone(
     The full torchvision detector (transform, RPN, ROI heads and their data-dependent post-processing) does not
     export with the dynamo exporter; the patched ``model.backbone`` (body + FPN, the part SRFUpsample changes) does.
     Its graph maps ``images`` ``(N, 3, H, W)`` to one output per FPN level, named after the level keys
-    (``"0"``, ``"1"``, ..., ``"pool"``). Batch is dynamic; H and W are fixed to ``image_size``, because the FPN's
-    upsampling targets are shapes of other feature maps and SRFUpsample validates them in Python.
+    (``"0"``, ``"1"``, ..., ``"pool"``). Batch, height and width are dynamic (H, W >= 32). For export, each
+    SRFUpsample of the copy is called as a single pass to the size the neck asks for (the same numbers as
+    ``forward`` for FPN targets, which are at most twice the input), so no image size is baked into the graph.
 
     Args:
         model: a torchvision detector (or a bare backbone module) patched with ``patch_fpn``.
         path: the ``.onnx`` file to write.
         opset: ONNX opset version, in ``SUPPORTED_OPSETS``.
-        image_size: ``(H, W)`` of the images the graph takes.
+        image_size: ``(H, W)`` of the example images traced; any size >= 32 works afterwards.
         fuse: fold BatchNorm of every SRFUpsample into its convolutions first.
 
     Returns:
@@ -446,6 +486,7 @@ def export_backbone(
         for m in backbone.modules():
             if isinstance(m, SRFUpsample):
                 m.fuse()
+    _swap_in_single_pass(backbone)
     images = torch.randn(2, 3, *image_size)
     with torch.no_grad():
         levels = list(backbone(images).keys())
@@ -456,7 +497,13 @@ def export_backbone(
             opset=opset,
             input_names=["images"],
             output_names=[str(level) for level in levels],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            dynamic_shapes=(
+                {
+                    0: torch.export.Dim("batch", min=1),
+                    2: torch.export.Dim("height", min=32),
+                    3: torch.export.Dim("width", min=32),
+                },
+            ),
         )
     logger.info("exported patched backbone of %s to %s at opset %d", type(model).__name__, path, opset)
     return Path(path)
@@ -477,7 +524,7 @@ def check_backbone_parity(
     Args:
         model: the patched detector (or backbone) that was exported.
         path: the ``.onnx`` file.
-        image_size: ``(H, W)`` it was exported with.
+        image_size: ``(H, W)`` of the random images (any size >= 32).
         batch_size: N of the random images.
         fuse: compare against a copy whose SRFUpsample modules are fused.
         num_threads: onnxruntime intra-op threads (``None``: its default).
