@@ -1,0 +1,157 @@
+"""Shared helpers for the benchmark scripts: interleaved timing, environment notes, RESULTS.md sections."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "RESULTS_PATH",
+    "command_line",
+    "environment_lines",
+    "format_table",
+    "machine_name",
+    "sync",
+    "time_interleaved",
+    "write_section",
+]
+
+RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued kernels, so a timer read after it measures finished work (a no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+    baseline: str | None = None,
+) -> dict[str, dict[str, float]]:
+    """Time each callable ``repeats`` times, interleaved, after ``warmup`` untimed rounds.
+
+    Interleaving (round r runs every callable once, in an order rotated by r) spreads load from other processes over
+    all candidates instead of one, which matters on a shared machine. For each candidate the result holds the median
+    seconds and, when ``baseline`` names one of ``fns``, ``ratio``: the median over rounds of (candidate time /
+    baseline time in the same round), a paired statistic that cancels slow drifts in machine load.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+        sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            sync(device)
+            samples[name].append(time.perf_counter() - start)
+    results: dict[str, dict[str, float]] = {}
+    for name in names:
+        entry = {"median_s": statistics.median(samples[name]), "min_s": min(samples[name])}
+        if baseline is not None:
+            ratios = [t / b for t, b in zip(samples[name], samples[baseline], strict=True)]
+            entry["ratio"] = statistics.median(ratios)
+        results[name] = entry
+    return results
+
+
+def machine_name() -> str:
+    """CPU model name from /proc/cpuinfo (lscpu's "Model name"), or platform.processor() elsewhere."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment_lines(device: torch.device | str, dtypes: Sequence[torch.dtype] = ()) -> list[str]:
+    """Lines describing where and how a benchmark ran, printed and written next to every table."""
+    device = torch.device(device)
+    lines = [
+        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine_name()}, {os.cpu_count()} logical CPU cores, torch threads {torch.get_num_threads()}",
+        f"- torch {torch.__version__}, python {platform.python_version()}, {platform.system()} {platform.release()}",
+    ]
+    if device.type == "cuda":
+        lines.append(f"- device: cuda ({torch.cuda.get_device_name(device)})")
+    else:
+        lines.append("- device: cpu")
+    if dtypes:
+        lines.append("- dtypes: " + ", ".join(str(dtype).replace("torch.", "") for dtype in dtypes))
+    return lines
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, as one could paste it into a shell from the repository root."""
+    return " ".join(shlex.quote(part) for part in [Path(sys.executable).name, *sys.argv])
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table; floats are printed as given (format them before)."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+        "| " + " | ".join("-" * w for w in widths) + " |",
+    ]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    # Several scripts (and engineers) write sections of the same file; an advisory lock keeps their
+    # read-modify-write cycles from interleaving. fcntl is POSIX-only; elsewhere we go without.
+    lock_path = path.with_suffix(path.suffix + ".lock")
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_section(name: str, body: str, path: Path | str = RESULTS_PATH) -> None:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path`` with ``body``.
+
+    Only that section changes; the rest of the file (other people's sections) is kept byte for byte. A missing
+    section is appended at the end; a missing file is created.
+    """
+    path = Path(path)
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    with _locked(path):
+        text = path.read_text() if path.exists() else "# Benchmark results\n"
+        begin = text.find(start)
+        finish = text.find(end, begin + len(start)) if begin >= 0 else -1
+        if begin >= 0 and finish >= 0:
+            text = text[:begin] + block + text[finish + len(end) :]
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+        tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)

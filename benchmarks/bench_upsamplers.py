@@ -1,0 +1,177 @@
+"""Per-upsampler cost at the FPN steps of an 800x1216 image: parameters, GFLOPs and latency relative to F.interpolate.
+
+Run from the repository root:
+    python benchmarks/bench_upsamplers.py                 # full run, CPU, float32 + bfloat16, writes RESULTS.md
+    python benchmarks/bench_upsamplers.py --device cuda   # same on a GPU (its own section of RESULTS.md)
+    python benchmarks/bench_upsamplers.py --quick         # tiny sizes, one repetition (CI smoke test)
+
+Every learned upsampler is timed fused (``.eval().fuse()``), under ``torch.inference_mode()``, with batch size 1,
+interleaved with ``F.interpolate(mode="nearest")`` (what torchvision's FPN calls) on the same input in the same run.
+The ratio column is the median over rounds of (candidate time / nearest time in that round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    RESULTS_PATH,
+    command_line,
+    environment_lines,
+    format_table,
+    time_interleaved,
+    write_section,
+)
+
+from srf_upsample import SRFUpsample  # noqa: E402
+
+__all__ = ["main", "run"]
+
+# FPN levels of a 800x1216 input (strides 32, 16, 8, 4): each step doubles H and W.
+FULL_IMAGE = (800, 1216)
+QUICK_IMAGE = (64, 96)
+STEPS = (("P5->P4", 32), ("P4->P3", 16), ("P3->P2", 8))
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _count_flops(fn: Callable[[], object]) -> int:
+    # FlopCounterMode counts matmul/conv-like ops only; interpolation, activations and adds count as zero.
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _candidates(in_channels: int, use_channels_last: bool) -> dict[str, tuple[int, torch.nn.Module | None, bool]]:
+    """Name -> (parameters as shipped, fused inference module or None for F.interpolate, channels_last)."""
+    candidates: dict[str, tuple[int, torch.nn.Module | None, bool]] = {"nearest": (0, None, False)}
+    candidates["bilinear"] = (0, None, False)
+    for variant in ("paper", "lite"):
+        module = SRFUpsample(in_channels, variant=variant).eval()
+        params = sum(p.numel() for p in module.parameters())
+        module.fuse()
+        candidates[variant] = (params, module, False)
+        if use_channels_last:
+            # A separate copy: .to(memory_format=...) converts a module in place.
+            channels_last = copy.deepcopy(module).to(memory_format=torch.channels_last)
+            candidates[f"{variant} channels_last"] = (params, channels_last, True)
+    return candidates
+
+
+def _to(module: torch.nn.Module, device: str, dtype: torch.dtype, channels_last: bool) -> torch.nn.Module:
+    module = module.to(device=device, dtype=dtype)
+    return module.to(memory_format=torch.channels_last) if channels_last else module
+
+
+def run(
+    *,
+    device: str = "cpu",
+    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+    image: tuple[int, int] = FULL_IMAGE,
+    in_channels: int = 256,
+    warmup: int = 1,
+    repeats: int = 5,
+    use_channels_last: bool = True,
+    quiet: bool = False,
+) -> str:
+    """Run the benchmark and return the markdown table."""
+    torch.manual_seed(0)
+    rows = []
+    candidates = _candidates(in_channels, use_channels_last)
+    for dtype_name in dtypes:
+        dtype = DTYPES[dtype_name]
+        modules = {
+            name: (params, None if module is None else _to(module, device, dtype, channels_last), channels_last)
+            for name, (params, module, channels_last) in candidates.items()
+        }
+        for step, stride in STEPS:
+            height, width = image[0] // stride, image[1] // stride
+            size = (2 * height, 2 * width)
+            x = torch.randn(1, in_channels, height, width, device=device, dtype=dtype)
+            x_channels_last = x.contiguous(memory_format=torch.channels_last)
+            fns: dict[str, Callable[[], object]] = {}
+            for name, (_, module, channels_last) in modules.items():
+                if module is None:
+                    fns[name] = lambda x=x, mode=name, size=size: F.interpolate(x, size=size, mode=mode)
+                else:
+                    fns[name] = lambda x=(x_channels_last if channels_last else x), m=module, size=size: m(x, size=size)
+            with torch.inference_mode():
+                flops = {name: _count_flops(fn) for name, fn in fns.items()}
+                timings = time_interleaved(fns, warmup=warmup, repeats=repeats, device=device, baseline="nearest")
+            for name, (params, _, _) in modules.items():
+                rows.append(
+                    [
+                        dtype_name,
+                        step,
+                        f"{in_channels}x{height}x{width} -> {size[0]}x{size[1]}",
+                        name,
+                        f"{params / 1e6:.3f}",
+                        f"{flops[name] / 1e9:.2f}",
+                        f"{timings[name]['median_s'] * 1e3:.2f}",
+                        f"{timings[name]['ratio']:.2f}",
+                    ]
+                )
+            if not quiet:
+                print(f"done {dtype_name} {step}", file=sys.stderr, flush=True)
+    headers = ["dtype", "step", "shape (C x H x W)", "upsampler", "params (M)", "GFLOPs", "median ms", "x nearest"]
+    return format_table(headers, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--no-channels-last", action="store_true", help="skip the channels_last rows")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one round, for smoke tests")
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="markdown file to update")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    image = QUICK_IMAGE if args.quick else FULL_IMAGE
+    repeats, warmup = (1, 0) if args.quick else (args.repeats, args.warmup)
+    table = run(
+        device=args.device,
+        dtypes=tuple(args.dtypes),
+        image=image,
+        warmup=warmup,
+        repeats=repeats,
+        use_channels_last=not args.no_channels_last,
+        quiet=args.quiet,
+    )
+    device_type = torch.device(args.device).type
+    header = [
+        f"## Per-upsampler cost ({device_type}){' — QUICK MODE, not a measurement' if args.quick else ''}",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        *environment_lines(args.device, [DTYPES[d] for d in args.dtypes]),
+        f"- image {image[0]}x{image[1]}, batch 1, FPN width 256; {warmup} warm-up + {repeats} interleaved timed "
+        "rounds, median; learned upsamplers fused (`.eval().fuse()`), `torch.inference_mode()`",
+        "- `x nearest`: median over rounds of (time / time of `F.interpolate(mode='nearest')` on the same input in "
+        "the same round). GFLOPs from `torch.utils.flop_counter` (convolutions only: interpolation counts 0). "
+        "params: as shipped (unfused, BN included)",
+    ]
+    if device_type == "cpu":
+        header.append("- the machine was shared with other engineers' jobs while this ran: absolute ms are noisy, "
+                      "ratios (paired per round) less so")
+    body = "\n".join(header) + "\n\n" + table
+    print(body)
+    if not args.no_write:
+        write_section(f"upsamplers-{device_type}", body, args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

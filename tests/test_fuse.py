@@ -1,0 +1,98 @@
+"""SRFUpsample's inference path: fuse() folds BatchNorm exactly; channels_last and torch.compile keep the output."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from srf_upsample import SRFUpsample
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _trained_looking(variant: str, channels: int = 8) -> SRFUpsample:
+    """A small module in eval mode whose BN layers hold non-trivial statistics and affine parameters.
+
+    Fresh BN (mean 0, var 1, weight 1, bias 0) is almost the identity, so fusing it would prove little.
+    """
+    module = SRFUpsample(channels, hidden_channels=8, num_blocks=2, variant=variant)
+    for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(bn.bias, -0.2, 0.2)
+    return module.eval()
+
+
+def _max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    # Relative to the output's scale, not elementwise: elementwise relative error is meaningless near zeros.
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+@pytest.mark.parametrize(("in_size", "out_size"), [((5, 7), (10, 14)), ((9, 16), (17, 31)), ((5, 6), (20, 24))])
+def test_fuse_matches_unfused_within_1e_5_relative(variant: str, in_size: tuple[int, int], out_size) -> None:
+    module = _trained_looking(variant)
+    fused = copy.deepcopy(module).fuse()
+    x = torch.randn(2, 8, *in_size)
+    with torch.no_grad():
+        expected = module(x, size=out_size)
+        actual = fused(x, size=out_size)
+    assert actual.shape == (2, 8, *out_size)
+    assert _max_relative_error(actual, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+def test_fuse_removes_every_batchnorm_in_place_and_returns_self(variant: str) -> None:
+    module = _trained_looking(variant)
+    assert module.fuse() is module
+    assert module.is_fused
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    module.fuse()  # a second call is a no-op, not a second fold
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_fuse_needs_eval_mode() -> None:
+    with pytest.raises(ValueError, match="eval mode"):
+        SRFUpsample(8, hidden_channels=8, num_blocks=1, variant="lite").train().fuse()
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+def test_channels_last_gives_the_same_output(variant: str) -> None:
+    module = _trained_looking(variant).fuse()
+    fast = copy.deepcopy(module).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 9, 16)
+    with torch.inference_mode():
+        expected = module(x, size=(17, 31))
+        actual = fast(x.contiguous(memory_format=torch.channels_last), size=(17, 31))
+    # Not bit-exact: channels_last selects other convolution kernels, which sum in another order.
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+def test_torch_compile_traces_without_graph_breaks(variant: str) -> None:
+    # backend="aot_eager" runs Dynamo's tracing (fullgraph=True fails on any graph break) and AOTAutograd, but no
+    # code generation: seconds instead of the minute Inductor needs on a 2-core CPU (see the slow test below).
+    module = _trained_looking(variant).fuse()
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 8, 5, 7)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x, size=(10, 14)), module(x, size=(10, 14)))
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_matches_eager() -> None:
+    # The default backend generates and compiles C++ for the CPU: about a minute on a 2-core machine.
+    torch._dynamo.reset()
+    module = _trained_looking("lite").fuse()
+    compiled = torch.compile(module)
+    x = torch.randn(2, 8, 5, 7)
+    with torch.inference_mode():
+        # Inductor fuses and reorders arithmetic, so allow float32 rounding differences.
+        torch.testing.assert_close(compiled(x, size=(10, 14)), module(x, size=(10, 14)), rtol=1e-4, atol=1e-5)
