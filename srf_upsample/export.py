@@ -416,7 +416,7 @@ def check_generator_parity(
 
 def _swap_in_single_pass(backbone: nn.Module) -> None:
     """Replace every SRFUpsample submodule of ``backbone`` (a private copy) by its export stand-in, in place."""
-    targets = [name for name, m in backbone.named_modules() if isinstance(m, SRFUpsample)]
+    targets = [name for name, m in backbone.named_modules(remove_duplicate=False) if isinstance(m, SRFUpsample)]
     for name in targets:
         parent_name, _, child_name = name.rpartition(".")
         parent = backbone.get_submodule(parent_name) if parent_name else backbone
