@@ -1,0 +1,141 @@
+"""``srf-upsample train <stage>``: turns command-line arguments into a stage config and runs it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from typing import Any
+
+from .stages import STAGES, build_config, load_config_file
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = """Train the SRF-GAN stages of Lee & Bae (section 4) on a COCO-format dataset.
+
+stages:
+  stage1    SRF-GAN: G and D against a frozen FPN (Eq. 1, 2)
+  stage2    multi-scale SRF extractor: detector with G patched in, fed I_lr, L_INT = Eq. (3) + L_DET (--init stage1 dir)
+  stage3    target detector with G (--init stage2 dir or --generator), full resolution, detection loss only
+  baseline  the detector alone with its plain interpolation (for comparison)
+  evaluate  COCO AP of a baseline/stage2/stage3 output dir (--init DIR --eval-ann-file ...)
+
+Values: defaults (the paper's schedule) < --config FILE < --set key=value < explicit flags.
+Shipped configs: paper_stage1, paper_stage2, paper_stage3, paper_baseline, cpu_stage1, cpu_stage2, cpu_stage3,
+cpu_baseline (--config cpu_stage1).
+"""
+
+# Explicit flags: (flag, config key, type). Booleans are handled separately.
+_FLAGS = [
+    ("--data-root", "data_root", str), ("--ann-file", "ann_file", str), ("--output-dir", "output_dir", str),
+    ("--eval-data-root", "eval_data_root", str), ("--eval-ann-file", "eval_ann_file", str),
+    ("--detector", "detector", str), ("--backbone", "backbone", str),
+    ("--backbone-weights", "backbone_weights", str), ("--detector-weights", "detector_weights", str),
+    ("--init", "init", str), ("--generator", "generator", str), ("--reuse", "reuse", str),
+    ("--max-iters", "max_iters", int), ("--batch-size", "batch_size", int), ("--lr", "lr", float),
+    ("--min-size", "min_size", int), ("--max-size", "max_size", int), ("--degradation", "degradation", str),
+    ("--device", "device", str), ("--seed", "seed", int), ("--num-workers", "num_workers", int),
+    ("--checkpoint-every", "checkpoint_every", int), ("--stop-after", "stop_after", int),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="srf-upsample train", description=_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=list(STAGES))
+    parser.add_argument("--config", help="JSON config file or shipped name (e.g. cpu_stage1)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key; VALUE is JSON (e.g. levels=[3,4,5]) or a plain string")
+    for flag, key, kind in _FLAGS:
+        parser.add_argument(flag, dest=key, type=kind, default=None)
+    parser.add_argument("--levels", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                        help="pyramid levels, e.g. 2,3,4,5 (P2-P5) or 3,4,5")
+    parser.add_argument("--freeze-generator", dest="freeze_generator", action="store_const", const=True, default=None,
+                        help="stage3: keep G fixed (ablation A4)")
+    parser.add_argument("--no-resume", dest="resume", action="store_const", const=False, default=None,
+                        help="start over even if --output-dir holds a checkpoint")
+    parser.add_argument("--quiet", dest="quiet", action="store_const", const=True, default=None,
+                        help="no progress bar")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_config(argv: list[str]):
+    """Parse ``argv`` (without ``train``) into ``(config, args)``."""
+    args = _parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_config_file(args.config))
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}.")
+        key, text = item.split("=", 1)
+        values[key.strip().replace("-", "_")] = _parse_value(text)
+    names = {f.name for f in dataclasses.fields(STAGES[args.stage])}
+    for key in [key for _, key, _ in _FLAGS] + ["levels", "freeze_generator", "resume", "quiet"]:
+        value = getattr(args, key)
+        if value is not None:
+            if key not in names:
+                raise ValueError(f"--{key.replace('_', '-')} does not apply to {args.stage}.")
+            values[key] = value
+    if args.stage == "evaluate":
+        values.setdefault("output_dir", values.get("init") or "")
+    return build_config(args.stage, values), args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``srf-upsample train <stage> ...``; returns the exit code (2 for a usage or data error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config, args = parse_config(argv)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"srf-upsample train: error: {error}", file=sys.stderr)
+        return 2
+    root = logging.getLogger("srf_upsample")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(args.log_level.upper())
+    try:
+        if config.stage == "evaluate":
+            return _evaluate(config)
+        from .loop import fit
+
+        result = fit(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"srf-upsample train: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"stage": config.stage, "step": result.step, "losses": result.losses,
+                      "metrics": result.metrics, "skipped_images": result.skipped_images}))
+    return 0
+
+
+def _evaluate(config) -> int:
+    import torch
+
+    from .evaluate import evaluate_detector, load_trained_detector
+
+    device = "cuda" if config.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if config.device == "auto" else config.device)
+    detector, manifest = load_trained_detector(config.init, device)
+    train_config = manifest["config"]
+    metrics = evaluate_detector(
+        detector, config.eval_data_root or config.data_root or train_config["data_root"], config.eval_ann_file,
+        category_ids=manifest["category_ids"], output_dir=config.output_dir or config.init,
+        min_size=train_config["min_size"], max_size=train_config["max_size"], batch_size=config.batch_size,
+        device=device, quiet=bool(config.quiet),
+    )
+    print(json.dumps(metrics))
+    return 0

@@ -1,0 +1,186 @@
+"""COCO evaluation of a detector with pycocotools: AP, AP50, AP75, APs, APm, APl for boxes and masks."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import CocoDetectionDataset, collate
+from .features import disable_detector_resize, enable_detector_resize
+
+__all__ = ["METRIC_NAMES", "evaluate_detector"]
+
+logger = logging.getLogger(__name__)
+
+# The first six numbers of COCOeval.stats, in order.
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _to_coco_results(outputs: Sequence[dict], targets: Sequence[dict], category_ids: Sequence[int]
+                      ) -> tuple[list, list]:
+    from pycocotools import mask as mask_utils
+
+    boxes_out, masks_out = [], []
+    for output, target in zip(outputs, targets, strict=True):
+        image_id = int(target["image_id"])
+        boxes = output["boxes"].detach().cpu()
+        if boxes.numel():
+            boxes[:, 2:] -= boxes[:, :2]  # COCO boxes are x, y, width, height
+        scores = output["scores"].detach().cpu().tolist()
+        labels = output["labels"].detach().cpu().tolist()
+        for box, score, label in zip(boxes.tolist(), scores, labels, strict=True):
+            boxes_out.append({"image_id": image_id, "category_id": int(category_ids[label - 1]), "bbox": box,
+                              "score": float(score)})
+        if "masks" in output:
+            binary = (output["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+            for mask, score, label in zip(binary, scores, labels, strict=True):
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                rle["counts"] = rle["counts"].decode("ascii")
+                masks_out.append({"image_id": image_id, "category_id": int(category_ids[label - 1]),
+                                  "segmentation": rle, "score": float(score)})
+    return boxes_out, masks_out
+
+
+def _coco_eval(coco_gt, results: list, iou_type: str, image_ids: list[int]) -> dict[str, float]:
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        logger.warning("no %s detections: every %s metric is 0", iou_type, iou_type)
+        return dict.fromkeys(METRIC_NAMES, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables; we log one summary instead
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    # COCOeval reports -1 where a size range has no ground truth; keep it, it means "not defined".
+    return {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6], strict=True)}
+
+
+@torch.no_grad()
+def evaluate_detector(
+    model: nn.Module,
+    data_root: str | os.PathLike,
+    ann_file: str | os.PathLike,
+    *,
+    category_ids: Sequence[int],
+    output_dir: str | os.PathLike | None = None,
+    min_size: int = 800,
+    max_size: int = 1333,
+    batch_size: int = 2,
+    device: torch.device | str = "cpu",
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Run ``model`` on a COCO-format set and score it with pycocotools.
+
+    Images go in at their original size; the detector's own transform resizes them to ``min_size``/``max_size``
+    and maps detections back, so the scores are in the annotation file's coordinates.
+
+    Args:
+        model: a torchvision detector (patched or not).
+        data_root: the images folder.
+        ann_file: the COCO instances json with the ground truth.
+        category_ids: the training label mapping (label ``k`` is ``category_ids[k - 1]``).
+        output_dir: if given, writes ``detections_bbox.json`` (and ``_segm``) and ``metrics.json`` there.
+        min_size: shorter side at test time.
+        max_size: longer-side cap at test time.
+        batch_size: images per forward.
+        device: where to run.
+        quiet: hide the progress bar.
+
+    Returns:
+        ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}}`` (``segm`` only for detectors with masks).
+    """
+    dataset = CocoDetectionDataset(data_root, ann_file, category_ids=category_ids)
+    was_training = model.training
+    transform = model.transform
+    old_sizes = transform.min_size, transform.max_size
+    transform.min_size, transform.max_size = (min_size,), max_size
+    enable_detector_resize(model)
+    model.eval()
+    outputs_all, targets_all, skipped = [], [], 0
+    try:
+        from tqdm.auto import tqdm
+
+        indices = list(range(len(dataset)))
+        for start in tqdm(range(0, len(indices), batch_size), desc="evaluate", disable=quiet):
+            batch = collate([dataset[i] for i in indices[start:start + batch_size]])
+            skipped += batch.num_skipped
+            if not batch.images:
+                continue
+            outputs = model([image.to(device) for image in batch.images])
+            outputs_all.extend({k: v.cpu() for k, v in output.items()} for output in outputs)
+            targets_all.extend(batch.targets)
+    finally:
+        transform.min_size, transform.max_size = old_sizes
+        disable_detector_resize(model)
+        model.train(was_training)
+    if skipped:
+        logger.warning("evaluation skipped %d unreadable image(s)", skipped)
+    if not targets_all:
+        raise ValueError(f"No readable image in {str(ann_file)!r}; nothing to evaluate.")
+    boxes, masks = _to_coco_results(outputs_all, targets_all, category_ids)
+    image_ids = [int(t["image_id"]) for t in targets_all]
+    metrics: dict[str, Any] = {"bbox": _coco_eval(dataset.coco, boxes, "bbox", image_ids)}
+    has_masks = type(model).__name__ == "MaskRCNN" or any("masks" in o for o in outputs_all)
+    if has_masks:
+        metrics["segm"] = _coco_eval(dataset.coco, masks, "segm", image_ids)
+    metrics["num_images"] = len(image_ids)
+    metrics["skipped_images"] = skipped
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with open(output_dir / "detections_bbox.json", "w", encoding="utf-8") as f:
+            json.dump(boxes, f)
+        if has_masks:
+            with open(output_dir / "detections_segm.json", "w", encoding="utf-8") as f:
+                json.dump(masks, f)
+        with open(output_dir / "metrics.json", "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2)
+    logger.info("COCO bbox AP %.4f AP50 %.4f AP75 %.4f", metrics["bbox"]["AP"], metrics["bbox"]["AP50"],
+                metrics["bbox"]["AP75"])
+    return metrics
+
+
+def load_trained_detector(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the detector saved by a ``baseline``, ``stage2`` or ``stage3`` run (G patched in where it had one).
+
+    Returns:
+        ``(detector, manifest)``, the detector in eval mode.
+    """
+    from ..hub import load_state_dict_strict, read_safetensors
+    from ..upsample import SRFUpsample
+    from .loop import CHECKPOINT_NAME, INIT_STAGES, patch_generator, read_manifest
+    from .stages import build_config
+
+    manifest = read_manifest(directory, INIT_STAGES["evaluate"])
+    values = dict(manifest["config"])
+    stage = values.pop("stage")
+    # The weights come from the checkpoint: do not load (or require) the files used to initialise training.
+    frozen_batchnorm = bool(values.get("backbone_weights"))
+    values.update(backbone_weights=None, detector_weights=None)
+    values.pop("init", None)
+    values.pop("generator", None)
+    values.pop("reuse", None)
+    config = build_config("baseline", {k: v for k, v in values.items() if k != "freeze_generator"})
+    from .loop import _detector
+
+    detector = _detector(config, len(manifest["category_ids"]) + 1, frozen_batchnorm=frozen_batchnorm)
+    if manifest.get("has_generator"):
+        patch_generator(detector, SRFUpsample.from_pretrained(str(Path(directory) / "generator")))
+    state = read_safetensors(Path(directory) / CHECKPOINT_NAME)
+    prefix = "detector."
+    load_state_dict_strict(detector, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                           source=f"the {stage} checkpoint in {str(directory)!r}")
+    return detector.to(device).eval(), manifest

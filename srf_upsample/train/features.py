@@ -1,0 +1,276 @@
+"""Detectors by name, their multi-scale feature extractor F, and the plumbing that feeds them fixed-size tensors."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.ops import misc as misc_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from ..hub import load_state_dict_strict, read_safetensors
+
+__all__ = [
+    "BACKBONES",
+    "DETECTORS",
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "FeaturePyramidHook",
+    "build_detector",
+    "downsample_images",
+    "detector_first_level",
+    "disable_detector_resize",
+    "enable_detector_resize",
+    "extract_levels",
+    "level_keys",
+    "load_weights_file",
+    "prepare_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+# torchvision's detectors normalise with the ImageNet statistics; F must see the same input as the detector.
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+DETECTORS = {"fasterrcnn": FasterRCNN, "maskrcnn": MaskRCNN, "retinanet": RetinaNet, "fcos": FCOS}
+BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
+# Heads that do not use P2: their torchvision FPN starts at C3 and adds P6/P7 (LastLevelP6P7).
+_P3_DETECTORS = ("retinanet", "fcos")
+# mobilenet_v2().features: the last block at strides 4, 8, 16, 32 and its output channels.
+_MOBILENET_V2_LAYERS = {3: 24, 6: 32, 13: 96, 18: 1280}
+# The whole pipeline pads to a multiple of 2 * 32: the half-size image then pads to a multiple of 32 too, so every
+# level of P_lr is exactly half of the same level of P_tr.
+PAD_MULTIPLE = 64
+
+
+def detector_first_level(detector: str) -> int:
+    """Return the finest top-down FPN level of a detector: 2 (P2) for R-CNNs, 3 (P3) for RetinaNet and FCOS."""
+    return 3 if detector in _P3_DETECTORS else 2
+
+
+def level_keys(detector: str, levels: Sequence[int]) -> list[str]:
+    """Map pyramid levels (2 = P2, ...) to the keys of the torchvision FPN's output dict ('0', '1', ...)."""
+    first = detector_first_level(detector)
+    keys = []
+    for level in levels:
+        if not first <= level <= 5:
+            raise ValueError(
+                f"levels must lie in P{first}..P5 for detector {detector!r} (the top-down FPN levels), got P{level}."
+            )
+        keys.append(str(level - first))
+    return keys
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local ``.safetensors`` file or a torch ``.pth``/``.pt`` file (weights only)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Weights file {path!r} does not exist.")
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises several types for corrupt / pickled files
+        raise ValueError(f"Weights file {path!r} is not a readable torch state dict ({type(error).__name__}: {error}).") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"Weights file {path!r} holds a {type(state).__name__}, not a state dict.")
+    return state
+
+
+def _load_classifier_weights(model: nn.Module, path: str, name: str) -> None:
+    state = load_weights_file(path)
+    load_state_dict_strict(model, state, source=f"{name} ImageNet weights from {path!r}")
+
+
+def _frozen_copy(builder, state: dict[str, torch.Tensor]) -> nn.Module:
+    # FrozenBatchNorm2d drops num_batches_tracked itself, so a strict load of a BatchNorm state dict works.
+    model = builder(norm_layer=misc_ops.FrozenBatchNorm2d)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _classifier(backbone: str, backbone_weights: str | None, frozen_batchnorm: bool) -> nn.Module:
+    builder = models.mobilenet_v2 if backbone == "mobilenet_v2" else getattr(models, backbone)
+    model = builder(weights=None)
+    if backbone_weights:
+        _load_classifier_weights(model, backbone_weights, backbone)
+    if frozen_batchnorm:
+        # As torchvision does for pretrained backbones: BN statistics frozen, small detection batches.
+        model = _frozen_copy(lambda **kw: builder(weights=None, **kw), model.state_dict())
+    return model
+
+
+def _build_backbone(backbone: str, detector: str, backbone_weights: str | None, trainable_layers: int | None,
+                    frozen_batchnorm: bool) -> BackboneWithFPN:
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}.")
+    is_p3 = detector in _P3_DETECTORS
+    extra_blocks = LastLevelP6P7(256, 256) if is_p3 else LastLevelMaxPool()
+    model = _classifier(backbone, backbone_weights, frozen_batchnorm)
+    if backbone in ("resnet50", "resnet18"):
+        if trainable_layers is None:
+            trainable_layers = 3 if backbone_weights else 5  # torchvision's defaults
+        returned = [2, 3, 4] if is_p3 else [1, 2, 3, 4]
+        return _resnet_fpn_extractor(model, trainable_layers, returned_layers=returned, extra_blocks=extra_blocks)
+    layer_ids = list(_MOBILENET_V2_LAYERS)[1:] if is_p3 else list(_MOBILENET_V2_LAYERS)
+    features = model.features
+    if trainable_layers is not None:
+        # trainable_layers counts feature blocks from the top, as for ResNet stages (0 = all frozen).
+        for index, block in enumerate(features):
+            if index < len(features) - trainable_layers:
+                block.requires_grad_(False)
+    return BackboneWithFPN(
+        features,
+        return_layers={str(index): str(position) for position, index in enumerate(layer_ids)},
+        in_channels_list=[_MOBILENET_V2_LAYERS[index] for index in layer_ids],
+        out_channels=256,
+        extra_blocks=extra_blocks,
+    )
+
+
+def build_detector(
+    detector: str,
+    backbone: str,
+    num_classes: int,
+    *,
+    min_size: int = 800,
+    max_size: int = 1333,
+    backbone_weights: str | None = None,
+    detector_weights: str | None = None,
+    trainable_backbone_layers: int | None = None,
+    anchor_sizes: Sequence[int] | None = None,
+    frozen_batchnorm: bool | None = None,
+) -> nn.Module:
+    """Build a torchvision FPN detector by name, never downloading weights.
+
+    Args:
+        detector: one of ``fasterrcnn``, ``maskrcnn``, ``retinanet``, ``fcos``.
+        backbone: one of ``resnet50``, ``resnet18``, ``mobilenet_v2``.
+        num_classes: classes including background (the trainer uses categories + 1).
+        min_size: shorter side the detector resizes to at evaluation (training disables its resize).
+        max_size: longer-side cap at evaluation.
+        backbone_weights: local ImageNet classifier weights for the backbone (e.g. ``mobilenet_v2-b0353104.pth``),
+            loaded strictly.
+        detector_weights: local weights of the whole detector (``.safetensors`` or ``.pth``; keys may carry the
+            ``detector.`` prefix of our checkpoints), loaded strictly.
+        trainable_backbone_layers: backbone stages left trainable (torchvision's rule; default 3 with
+            ``backbone_weights``, else all).
+        anchor_sizes: one anchor size per FPN output (R-CNNs: 5, P2-P6), e.g. ``[8, 16, 32, 64, 128]`` for small
+            objects; default torchvision's.
+        frozen_batchnorm: use FrozenBatchNorm2d in the backbone; default: when ``backbone_weights`` is given
+            (torchvision's rule). Rebuilding a trained detector without its ImageNet file passes ``True``.
+
+    Returns:
+        The detector in train mode.
+    """
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {list(DETECTORS)}, got {detector!r}.")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2 (background + one class), got {num_classes}.")
+    if frozen_batchnorm is None:
+        frozen_batchnorm = bool(backbone_weights)
+    body = _build_backbone(backbone, detector, backbone_weights, trainable_backbone_layers, frozen_batchnorm)
+    kwargs: dict = {"min_size": min_size, "max_size": max_size}
+    if anchor_sizes:
+        if detector in _P3_DETECTORS:
+            raise ValueError("anchor_sizes is supported for fasterrcnn and maskrcnn only.")
+        if len(anchor_sizes) != 5:
+            raise ValueError(f"anchor_sizes needs one size per FPN output (5: P2-P6), got {list(anchor_sizes)}.")
+        kwargs["rpn_anchor_generator"] = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
+    model = DETECTORS[detector](body, num_classes=num_classes, **kwargs)
+    if detector_weights:
+        state = load_weights_file(detector_weights)
+        if any(key.startswith("detector.") for key in state):
+            state = {key[len("detector."):]: value for key, value in state.items() if key.startswith("detector.")}
+        load_state_dict_strict(model, state, source=f"detector weights from {detector_weights!r}")
+    return model
+
+
+def _identity_resize(image: torch.Tensor, target: dict | None = None):
+    return image, target
+
+
+def disable_detector_resize(model: nn.Module) -> None:
+    """Stop the detector's transform from resizing: the data pipeline already did, and I_lr must stay half-size."""
+    model.transform.resize = _identity_resize
+
+
+def enable_detector_resize(model: nn.Module) -> None:
+    """Give the detector's transform its own resize back (evaluation feeds original images)."""
+    if "resize" in vars(model.transform):
+        del model.transform.resize
+
+
+def prepare_batch(images: Sequence[torch.Tensor], multiple: int = PAD_MULTIPLE,
+                  size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Normalise images like the detector and pad them bottom-right into one ``(N, 3, H, W)`` batch.
+
+    ``H`` and ``W`` are rounded up to ``multiple`` (64), so the half-size batch is an exact 2x downsample whose
+    pyramid levels are exactly half of the full-size ones. ``size`` fixes the padded size instead.
+    """
+    if size is None:
+        height = math.ceil(max(img.shape[-2] for img in images) / multiple) * multiple
+        width = math.ceil(max(img.shape[-1] for img in images) / multiple) * multiple
+    else:
+        height, width = size
+    first = images[0]
+    batch = first.new_zeros((len(images), 3, height, width))
+    mean = torch.tensor(IMAGE_MEAN, dtype=first.dtype, device=first.device)[:, None, None]
+    std = torch.tensor(IMAGE_STD, dtype=first.dtype, device=first.device)[:, None, None]
+    for index, img in enumerate(images):
+        batch[index, :, : img.shape[-2], : img.shape[-1]] = (img - mean) / std
+    return batch
+
+
+def downsample_images(x: torch.Tensor | Sequence[torch.Tensor], mode: str, scale: float = 0.5):
+    """I_lr = degradation of I_tr by ``scale``: a batch or a list of ``(3, H, W)`` images, sizes floored."""
+    align = False if mode in ("bilinear", "bicubic") else None
+    if isinstance(x, torch.Tensor):
+        return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=align)
+    out = []
+    for img in x:
+        size = (max(1, math.floor(img.shape[-2] * scale)), max(1, math.floor(img.shape[-1] * scale)))
+        low = F.interpolate(img[None], size=size, mode=mode, align_corners=align)[0]
+        out.append(low.clamp(0, 1) if mode == "bicubic" else low)
+    return out
+
+
+def extract_levels(backbone: nn.Module, x: torch.Tensor, keys: Sequence[str]) -> list[torch.Tensor]:
+    """Run the FPN backbone (body + fpn) on a prepared batch and return the levels named by ``keys``."""
+    feats = backbone(x)
+    return [feats[key] for key in keys]
+
+
+class FeaturePyramidHook:
+    """Keeps the FPN outputs of ``model.backbone`` from the last forward (for Eq. (3) in the same pass as L_DET)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.features: OrderedDict[str, torch.Tensor] | None = None
+        self.handle = backbone.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args, output) -> None:
+        self.features = output
+
+    def pop(self, keys: Sequence[str]) -> list[torch.Tensor]:
+        """Return and forget the captured levels named by ``keys``."""
+        if self.features is None:
+            raise RuntimeError("No FPN features captured; the detector's backbone did not run.")
+        feats, self.features = self.features, None
+        return [feats[key] for key in keys]
+
+    def remove(self) -> None:
+        """Detach the hook from the backbone."""
+        self.handle.remove()
