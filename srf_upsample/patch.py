@@ -247,7 +247,32 @@ def _bind_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[list[Any
 
 def _trace(module: nn.Module, concrete_args: dict[str, Any] | None, tracer: _LeafAwareTracer) -> fx.GraphModule:
     graph = tracer.trace(module, concrete_args=concrete_args)
-    return fx.GraphModule(tracer.root, graph, class_name=type(module).__name__)
+    if getattr(graph._codegen, "pytree_info", None) is not None:
+        # With fx.PH inside concrete_args, fx's pytree codegen prints placeholder defaults into a tuple unpacking
+        # (a SyntaxError); drop them there and put the defaults back on forward's signature (_restore_defaults).
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                node.args = ()
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(module).__name__)
+    _restore_defaults(gm, module)
+    return gm
+
+
+def _restore_defaults(gm: fx.GraphModule, module: nn.Module) -> None:
+    """Give the generated forward the original defaults, so callers may still omit arguments that have one."""
+    if getattr(gm.graph._codegen, "pytree_info", None) is None:
+        return
+    try:
+        parameters = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    defaults = []
+    for parameter in reversed(parameters):
+        if parameter.default is inspect.Parameter.empty or parameter.kind is not parameter.POSITIONAL_OR_KEYWORD:
+            break
+        defaults.append(parameter.default)
+    if defaults:
+        type(gm).forward.__defaults__ = tuple(reversed(defaults))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -726,6 +751,7 @@ def _patch_owner(
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
+    _restore_defaults(gm, module)
     _restore_missing(module, gm)
     return gm, sites
 
@@ -865,7 +891,15 @@ def patch_fpn(
     was_training = model.training
     try:
         model.eval()
-        recorder = _record(model, inputs)
+        try:
+            recorder = _record(model, inputs)
+        except Exception as error:
+            built = "the example input built for it" if example_inputs is None else "example_inputs"
+            raise ValueError(
+                f"Cannot build an example input for {type(model).__name__}: running it on {built} failed with "
+                f"{type(error).__name__}: {error}. Pass example_inputs=(...) with the positional arguments of one "
+                "forward call (e.g. the features dict of a neck)."
+            ) from error
         calls = recorder.calls
         _choose_owners(calls)
         modules = dict(model.named_modules())
