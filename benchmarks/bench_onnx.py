@@ -1,0 +1,147 @@
+"""onnxruntime (CPU) latency of the exported generator vs. PyTorch eager on the same inputs, as a ratio from one run.
+
+Run from the repository root:
+    python benchmarks/bench_onnx.py           # FPN steps of an 800x1216 image, paper + lite, writes RESULTS.md
+    python benchmarks/bench_onnx.py --quick   # tiny module and sizes, one round (CI smoke test; --no-write to skip)
+
+Each generator (``in_channels=256``, the variant's default width, random weights: latency does not depend on them)
+is exported once with ``srf_upsample.export.export_generator`` (fused, opset 18, dynamic H/W) and timed on the
+same input tensors as the fused PyTorch module under ``torch.inference_mode()``, interleaved round by round. Both
+use the same number of CPU threads. ``ort / torch`` is the median over rounds of (onnxruntime time / PyTorch time in
+the same round); below 1 means onnxruntime is faster. The parity columns come from the same outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    RESULTS_PATH,
+    command_line,
+    environment_lines,
+    format_table,
+    time_interleaved,
+    write_section,
+)
+
+from srf_upsample import SRFUpsample  # noqa: E402
+from srf_upsample.export import DEFAULT_OPSET, export_generator, onnx_operators  # noqa: E402
+
+__all__ = ["main"]
+
+# (label, input H x W, output H x W): FPN top-down steps of an 800x1216 image, plus the odd-size example of the docs.
+FULL_CASES = (
+    ("odd 17x25", (17, 25), (33, 49)),
+    ("P5->P4", (25, 38), (50, 76)),
+    ("P4->P3", (50, 76), (100, 152)),
+)
+QUICK_CASES = (("odd 17x25", (17, 25), (33, 49)), ("quick", (8, 12), (16, 24)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=["paper", "lite"], choices=["paper", "lite"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--quick", action="store_true", help="tiny module and sizes, one round, for smoke tests")
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="markdown file to update")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
+    args = parser.parse_args(argv)
+
+    import onnxruntime
+
+    torch.manual_seed(0)
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    repeats, warmup = (1, 0) if args.quick else (args.repeats, args.warmup)
+    threads = torch.get_num_threads()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+
+    rows = []
+    operators_by_variant = {}
+    with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
+        for variant in args.variants:
+            if args.quick:
+                module = SRFUpsample(8, hidden_channels=8, num_blocks=1, variant=variant)
+            else:
+                module = SRFUpsample(256, variant=variant)
+            module = module.eval()
+            with torch.inference_mode(False):
+                path = export_generator(module, Path(folder) / f"{variant}.onnx", opset=args.opset, fuse=True)
+            operators_by_variant[variant] = onnx_operators(path)
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            fused = module.fuse()
+            for label, (height, width), target in cases:
+                x = torch.randn(1, module.in_channels, height, width)
+                feeds = {"x": x.numpy(), "like": torch.empty(1, 0, *target).numpy()}
+                timings = time_interleaved(
+                    {
+                        "torch": lambda fused=fused, x=x, target=target: fused(x, size=target),
+                        "ort": lambda session=session, feeds=feeds: session.run(["y"], feeds),
+                    },
+                    warmup=warmup,
+                    repeats=repeats,
+                    baseline="torch",
+                )
+                reference = fused(x, size=target)
+                output = torch.from_numpy(session.run(["y"], feeds)[0])
+                max_abs_diff = (output - reference).abs().max().item()
+                rel_error = max_abs_diff / reference.abs().max().item()
+                rows.append(
+                    [
+                        variant,
+                        label,
+                        f"{module.in_channels}x{height}x{width} -> {target[0]}x{target[1]}",
+                        f"{timings['torch']['median_s'] * 1e3:.2f}",
+                        f"{timings['ort']['median_s'] * 1e3:.2f}",
+                        f"{timings['ort']['ratio']:.2f}",
+                        f"{max_abs_diff:.2e}",
+                        f"{rel_error:.2e}",
+                    ]
+                )
+                print(" | ".join(rows[-1]), flush=True)
+
+    table = format_table(
+        ["variant", "case", "shape (C x H x W)", "torch ms", "ort ms", "ort / torch", "max abs diff", "rel error"],
+        rows,
+    )
+    body = "\n".join(
+        [
+            "## ONNX export: onnxruntime vs PyTorch eager (cpu)"
+            + (" — QUICK MODE, not a measurement" if args.quick else ""),
+            "",
+            f"Command: `{command_line()}`",
+            "",
+            *environment_lines("cpu", [torch.float32]),
+            f"- onnxruntime {onnxruntime.__version__} (CPUExecutionProvider, intra-op threads {threads}), "
+            f"opset {args.opset}",
+            f"- batch 1, float32, fused generators (BN folded), random weights; {warmup} warm-up + {repeats} "
+            "interleaved timed rounds, median; `ort / torch`: median over rounds of (onnxruntime time / PyTorch "
+            "time in the same round), < 1 means onnxruntime is faster",
+            "- rel error: max |ort - torch| / max |torch| on the timed input",
+            "- operators: "
+            + "; ".join(f"{variant}: {', '.join(ops)}" for variant, ops in operators_by_variant.items()),
+            "- the machine was shared with other engineers' jobs while this ran: absolute ms are noisy, ratios "
+            "(paired per round) less so",
+            "",
+            table,
+        ]
+    )
+    print(body)
+    if not args.no_write:
+        write_section("onnx", body, args.results)
+        print(f"updated section 'onnx' of {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
