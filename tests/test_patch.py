@@ -378,47 +378,53 @@ def test_report_dataclasses_are_frozen() -> None:
 # torchvision detectors, as users hold them
 
 SMALL = {"weights": None, "weights_backbone": None, "min_size": 64, "max_size": 96}
-DETECTORS = [
-    detection.fasterrcnn_resnet50_fpn,
-    detection.fasterrcnn_resnet50_fpn_v2,
-    detection.maskrcnn_resnet50_fpn,
-    detection.maskrcnn_resnet50_fpn_v2,
-    detection.retinanet_resnet50_fpn,
-    detection.retinanet_resnet50_fpn_v2,
-    detection.fcos_resnet50_fpn,
-    detection.keypointrcnn_resnet50_fpn,
-    detection.fasterrcnn_mobilenet_v3_large_fpn,
-]
+# Few proposals and detections: random weights otherwise send hundreds of boxes through the RoI (mask) heads.
+RCNN = {**SMALL, "rpn_pre_nms_top_n_test": 8, "rpn_post_nms_top_n_test": 8, "box_detections_per_img": 2}
+DENSE = {**SMALL, "topk_candidates": 8, "detections_per_img": 2}
+DETECTORS = {
+    "fasterrcnn_resnet50_fpn": (detection.fasterrcnn_resnet50_fpn, RCNN, 3),
+    "fasterrcnn_resnet50_fpn_v2": (detection.fasterrcnn_resnet50_fpn_v2, RCNN, 3),
+    "maskrcnn_resnet50_fpn": (detection.maskrcnn_resnet50_fpn, RCNN, 3),
+    "maskrcnn_resnet50_fpn_v2": (detection.maskrcnn_resnet50_fpn_v2, RCNN, 3),
+    "retinanet_resnet50_fpn": (detection.retinanet_resnet50_fpn, DENSE, 2),
+    "retinanet_resnet50_fpn_v2": (detection.retinanet_resnet50_fpn_v2, DENSE, 2),
+    "fcos_resnet50_fpn": (detection.fcos_resnet50_fpn, DENSE, 2),
+    "keypointrcnn_resnet50_fpn": (detection.keypointrcnn_resnet50_fpn, RCNN, 3),
+    # Its two FPN levels both have stride 32, so its one interpolation is a same-size resize: nothing to replace.
+    "fasterrcnn_mobilenet_v3_large_fpn": (detection.fasterrcnn_mobilenet_v3_large_fpn, RCNN, 0),
+}
 
 
 def images() -> list[torch.Tensor]:
     return [torch.rand(3, 64, 80), torch.rand(3, 64, 80)]
 
 
-@pytest.mark.parametrize("builder", DETECTORS, ids=lambda builder: builder.__name__)
-def test_torchvision_detector_forward_equal(builder) -> None:
-    model = builder(**SMALL).eval()
+@pytest.mark.parametrize("name", list(DETECTORS))
+def test_torchvision_detector_forward_equal(name) -> None:
+    builder, kwargs, num_replaced = DETECTORS[name]
+    model = builder(**kwargs).eval()
     example = images()
     with torch.no_grad():
         expected = model(example)
     keys = set(model.state_dict())
-    num_levels = len(model.backbone.fpn.layer_blocks)
     patched, report = patch_fpn(model, NearestUpsample, example_inputs=(example,))
     assert patched is model and not model.training
-    assert {site.module_path for site in report.replaced} == {"backbone.fpn"}
-    assert len(report.replaced) == num_levels - 1
-    assert all(site.action == "skipped" and site.reason == "matched by exclude" for site in report.skipped)
+    assert len(report.replaced) == num_replaced
+    assert all(site.module_path == "backbone.fpn" and site.is_size_dynamic for site in report.replaced)
+    fpn_skipped = [site.reason for site in report.skipped if site.module_path == "backbone.fpn"]
+    assert fpn_skipped == ([] if num_replaced else ["same-size resize"])
+    assert all(site.module_path == "backbone.fpn" or site.reason == "matched by exclude" for site in report.sites)
     assert keys <= set(model.state_dict())
     with torch.no_grad():
         assert_tree_equal(model(example), expected)
 
 
 def test_torchvision_detector_trains_and_reloads_weights() -> None:
-    model = detection.fasterrcnn_mobilenet_v3_large_fpn(**SMALL)
+    model = detection.retinanet_resnet50_fpn(**DENSE)
     original_state = model.state_dict()
     model.train()
     patched, report = patch_fpn(model, SMALL_SRF)  # default example: two 3x64x96 images
-    assert patched.training and len(report.replaced) == 1
+    assert patched.training and len(report.replaced) == 2
     generator = model.backbone.fpn.srf_upsampler_c256
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]), "labels": torch.tensor([1])}] * 2
     losses = model(images(), targets)
