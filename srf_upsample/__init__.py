@@ -8,12 +8,15 @@ from .losses import generator_adversarial_loss as generator_adversarial_loss
 from .losses import integral_loss as integral_loss
 from .losses import srf_extractor_loss as srf_extractor_loss
 from .losses import srf_loss as srf_loss
+from .patch import PatchReport as PatchReport
+from .patch import patch_fpn as patch_fpn
 from .upsample import SRFUpsample as SRFUpsample
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FeaturePatchDiscriminator",
+    "PatchReport",
     "SRFUpsample",
     "__version__",
     "discriminator_loss",
@@ -21,6 +24,7 @@ __all__ = [
     "generator_adversarial_loss",
     "integral_loss",
     "list_shipped",
+    "patch_fpn",
     "srf_extractor_loss",
     "srf_loss",
 ]
