@@ -165,7 +165,8 @@ class PatchReport:
         widths = [max(len(row[i]) for row in rows) for i in range(len(columns) - 1)]
         lines = [header]
         for row in rows:
-            lines.append("  " + "  ".join(text.ljust(width) for text, width in zip(row, widths)) + "  " + row[-1])
+            cells = [text.ljust(width) for text, width in zip(row, widths, strict=False)]
+            lines.append("  " + "  ".join([*cells, row[-1]]))
         return "\n".join(line.rstrip() for line in lines)
 
 
@@ -932,7 +933,8 @@ def patch_fpn(
         runtime_sites = [
             (index, site)
             for index, site in runtime_sites
-            if not any(_covers(root, site.module_path) for root in roots) or site.action == SKIPPED and "exclude" in site.reason
+            if not any(_covers(root, site.module_path) for root in roots)
+            or (site.action == SKIPPED and "exclude" in site.reason)
         ]
 
         built: dict[str, fx.GraphModule] = {}
@@ -958,9 +960,7 @@ def patch_fpn(
 
     sites = tuple(graph_sites) + _group_runtime_sites([site for _, site in sorted(runtime_sites, key=lambda x: x[0])])
     report = PatchReport(model=type(model).__name__, sites=sites)
-    logger.info(
-        "patch_fpn: %d of %d upsampling sites replaced in %s", len(report.replaced), len(sites), report.model
-    )
+    logger.info("patch_fpn: %d of %d upsampling sites replaced in %s", len(report.replaced), len(sites), report.model)
     if strict and not report.replaced:
         raise ValueError(f"patch_fpn(strict=True) replaced no upsampling site in {report.model}:\n{report}")
     return result, report
@@ -970,7 +970,8 @@ def _group_runtime_sites(sites: list[PatchSite]) -> tuple[PatchSite, ...]:
     """Merge run-time calls of one code location (e.g. mask pasting, once per detection) into one site."""
     groups: dict[tuple, list[PatchSite]] = {}
     for site in sites:
-        groups.setdefault((site.module_path, site.node, site.kind, site.target, site.action, site.reason), []).append(site)
+        key = (site.module_path, site.node, site.kind, site.target, site.action, site.reason)
+        groups.setdefault(key, []).append(site)
     return tuple(dataclasses.replace(group[0], num_calls=len(group)) for group in groups.values())
 
 

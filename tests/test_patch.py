@@ -38,8 +38,11 @@ def assert_tree_equal(actual, expected) -> None:
     flat_actual, spec_actual = torch.utils._pytree.tree_flatten(actual)
     flat_expected, spec_expected = torch.utils._pytree.tree_flatten(expected)
     assert spec_actual == spec_expected
-    for a, e in zip(flat_actual, flat_expected):
-        torch.testing.assert_close(a, e, rtol=0, atol=0) if isinstance(e, torch.Tensor) else None
+    for a, e in zip(flat_actual, flat_expected, strict=True):
+        if isinstance(e, torch.Tensor):
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+        else:
+            assert a == e
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -94,7 +97,7 @@ class WeightedFusion(nn.Module):
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         weight = F.relu(self.weight)
         weight = weight / (weight.sum() + 1e-4)
-        return self.conv(sum(w * x for w, x in zip(weight, inputs)))
+        return self.conv(sum(w * x for w, x in zip(weight, inputs, strict=True)))
 
 
 class BiFPNLayer(nn.Module):
@@ -154,7 +157,8 @@ class MixedSites(nn.Module):
 
 
 def panet_inputs(scale: int = 1) -> list[torch.Tensor]:
-    return [torch.rand(2, 4, 16 * scale, 24 * scale), torch.rand(2, 8, 8 * scale, 12 * scale), torch.rand(2, 16, 4 * scale, 6 * scale)]
+    sizes = ((4, 16, 24), (8, 8, 12), (16, 4, 6))
+    return [torch.rand(2, c, h * scale, w * scale) for c, h, w in sizes]
 
 
 def bifpn_inputs(height: int = 16, width: int = 24) -> dict[str, torch.Tensor]:
@@ -166,7 +170,7 @@ def bifpn_inputs(height: int = 16, width: int = 24) -> dict[str, torch.Tensor]:
 
 
 def fpn_inputs(sizes=((16, 24), (8, 12), (4, 6))) -> dict[str, torch.Tensor]:
-    return {str(i): torch.rand(2, c, h, w) for i, (c, (h, w)) in enumerate(zip((4, 8, 16), sizes))}
+    return {str(i): torch.rand(2, c, h, w) for i, (c, (h, w)) in enumerate(zip((4, 8, 16), sizes, strict=True))}
 
 
 def sites_by_action(report: PatchReport) -> tuple[list[str], list[str]]:
