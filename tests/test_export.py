@@ -92,6 +92,7 @@ def test_export_uses_requested_opset(tmp_path):
     assert _default_domain_opset(path) == 21
 
 
+@pytest.mark.slow  # ~25 s: patch_fpn runs the detector once, then a ResNet18-FPN export
 def test_patched_detector_backbone_matches_pytorch_in_onnxruntime(tmp_path):
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
