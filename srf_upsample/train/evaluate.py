@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -45,7 +46,7 @@ def _to_coco_results(outputs: Sequence[dict], targets: Sequence[dict], category_
             binary = (output["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
             for mask, score, label in zip(binary, scores, labels, strict=True):
                 rle = mask_utils.encode(np.asfortranarray(mask))
-                rle["counts"] = rle["counts"].decode("ascii")
+                rle = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
                 masks_out.append({"image_id": image_id, "category_id": int(category_ids[label - 1]),
                                   "segmentation": rle, "score": float(score)})
     return boxes_out, masks_out
@@ -58,7 +59,7 @@ def _coco_eval(coco_gt, results: list, iou_type: str, image_ids: list[int]) -> d
         logger.warning("no %s detections: every %s metric is 0", iou_type, iou_type)
         return dict.fromkeys(METRIC_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables; we log one summary instead
-        coco_dt = coco_gt.loadRes(results)
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results))  # loadRes adds numpy fields to what it is given
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
         evaluator.params.imgIds = image_ids
         evaluator.evaluate()
