@@ -82,7 +82,9 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises several types for corrupt / pickled files
-        raise ValueError(f"Weights file {path!r} is not a readable torch state dict ({type(error).__name__}: {error}).") from error
+        raise ValueError(
+            f"Weights file {path!r} is not a readable torch state dict ({type(error).__name__}: {error})."
+        ) from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
