@@ -164,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         "params: as shipped (unfused, BN included)",
     ]
     if device_type == "cpu":
-        header.append("- the machine was shared with other engineers' jobs while this ran: absolute ms are noisy, "
-                      "ratios (paired per round) less so")
+        header.append(
+            "- the machine was shared with other engineers' jobs while this ran: absolute ms are noisy, "
+            "ratios (paired per round) less so"
+        )
     body = "\n".join(header) + "\n\n" + table
     print(body)
     if not args.no_write:

@@ -1,0 +1,83 @@
+"""Smoke tests for benchmarks/: each script's quick mode runs and writes its table; no timing is asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import _common  # noqa: E402
+import bench_detectors  # noqa: E402
+import bench_upsamplers  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:
+    # Several engineers write sections of one RESULTS.md: a write must leave every other byte alone.
+    path = tmp_path / "RESULTS.md"
+    _common.write_section("a", "first", path)
+    _common.write_section("b", "other", path)
+    path.write_text(path.read_text() + "\nhand-written note\n")
+    _common.write_section("a", "second\nline", path)
+    text = path.read_text()
+    assert "<!-- a:start -->\nsecond\nline\n<!-- a:end -->" in text
+    assert "first" not in text
+    assert "<!-- b:start -->\nother\n<!-- b:end -->" in text
+    assert text.endswith("hand-written note\n")
+
+
+def test_time_interleaved_reports_medians_and_paired_ratios() -> None:
+    calls: list[str] = []
+    fns = {"base": lambda: calls.append("base"), "other": lambda: calls.append("other")}
+    result = _common.time_interleaved(fns, warmup=1, repeats=3, baseline="base")
+    assert calls == ["base", "other", "base", "other", "other", "base", "base", "other"]  # rotated each round
+    assert set(result) == {"base", "other"}
+    assert result["base"]["ratio"] == 1.0
+    assert result["other"]["median_s"] >= 0
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| -")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_bench_upsamplers_quick_writes_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "RESULTS.md"
+    # channels_last rows are left out to save time; test_fuse.py checks channels_last outputs.
+    assert bench_upsamplers.main(["--quick", "--quiet", "--no-channels-last", "--results", str(path)]) == 0
+    text = path.read_text()
+    assert "<!-- upsamplers-cpu:start -->" in text and "<!-- upsamplers-cpu:end -->" in text
+    assert "QUICK MODE" in text and "torch 2" in text
+    rows = _table_rows(text)
+    upsamplers = {"nearest", "bilinear", "paper", "lite"}
+    assert {row[3] for row in rows[1:]} == upsamplers
+    assert len(rows) - 1 == len(upsamplers) * 3 * 2  # 3 pyramid steps, float32 and bfloat16
+    assert "| float32  | P3->P2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_detectors_quick_writes_its_tables(tmp_path: Path) -> None:
+    # One detector and the lite variant only, to stay fast (most of the time goes to building and patching).
+    path = tmp_path / "RESULTS.md"
+    argv = ["--quick", "--quiet", "--detectors", "maskrcnn", "--variants", "lite", "--no-memory"]
+    assert bench_detectors.main([*argv, "--results", str(path)]) == 0
+    text = path.read_text()
+    assert "<!-- detectors-cpu-maskrcnn:start -->" in text
+    rows = _table_rows(text)
+    labels = [row[2] for row in rows if row[0] == "maskrcnn"]
+    assert labels == ["unpatched", "patched lite", "unpatched", "patched lite"]  # inference, then training
+
+
+def test_bench_detectors_memory_child_reports_a_peak() -> None:
+    # The peak-memory measurement runs in a fresh process; check that round trip once, on the smallest setting.
+    memory = bench_detectors._memory("fasterrcnn", "lite", (64, 96), "cpu", True)
+    assert memory["peak_mib"] >= memory["before_mib"] > 0
