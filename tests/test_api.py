@@ -1,0 +1,40 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import srf_upsample
+
+
+def test_public_names_are_pinned():
+    # Pins the public surface: removing or renaming a public name must be a deliberate change of this file.
+    pinned = json.loads((Path(__file__).parent / "api_surface.json").read_text())
+    assert sorted(srf_upsample.__all__) == pinned
+    for name in pinned:
+        assert hasattr(srf_upsample, name), name
+
+
+def test_import_needs_no_training_or_export_extras():
+    code = (
+        "import sys, srf_upsample; "
+        "bad = [m for m in ('pycocotools', 'matplotlib', 'onnx', 'onnxruntime', 'torchvision.models.detection') if m in sys.modules]; "
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_issue_command_prints_the_requested_shape():
+    code = (
+        "from srf_upsample import SRFUpsample; import torch; "
+        "print(SRFUpsample()(torch.randn(1,256,17,25), size=(33,49)).shape)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "torch.Size([1, 256, 33, 49])"
+
+
+def test_cli_lists_commands():
+    from srf_upsample.cli import main
+
+    assert main(["--help"]) == 0
+    assert main(["no-such-command"]) == 2
