@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,10 +38,19 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm")
 
 # Detector and data settings shared by every run (tile = 400 px; trees are 25-45 px, so anchors start at 16 px).
 COMMON = [
-    "--detector", "fasterrcnn", "--backbone", "mobilenet_v2", "--min-size", "400", "--max-size", "400",
-    "--set", "anchor_sizes=[16,32,64,128,256]", "--quiet",
+    "--detector",
+    "fasterrcnn",
+    "--backbone",
+    "mobilenet_v2",
+    "--min-size",
+    "400",
+    "--max-size",
+    "400",
+    "--set",
+    "anchor_sizes=[16,32,64,128,256]",
+    "--quiet",
 ]
-FULL = {"budget": 240, "stage1_iters": 120, "batch_size": 2, "checkpoint_every": 20}
+FULL = {"budget": 200, "stage1_iters": 100, "batch_size": 2, "checkpoint_every": 20}
 QUICK = {"budget": 4, "stage1_iters": 2, "batch_size": 1, "checkpoint_every": 1}
 
 
@@ -80,37 +88,91 @@ def train(stage: str, output_dir: Path, args: list[str], timings: dict) -> Path:
     return output_dir
 
 
-def run_seed(seed: int, variants: list[str], work: Path, data: Path, weights: Path, schedule: dict,
-             timings: dict) -> dict[str, dict]:
+def run_seed(
+    seed: int, variants: list[str], work: Path, data: Path, weights: Path, schedule: dict, timings: dict
+) -> dict[str, dict]:
     """Train and evaluate the baseline and every SRF variant for one seed; returns metrics per arm."""
     train_data = ["--data-root", str(data / "train"), "--ann-file", str(data / "annotations/instances_train.json")]
     eval_data = ["--eval-data-root", str(data / "val"), "--eval-ann-file", str(data / "annotations/instances_val.json")]
-    common = [*COMMON, *train_data, *eval_data, "--seed", str(seed), "--backbone-weights", str(weights),
-              "--batch-size", str(schedule["batch_size"]), "--checkpoint-every", str(schedule["checkpoint_every"])]
+    common = [
+        *COMMON,
+        *train_data,
+        *eval_data,
+        "--seed",
+        str(seed),
+        "--backbone-weights",
+        str(weights),
+        "--batch-size",
+        str(schedule["batch_size"]),
+        "--checkpoint-every",
+        str(schedule["checkpoint_every"]),
+    ]
     half = max(1, schedule["budget"] // 2)
-    detector_schedule = lambda iters: ["--max-iters", str(iters), "--lr", "0.02",  # noqa: E731
-                                       "--set", f"milestones=[{int(iters * 0.78)}]",
-                                       "--set", f"warmup_iters={max(1, iters // 10)}"]
+    detector_schedule = lambda iters: [
+        "--max-iters",
+        str(iters),
+        "--lr",
+        "0.02",  # noqa: E731
+        "--set",
+        f"milestones=[{int(iters * 0.78)}]",
+        "--set",
+        f"warmup_iters={max(1, iters // 10)}",
+    ]
     seed_dir = work / f"seed{seed}"
     results = {}
     baseline = train("baseline", seed_dir / "baseline", [*common, *detector_schedule(schedule["budget"])], timings)
     results["baseline"] = json.loads((baseline / "metrics.json").read_text())
+    # Every stage 1 first: the shipped generators (weights/) are these, so they are ready early.
+    stage1 = {}
+    for variant in variants:
+        stage1[variant] = train(
+            "stage1",
+            seed_dir / f"srf_{variant}" / "stage1",
+            [
+                *common,
+                "--set",
+                f"generator_variant={variant}",
+                "--extractor-weights",
+                str(baseline / "checkpoint.safetensors"),
+                "--max-iters",
+                str(schedule["stage1_iters"]),
+                "--lr",
+                "0.001",
+                "--set",
+                f"milestones=[{int(schedule['stage1_iters'] * 0.8)}]",
+                "--set",
+                "discriminator_hidden_channels=[128,256,256]",
+            ],
+            timings,
+        )
     for variant in variants:
         variant_dir = seed_dir / f"srf_{variant}"
-        generator = ["--set", f"generator_variant={variant}"]
-        stage1 = train("stage1", variant_dir / "stage1", [
-            *common, *generator, "--detector-weights", str(baseline / "checkpoint.safetensors"),
-            "--max-iters", str(schedule["stage1_iters"]), "--lr", "0.001",
-            "--set", f"milestones=[{int(schedule['stage1_iters'] * 0.8)}]",
-            "--set", "discriminator_hidden_channels=[128,256,256]",
-        ], timings)
-        stage2 = train("stage2", variant_dir / "stage2", [
-            *common, "--init", str(stage1), "--set", f"extractor_weights={json.dumps(str(baseline / 'checkpoint.safetensors'))}",
-            *detector_schedule(half),
-        ], timings)
-        stage3 = train("stage3", variant_dir / "stage3", [
-            *common, "--init", str(stage2), "--reuse", "extractor", *detector_schedule(half),
-        ], timings)
+        stage2 = train(
+            "stage2",
+            variant_dir / "stage2",
+            [
+                *common,
+                "--init",
+                str(stage1[variant]),
+                "--extractor-weights",
+                str(baseline / "checkpoint.safetensors"),
+                *detector_schedule(half),
+            ],
+            timings,
+        )
+        stage3 = train(
+            "stage3",
+            variant_dir / "stage3",
+            [
+                *common,
+                "--init",
+                str(stage2),
+                "--reuse",
+                "extractor",
+                *detector_schedule(half),
+            ],
+            timings,
+        )
         results[f"srf_{variant}"] = json.loads((stage3 / "metrics.json").read_text())
     return results
 
@@ -151,8 +213,13 @@ def markdown(table, times, seeds, schedule, command, counts) -> str:
     for arm, metrics in table.items():
         cells = [f"{mean:.1f} ± {spread:.1f}" for mean, spread in metrics.values()]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    lines += ["", "Wall-clock per stage on this machine (mean over seeds, seconds):", "",
-              "| stage | seconds |", "|---|---|"]
+    lines += [
+        "",
+        "Wall-clock per stage on this machine (mean over seeds, seconds):",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
     return "\n".join(lines)
 
@@ -163,7 +230,7 @@ def write_results_section(text: str, name: str = "deepforest") -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{text}\n{end}"
     if start in content and end in content:
-        content = content[: content.index(start)] + block + content[content.index(end) + len(end):]
+        content = content[: content.index(start)] + block + content[content.index(end) + len(end) :]
     else:
         content = content.rstrip() + "\n\n## Detection AP with and without SRF (DeepForest, issue 9)\n\n" + block + "\n"
     path.write_text(content)

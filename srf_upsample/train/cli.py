@@ -35,6 +35,7 @@ _FLAGS = [
     ("--eval-data-root", "eval_data_root", str), ("--eval-ann-file", "eval_ann_file", str),
     ("--detector", "detector", str), ("--backbone", "backbone", str),
     ("--backbone-weights", "backbone_weights", str), ("--detector-weights", "detector_weights", str),
+    ("--extractor-weights", "extractor_weights", str),
     ("--init", "init", str), ("--generator", "generator", str), ("--reuse", "reuse", str),
     ("--max-iters", "max_iters", int), ("--batch-size", "batch_size", int), ("--lr", "lr", float),
     ("--min-size", "min_size", int), ("--max-size", "max_size", int), ("--degradation", "degradation", str),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import logging
@@ -141,6 +142,8 @@ def _detector(config: TrainConfig, num_classes: int, frozen_batchnorm: bool | No
 
 
 def _frozen_extractor(config: TrainConfig, num_classes: int) -> nn.Module:
+    if config.extractor_weights:
+        config = dataclasses.replace(config, detector_weights=config.extractor_weights)
     extractor = _detector(config, num_classes).backbone
     extractor.eval().requires_grad_(False)
     return extractor

@@ -46,6 +46,9 @@ class TrainConfig:
     backbone: str = "resnet50"
     backbone_weights: str | None = None
     detector_weights: str | None = None
+    # Weights of the frozen extractor F (a detector checkpoint, e.g. a trained baseline's); None: detector_weights.
+    # Stage 2 needs both apart: F is the trained detector, M starts from the ImageNet backbone (section 5.1).
+    extractor_weights: str | None = None
     trainable_backbone_layers: int | None = None
     anchor_sizes: list[int] | None = None
     levels: list[int] | None = None  # pyramid levels n_s..n_e; None: P2-P5 (R-CNNs) or P3-P5 (RetinaNet, FCOS)
