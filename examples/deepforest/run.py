@@ -48,9 +48,11 @@ COMMON = [
     "400",
     "--set",
     "anchor_sizes=[16,32,64,128,256]",
+    "--set",
+    'detector_kwargs={"box_batch_size_per_image": 128}',
     "--quiet",
 ]
-FULL = {"budget": 200, "stage1_iters": 100, "batch_size": 2, "checkpoint_every": 20}
+FULL = {"budget": 150, "stage1_iters": 60, "batch_size": 2, "checkpoint_every": 20}
 QUICK = {"budget": 4, "stage1_iters": 2, "batch_size": 1, "checkpoint_every": 1}
 
 

@@ -28,7 +28,8 @@ WEIGHTS = REPO / "weights"
 GENERATOR_NAMES = {"paper": "srf-paper-mobilenetv2-fpn", "lite": "srf-lite-mobilenetv2-fpn"}
 SPEC = {
     "detector": "fasterrcnn", "backbone": "mobilenet_v2", "num_classes": 2, "min_size": 400, "max_size": 400,
-    "anchor_sizes": [16, 32, 64, 128, 256], "categories": ["tree"],
+    "anchor_sizes": [16, 32, 64, 128, 256], "detector_kwargs": {"box_batch_size_per_image": 128},
+    "categories": ["tree"],
 }
 LEVELS = ("P2", "P3", "P4", "P5")
 

@@ -155,6 +155,7 @@ def build_detector(
     trainable_backbone_layers: int | None = None,
     anchor_sizes: Sequence[int] | None = None,
     frozen_batchnorm: bool | None = None,
+    detector_kwargs: dict | None = None,
 ) -> nn.Module:
     """Build a torchvision FPN detector by name, never downloading weights.
 
@@ -174,6 +175,8 @@ def build_detector(
             objects; default torchvision's.
         frozen_batchnorm: use FrozenBatchNorm2d in the backbone; default: when ``backbone_weights`` is given
             (torchvision's rule). Rebuilding a trained detector without its ImageNet file passes ``True``.
+        detector_kwargs: more keyword arguments of the torchvision detector class, e.g.
+            ``{"box_batch_size_per_image": 128}`` (JSON values only).
 
     Returns:
         The detector in train mode.
@@ -185,7 +188,7 @@ def build_detector(
     if frozen_batchnorm is None:
         frozen_batchnorm = bool(backbone_weights)
     body = _build_backbone(backbone, detector, backbone_weights, trainable_backbone_layers, frozen_batchnorm)
-    kwargs: dict = {"min_size": min_size, "max_size": max_size}
+    kwargs: dict = {"min_size": min_size, "max_size": max_size, **(detector_kwargs or {})}
     if anchor_sizes:
         if detector in _P3_DETECTORS:
             raise ValueError("anchor_sizes is supported for fasterrcnn and maskrcnn only.")

@@ -137,7 +137,7 @@ def _detector(config: TrainConfig, num_classes: int, frozen_batchnorm: bool | No
         min_size=config.min_size, max_size=config.max_size,
         backbone_weights=config.backbone_weights, detector_weights=config.detector_weights,
         trainable_backbone_layers=config.trainable_backbone_layers, anchor_sizes=config.anchor_sizes,
-        frozen_batchnorm=frozen_batchnorm,
+        frozen_batchnorm=frozen_batchnorm, detector_kwargs=config.detector_kwargs,
     )
 
 

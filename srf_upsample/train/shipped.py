@@ -18,7 +18,7 @@ __all__ = ["DEFAULT_DETECTOR", "DETECTOR_SPEC_NAME", "DETECTOR_WEIGHTS_NAME", "l
 DEFAULT_DETECTOR = "fasterrcnn-mobilenetv2-fpn-deepforest"
 DETECTOR_SPEC_NAME = "detector.json"
 DETECTOR_WEIGHTS_NAME = "detector.safetensors"
-_SPEC_KEYS = ("detector", "backbone", "num_classes", "min_size", "max_size", "anchor_sizes")
+_SPEC_KEYS = ("detector", "backbone", "num_classes", "min_size", "max_size", "anchor_sizes", "detector_kwargs")
 
 
 def _folder(name_or_dir: str | os.PathLike) -> Path:

@@ -51,6 +51,7 @@ class TrainConfig:
     extractor_weights: str | None = None
     trainable_backbone_layers: int | None = None
     anchor_sizes: list[int] | None = None
+    detector_kwargs: dict[str, Any] | None = None  # more arguments of the torchvision detector class
     levels: list[int] | None = None  # pyramid levels n_s..n_e; None: P2-P5 (R-CNNs) or P3-P5 (RetinaNet, FCOS)
     # generator G and discriminator D
     generator_variant: str = "paper"
