@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     channel = int(target[0][0].flatten(1).var(dim=1).argmax())  # the most structured channel of the target
     methods = dict(INTERPOLATIONS)
     for title, name in GENERATORS.items():
-        methods[title] = lambda x, size, g=SRFUpsample.from_pretrained(name): g(x, size=size)
+        srf = SRFUpsample.from_pretrained(name)
+        methods[title] = lambda x, size, g=srf: g(x, size=size)
     maps = {"target P2 (full-size photo)": target[0][0, channel]}
     scores = {}
     for title, method in methods.items():

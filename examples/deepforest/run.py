@@ -110,16 +110,19 @@ def run_seed(
         str(schedule["checkpoint_every"]),
     ]
     half = max(1, schedule["budget"] // 2)
-    detector_schedule = lambda iters: [
-        "--max-iters",
-        str(iters),
-        "--lr",
-        "0.02",  # noqa: E731
-        "--set",
-        f"milestones=[{int(iters * 0.78)}]",
-        "--set",
-        f"warmup_iters={max(1, iters // 10)}",
-    ]
+
+    def detector_schedule(iters: int) -> list[str]:
+        return [
+            "--max-iters",
+            str(iters),
+            "--lr",
+            "0.02",
+            "--set",
+            f"milestones=[{int(iters * 0.78)}]",
+            "--set",
+            f"warmup_iters={max(1, iters // 10)}",
+        ]
+
     seed_dir = work / f"seed{seed}"
     results = {}
     baseline = train("baseline", seed_dir / "baseline", [*common, *detector_schedule(schedule["budget"])], timings)

@@ -27,13 +27,19 @@ REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = REPO / "weights"
 GENERATOR_NAMES = {"paper": "srf-paper-mobilenetv2-fpn", "lite": "srf-lite-mobilenetv2-fpn"}
 SPEC = {
-    "detector": "fasterrcnn", "backbone": "mobilenet_v2", "num_classes": 2, "min_size": 400, "max_size": 400,
-    "anchor_sizes": [16, 32, 64, 128, 256], "detector_kwargs": {"box_batch_size_per_image": 128},
+    "detector": "fasterrcnn",
+    "backbone": "mobilenet_v2",
+    "num_classes": 2,
+    "min_size": 400,
+    "max_size": 400,
+    "anchor_sizes": [16, 32, 64, 128, 256],
+    "detector_kwargs": {"box_batch_size_per_image": 128},
     "categories": ["tree"],
 }
 LEVELS = ("P2", "P3", "P4", "P5")
 
-SOURCES = """- Images: DeepForest's aerial RGB photographs with tree-crown boxes, from the PyPI wheel `deepforest==2.1.0`
+SOURCES = """- Images: DeepForest's aerial RGB photographs with tree-crown boxes, from the PyPI wheel
+  `deepforest==2.1.0`
   (weecology/DeepForest, **MIT license**), tiled to 400x400 by `examples/deepforest/prepare.py`: {train} training
   tiles; the {val} validation tiles (a spatially separate area) are held out.
 - Backbone: torchvision's ImageNet MobileNetV2 weights `mobilenet_v2-b0353104.pth` (torchvision, **BSD-3-Clause**),
@@ -45,7 +51,8 @@ def fidelity_table(val_dir: Path, generator_dirs: dict[str, Path]) -> tuple[str,
     extractor = load_shipped_extractor(WEIGHTS / DEFAULT_DETECTOR)
     methods = dict(INTERPOLATIONS)
     for variant, folder in generator_dirs.items():
-        methods[f"SRF {variant}"] = lambda x, size, g=SRFUpsample.from_pretrained(folder): g(x, size=size)
+        generator = SRFUpsample.from_pretrained(folder)
+        methods[f"SRF {variant}"] = lambda x, size, g=generator: g(x, size=size)
     per_method: dict[str, list[list[float]]] = {name: [] for name in methods}
     with torch.no_grad():
         for path in sorted(val_dir.glob("*.png")):
@@ -53,8 +60,9 @@ def fidelity_table(val_dir: Path, generator_dirs: dict[str, Path]) -> tuple[str,
             low, target = feature_pairs(extractor, image, ["0", "1", "2", "3"])
             for name, method in methods.items():
                 per_method[name].append([row["L1"] for row in fidelity(method, low, target)])
-    means = {name: [statistics.mean(v[i] for v in values) for i in range(len(LEVELS))]
-             for name, values in per_method.items()}
+    means = {
+        name: [statistics.mean(v[i] for v in values) for i in range(len(LEVELS))] for name, values in per_method.items()
+    }
     lines = ["| method | " + " | ".join(LEVELS) + " |", "|---|" + "---|" * len(LEVELS)]
     lines += [f"| {name} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for name, row in means.items()]
     return "\n".join(lines), means
@@ -73,7 +81,7 @@ tags: [srf-gan, feature-upsampling, fpn, object-detection]
 
 The SRF-GAN generator G (`variant="{variant}"`, {params:,} parameters) of `srf_upsample`, trained with the bundled
 trainer's **stage 1 (SRF-GAN, section 4.1)** on CPU: G and the feature patch discriminator D (widths
-{config['discriminator_hidden_channels']}) against the frozen FPN of the shipped detector
+{config["discriminator_hidden_channels"]}) against the frozen FPN of the shipped detector
 `{DEFAULT_DETECTOR}` (Faster R-CNN, MobileNetV2 backbone + FPN), trained first as our baseline.
 
 ```python
@@ -83,19 +91,20 @@ up = SRFUpsample.from_pretrained("{folder.name}")   # shipped with the package, 
 
 ## Training
 - Data (real photographs):
-{SOURCES.format(train=counts['train']['tiles'], val=counts['val']['tiles'])}
+{SOURCES.format(train=counts["train"]["tiles"], val=counts["val"]["tiles"])}
 - Backbone of F: ImageNet MobileNetV2 + FPN (256 channels), fine-tuned as a Faster R-CNN on the training tiles.
 - Levels: P2-P5 (n_s = 2, n_e = 5); I_lr = bilinear x0.5 of I_tr (400 px tiles).
-- Steps: {manifest['step']} iterations of {config['batch_size']} images, SGD momentum {config['momentum']}, weight
-  decay {config['weight_decay']}, lr {config['lr']} (x0.1 at {config['milestones']}), lambda = {config['adversarial_weight']}.
-- Seed {config['seed']}. Command: `python examples/deepforest/run.py --seeds 0` (stage 1 of that run), then
+- Steps: {manifest["step"]} iterations of {config["batch_size"]} images, SGD momentum {config["momentum"]}, weight
+  decay {config["weight_decay"]}, lr {config["lr"]} (x0.1 at {config["milestones"]}),
+  lambda = {config["adversarial_weight"]}.
+- Seed {config["seed"]}. Command: `python examples/deepforest/run.py --seeds 0` (stage 1 of that run), then
   `python examples/deepforest/ship_weights.py --run runs/deepforest/seed0`.
 
 This is a small CPU run, not the paper's 150k-iteration COCO schedule: treat it as a demonstration and a starting
 point for fine-tuning (stage 2 / 3 of the trainer), not as a COCO model.
 
 ## Metrics (held-out)
-Eq. (2)'s L1 between each method's x2 upsampling of F(I_lr) and F(I_tr), mean over the {counts['val']['tiles']}
+Eq. (2)'s L1 between each method's x2 upsampling of F(I_lr) and F(I_tr), mean over the {counts["val"]["tiles"]}
 held-out validation tiles, per level (lower is better; computed by `ship_weights.py`; PSNR and cosine similarity:
 `python benchmarks/bench_fidelity.py --images runs/deepforest/data/val`, see `benchmarks/RESULTS.md`):
 
@@ -112,21 +121,22 @@ def write_detector_card(folder: Path, manifest: dict, counts: dict, metrics: dic
     box = metrics.get("bbox", {})
     card = f"""# {folder.name}
 
-A torchvision Faster R-CNN (MobileNetV2 backbone + FPN, P2-P5 + pool, anchors {SPEC['anchor_sizes']}) trained by
+A torchvision Faster R-CNN (MobileNetV2 backbone + FPN, P2-P5 + pool, anchors {SPEC["anchor_sizes"]}) trained by
 `srf-upsample train baseline` on DeepForest tree crowns; one class, `tree`. It is the frozen extractor F the shipped
 SRF generators were trained against, and the detector of `examples/quickstart.py`. Weights in float16
 (`detector.safetensors`), builder arguments in `detector.json`;
 `srf_upsample.train.shipped.load_shipped_detector()` rebuilds it offline in float32.
 
 - Data:
-{SOURCES.format(train=counts['train']['tiles'], val=counts['val']['tiles'])}
+{SOURCES.format(train=counts["train"]["tiles"], val=counts["val"]["tiles"])}
 - Backbone: ImageNet MobileNetV2 (frozen BatchNorm, top 3 feature blocks trainable, torchvision's rule).
 - Levels: P2-P5 top-down (nearest upsampling, as trained) + the max-pooled P6.
-- Steps: {manifest['step']} iterations of {config['batch_size']} tiles at 400 px, SGD lr {config['lr']}, momentum
-  {config['momentum']}, weight decay {config['weight_decay']}, warm-up {config['warmup_iters']}, x0.1 at
-  {config['milestones']}; seed {config['seed']}.
-- Metrics on the held-out tiles (pycocotools, boxes): AP {100 * box.get('AP', 0):.1f}, AP50 {100 * box.get('AP50', 0):.1f},
-  AP75 {100 * box.get('AP75', 0):.1f}, APs {100 * box.get('APs', 0):.1f}, APm {100 * box.get('APm', 0):.1f}.
+- Steps: {manifest["step"]} iterations of {config["batch_size"]} tiles at 400 px, SGD lr {config["lr"]}, momentum
+  {config["momentum"]}, weight decay {config["weight_decay"]}, warm-up {config["warmup_iters"]}, x0.1 at
+  {config["milestones"]}; seed {config["seed"]}.
+- Metrics on the held-out tiles (pycocotools, boxes): AP {100 * box.get("AP", 0):.1f},
+  AP50 {100 * box.get("AP50", 0):.1f},
+  AP75 {100 * box.get("AP75", 0):.1f}, APs {100 * box.get("APs", 0):.1f}, APm {100 * box.get("APm", 0):.1f}.
 - License: MIT (weights); data DeepForest (MIT); backbone initialisation torchvision (BSD-3-Clause).
 """
     (folder / "README.md").write_text(card)
@@ -140,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     counts = json.loads((data / "counts.json").read_text())
     baseline = args.run / "baseline"
     detector_dir = save_detector_folder(baseline / "checkpoint.safetensors", WEIGHTS / DEFAULT_DETECTOR, SPEC)
-    write_detector_card(detector_dir, json.loads((baseline / "manifest.json").read_text()), counts,
-                        json.loads((baseline / "metrics.json").read_text()))
+    write_detector_card(
+        detector_dir,
+        json.loads((baseline / "manifest.json").read_text()),
+        counts,
+        json.loads((baseline / "metrics.json").read_text()),
+    )
     generator_dirs = {}
     for variant, name in GENERATOR_NAMES.items():
         source = args.run / f"srf_{variant}" / "stage1"
