@@ -52,8 +52,13 @@ def fetch_deepforest_data(cache_dir: Path) -> Path:
         subprocess.run(command, check=True)
         wheels = sorted(cache_dir.glob("deepforest-2.1.0-*.whl"))
     with zipfile.ZipFile(wheels[0]) as wheel:
-        members = [m for m in wheel.namelist() if m.startswith("deepforest/data/") and m.split("/")[-1].split(".")[0]
-                   in SOURCES and m.endswith((".png", ".xml"))]
+        members = [
+            m
+            for m in wheel.namelist()
+            if m.startswith("deepforest/data/")
+            and m.split("/")[-1].split(".")[0] in SOURCES
+            and m.endswith((".png", ".xml"))
+        ]
         wheel.extractall(cache_dir, members)
     return data_dir
 
@@ -116,16 +121,20 @@ def prepare(out_dir: Path, cache_dir: Path) -> dict[str, dict[str, int]]:
                     (out_dir / split).mkdir(parents=True, exist_ok=True)
                     image.crop((x0, y0, x0 + TILE, y0 + TILE)).save(out_dir / split / file_name)
                     image_id = len(coco[split]["images"]) + 1
-                    coco[split]["images"].append({"id": image_id, "file_name": file_name, "width": TILE, "height": TILE})
+                    coco[split]["images"].append(
+                        {"id": image_id, "file_name": file_name, "width": TILE, "height": TILE}
+                    )
                     for box in tile_boxes:
-                        coco[split]["annotations"].append({
-                            "id": len(coco[split]["annotations"]) + 1,
-                            "image_id": image_id,
-                            "category_id": CATEGORY["id"],
-                            "bbox": [round(v, 2) for v in box],
-                            "area": round(box[2] * box[3], 2),
-                            "iscrowd": 0,
-                        })
+                        coco[split]["annotations"].append(
+                            {
+                                "id": len(coco[split]["annotations"]) + 1,
+                                "image_id": image_id,
+                                "category_id": CATEGORY["id"],
+                                "bbox": [round(v, 2) for v in box],
+                                "area": round(box[2] * box[3], 2),
+                                "iscrowd": 0,
+                            }
+                        )
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
     counts = {}
     for split, data in coco.items():
