@@ -49,6 +49,10 @@ def time_interleaved(
     all candidates instead of one, which matters on a shared machine. For each candidate the result holds the median
     seconds and, when ``baseline`` names one of ``fns``, ``ratio``: the median over rounds of (candidate time /
     baseline time in the same round), a paired statistic that cancels slow drifts in machine load.
+
+    ``cpu_median_s`` and ``cpu_ratio`` are the same for the process's CPU time (all its threads, ``time.process_time``).
+    On a CPU shared with other jobs, wall time includes the time our threads waited for a core while CPU time does
+    not, so the CPU-time ratio is the steadier estimate of relative compute cost there. On CUDA it is meaningless.
     """
     names = list(fns)
     for _ in range(warmup):
@@ -56,20 +60,28 @@ def time_interleaved(
             fns[name]()
         sync(device)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu_samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fns[name]()
             sync(device)
             samples[name].append(time.perf_counter() - start)
+            cpu_samples[name].append(time.process_time() - cpu_start)
     results: dict[str, dict[str, float]] = {}
     for name in names:
-        entry = {"median_s": statistics.median(samples[name]), "min_s": min(samples[name])}
+        entry = {
+            "median_s": statistics.median(samples[name]),
+            "min_s": min(samples[name]),
+            "cpu_median_s": statistics.median(cpu_samples[name]),
+        }
         if baseline is not None:
             ratios = [t / b for t, b in zip(samples[name], samples[baseline], strict=True)]
             entry["ratio"] = statistics.median(ratios)
+            cpu_ratios = [t / b for t, b in zip(cpu_samples[name], cpu_samples[baseline], strict=True)]
+            entry["cpu_ratio"] = statistics.median(cpu_ratios) if all(cpu_samples[baseline]) else float("nan")
         results[name] = entry
     return results
 

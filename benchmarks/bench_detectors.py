@@ -234,6 +234,7 @@ def run(
                     label,
                     f"{timings[label]['median_s'] * 1e3:.0f}",
                     f"{timings[label]['ratio']:.3f}",
+                    f"{timings[label]['cpu_ratio']:.3f}",
                     str(detections.get(variant, "-")),
                 ]
                 if use_memory:
@@ -263,17 +264,20 @@ def run(
                         label,
                         f"{timings[label]['median_s'] * 1e3:.0f}",
                         f"{timings[label]['ratio']:.3f}",
+                        f"{timings[label]['cpu_ratio']:.3f}",
                     ]
                 )
             if not quiet:
                 print(f"done training {detector} {train_size}", file=sys.stderr, flush=True)
-    headers = ["detector", "image", "model", "median ms", "x unpatched", "detections"]
+    headers = ["detector", "image", "model", "median ms", "x unpatched", "x unpatched (CPU time)", "detections"]
     if use_memory:
         headers += ["peak MiB", "vs unpatched"]
     text = "### Inference (batch 1)\n\n" + format_table(headers, inference_rows)
     if train_rows:
         text += "\n\n### Training step (batch 2: forward with losses, backward, SGD step)\n\n"
-        text += format_table(["detector", "batch", "model", "median ms", "x unpatched"], train_rows)
+        text += format_table(
+            ["detector", "batch", "model", "median ms", "x unpatched", "x unpatched (CPU time)"], train_rows
+        )
     return text
 
 
@@ -310,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     memory_note = (
         "`torch.cuda.max_memory_allocated` during one inference (tensors only, allocator cache excluded)"
         if device_type == "cuda"
-        else "peak resident set size (`ru_maxrss`) of a fresh process that builds the model and runs one inference "
-        "(includes the Python/torch runtime and weights, so compare the difference column)"
+        else "peak resident set size during one inference in a fresh process (VmHWM, reset via /proc/self/clear_refs "
+        "after building the model; it includes the Python/torch runtime and the weights, so compare the difference "
+        "column)"
     )
     header = [
         "",
@@ -319,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *environment_lines(args.device, [torch.float32]),
         f"- {warmup} warm-up + {repeats} interleaved timed rounds, median; inference under `torch.inference_mode()`; "
-        "`x unpatched`: median over rounds of (time / unpatched time in the same round)",
+        "`x unpatched`: median over rounds of (time / unpatched time in the same round), for wall time and for the "
+        "process's CPU time (steadier on a shared machine: it leaves out time spent waiting for a core)",
         "- random weights, `box_score_thresh=0` so every model keeps 100 detections; transform keeps the image size; "
         "`lite-cl`: the upsampler's weights in channels_last",
         f"- peak memory: {memory_note}",

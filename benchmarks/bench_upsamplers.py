@@ -119,11 +119,13 @@ def run(
                         f"{flops[name] / 1e9:.2f}",
                         f"{timings[name]['median_s'] * 1e3:.2f}",
                         f"{timings[name]['ratio']:.2f}",
+                        f"{timings[name]['cpu_ratio']:.2f}",
                     ]
                 )
             if not quiet:
                 print(f"done {dtype_name} {step}", file=sys.stderr, flush=True)
     headers = ["dtype", "step", "shape (C x H x W)", "upsampler", "params (M)", "GFLOPs", "median ms", "x nearest"]
+    headers.append("x nearest (CPU time)")
     return format_table(headers, rows)
 
 
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- image {image[0]}x{image[1]}, batch 1, FPN width 256; {warmup} warm-up + {repeats} interleaved timed "
         "rounds, median; learned upsamplers fused (`.eval().fuse()`), `torch.inference_mode()`",
         "- `x nearest`: median over rounds of (time / time of `F.interpolate(mode='nearest')` on the same input in "
-        "the same round). GFLOPs from `torch.utils.flop_counter` (convolutions only: interpolation counts 0). "
+        "the same round), for wall time and for the process's CPU time (steadier on a shared machine). "
+        "GFLOPs from `torch.utils.flop_counter` (convolutions only: interpolation counts 0). "
         "params: as shipped (unfused, BN included)",
     ]
     if device_type == "cpu":
