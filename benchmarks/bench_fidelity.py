@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         for index, level in enumerate(LEVELS):
             cells = [statistics.mean(image[index][metric] for image in per_image) for metric in FIDELITY_METRICS]
             rows.append([name, level, f"{cells[0]:.4f}", f"{cells[1]:.2f}", f"{cells[2]:.4f}"])
-        means = [statistics.mean(statistics.mean(im[i][m] for im in per_image) for i in range(len(LEVELS)))
-                 for m in FIDELITY_METRICS]
+        means = [
+            statistics.mean(statistics.mean(im[i][m] for im in per_image) for i in range(len(LEVELS)))
+            for m in FIDELITY_METRICS
+        ]
         rows.append([name, "mean", f"{means[0]:.4f}", f"{means[1]:.2f}", f"{means[2]:.4f}"])
     table = format_table(["method", "level", "L1 (lower is better)", "PSNR dB", "cosine"], rows)
     try:
