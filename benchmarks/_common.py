@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import os
 import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -133,7 +135,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 def _locked(path: Path):
     # Several scripts (and engineers) write sections of the same file; an advisory lock keeps their
     # read-modify-write cycles from interleaving. fcntl is POSIX-only; elsewhere we go without.
-    lock_path = path.with_suffix(path.suffix + ".lock")
+    # The lock file lives in the temp dir, keyed by the results file's absolute path, to keep the repo clean.
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    lock_path = Path(tempfile.gettempdir()) / f"{path.name}.{digest}.lock"
     try:
         import fcntl
     except ImportError:
