@@ -378,6 +378,16 @@ class _Trainer:
         _write_json(manifest_path, manifest)
 
     # ---- one step per stage
+    def _check_finite(self, name: str, loss: torch.Tensor) -> None:
+        # Training on NaN silently wastes the rest of the run; stop at the first non-finite loss instead.
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"{name} is {loss.item()} at step {self.step + 1}: training diverged. Lower --lr (the paper's 0.02 is "
+                f"for 16 images per step; scale it linearly: 0.02 * batch_size / 16 = "
+                f"{0.02 * self.config.batch_size / 16:g}) or lengthen warmup_iters; resume restarts from the last "
+                "checkpoint."
+            )
+
     def _stage1_step(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             full = prepare_batch(images)
@@ -389,6 +399,7 @@ class _Trainer:
         # G step: D's output is not detached, so the adversarial gradient reaches G; only G's optimizer steps.
         self.optimizers["generator"].zero_grad(set_to_none=True)
         g_loss = srf_loss(sr, target_feats, self._fake_logits(sr), adversarial_weight=self.config.adversarial_weight)
+        self._check_finite("loss_g", g_loss)
         g_loss.backward()
         self.optimizers["generator"].step()
         return {"loss_d": d_loss, "loss_g": g_loss.detach()}
@@ -398,6 +409,7 @@ class _Trainer:
         optimizer.zero_grad(set_to_none=True)
         logits = self.discriminator_levels(list(real) + [feat.detach() for feat in fake])
         loss = discriminator_loss(logits[: len(real)], logits[len(real):])
+        self._check_finite("loss_d", loss)
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -427,6 +439,7 @@ class _Trainer:
         srf = srf_extractor_loss(sr, target_feats, self._fake_logits(sr),
                                  adversarial_weight=self.config.adversarial_weight)
         total = integral_loss(srf, detection)
+        self._check_finite("loss_int", total)
         total.backward()
         self.optimizers["detector"].step()
         out = {"loss_d": d_loss, "loss_int": total.detach(), "loss_srf": srf.detach()}
@@ -437,6 +450,7 @@ class _Trainer:
         detection = self.detector(images, targets)
         total = sum(detection.values())
         self.optimizers["detector"].zero_grad(set_to_none=True)
+        self._check_finite("loss", total)
         total.backward()
         self.optimizers["detector"].step()
         out = {"loss": total.detach()}
