@@ -50,7 +50,7 @@ COMMON = [
     'detector_kwargs={"box_batch_size_per_image": 128}',
     "--quiet",
 ]
-FULL = {"budget": 150, "stage1_iters": 60, "batch_size": 2, "checkpoint_every": 20, "image_size": 400}
+FULL = {"budget": 150, "stage1_iters": 100, "batch_size": 2, "checkpoint_every": 20, "image_size": 400}
 QUICK = {"budget": 4, "stage1_iters": 2, "batch_size": 2, "checkpoint_every": 1, "image_size": 256}
 
 
@@ -147,7 +147,10 @@ def run_seed(
                 "--max-iters",
                 str(schedule["stage1_iters"]),
                 "--lr",
-                "0.001",
+                # 10x the paper's stage-1 lr: the paper runs 150k iterations, we run a few dozen.
+                "0.01",
+                "--set",
+                "generator_zero_init_residual=true",
                 "--set",
                 f"milestones=[{int(schedule['stage1_iters'] * 0.8)}]",
                 "--set",

@@ -151,6 +151,7 @@ def _frozen_extractor(config: TrainConfig, num_classes: int) -> nn.Module:
 
 def _new_generator(config: TrainConfig) -> SRFUpsample:
     return SRFUpsample(256, hidden_channels=config.generator_hidden_channels, num_blocks=config.generator_num_blocks,
+                       zero_init_residual=config.generator_zero_init_residual,
                        variant=config.generator_variant)
 
 

@@ -57,6 +57,8 @@ class TrainConfig:
     generator_variant: str = "paper"
     generator_hidden_channels: int | None = None
     generator_num_blocks: int | None = None
+    # Start G's learned residual at zero, so G begins as bilinear (not in the paper; helps short schedules).
+    generator_zero_init_residual: bool = False
     discriminator_hidden_channels: list[int] = field(default_factory=lambda: [512, 1024, 1024])
     adversarial_weight: float = 0.001  # lambda of Eq. (2) and (3)
     # optimisation (SGD, momentum 0.9, weight decay 1e-4)
