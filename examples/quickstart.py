@@ -59,7 +59,7 @@ def draw_feature_maps(maps: dict[str, torch.Tensor], scores: dict[str, float], p
         ax.set_title(title if title not in scores else f"{title}\nL1 {scores[title]:.3f}", fontsize=9)
         ax.axis("off")
     fig.suptitle("P2 of FPN (one channel): half-size photo upsampled x2 vs the full-size photo's P2", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -92,10 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     for title, name in GENERATORS.items():
         srf = SRFUpsample.from_pretrained(name)
         methods[title] = lambda x, size, g=srf: g(x, size=size)
-    maps = {"target P2 (full-size photo)": target[0][0, channel]}
+    # F sees the photo padded to a multiple of 64; show only the photo's own P2 pixels (stride 4).
+    rows, cols = -(-image.shape[-2] // 4), -(-image.shape[-1] // 4)
+    maps = {"target P2 (full-size photo)": target[0][0, channel, :rows, :cols]}
     scores = {}
     for title, method in methods.items():
-        maps[title] = method(low[0], tuple(target[0].shape[-2:]))[0, channel]
+        maps[title] = method(low[0], tuple(target[0].shape[-2:]))[0, channel, :rows, :cols]
         scores[title] = fidelity(method, low, target)[0]["L1"]
     draw_feature_maps(maps, scores, args.out / "fig2_p2_features.png")
     print("P2 L1 to the full-size photo's features (all channels):",
