@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment_lines, format_table, write_section  # noqa: E402
 
 from srf_upsample import SRFUpsample, list_shipped  # noqa: E402
+from srf_upsample.train.data import read_image  # noqa: E402
 from srf_upsample.train.fidelity import FIDELITY_METRICS, INTERPOLATIONS, feature_pairs, fidelity  # noqa: E402
 from srf_upsample.train.shipped import DEFAULT_DETECTOR, load_shipped_extractor  # noqa: E402
 
@@ -34,7 +34,7 @@ def load_images(folder: Path, limit: int | None) -> list[torch.Tensor]:
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:limit]
     if not paths:
         raise ValueError(f"No .png/.jpg images in {str(folder)!r}.")
-    return [decode_image(str(p), mode=ImageReadMode.RGB).float() / 255 for p in paths]
+    return [read_image(p) for p in paths]
 
 
 def main(argv: list[str] | None = None) -> int:

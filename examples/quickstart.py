@@ -25,9 +25,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torchvision.io import ImageReadMode, decode_image  # noqa: E402
 
 from srf_upsample import SRFUpsample, patch_fpn  # noqa: E402
+from srf_upsample.train.data import read_image  # noqa: E402
 from srf_upsample.train.fidelity import INTERPOLATIONS, feature_pairs, fidelity  # noqa: E402
 from srf_upsample.train.shipped import load_shipped_detector  # noqa: E402
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
-    image = decode_image(str(args.image), mode=ImageReadMode.RGB).float() / 255
+    image = read_image(args.image)
 
     # (a) The detector as users hold it, then patched: one shared SRF generator replaces its FPN's upsampling.
     detector, spec = load_shipped_detector()

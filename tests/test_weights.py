@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.io import ImageReadMode, decode_image
 
 from srf_upsample import SRFUpsample, list_shipped
 from srf_upsample.hub import shipped_weights_dir
+from srf_upsample.train.data import read_image
 from srf_upsample.train.fidelity import INTERPOLATIONS, feature_pairs, fidelity
 from srf_upsample.train.shipped import DEFAULT_DETECTOR, load_shipped_extractor
 
@@ -27,7 +27,7 @@ def test_generators_are_shipped_small_and_documented():
 
 @pytest.fixture(scope="module")
 def heldout_features():
-    image = decode_image(str(HELDOUT), mode=ImageReadMode.RGB).float() / 255
+    image = read_image(HELDOUT)
     with torch.no_grad():
         return feature_pairs(load_shipped_extractor(DEFAULT_DETECTOR), image, ["0", "1", "2", "3"])
 

@@ -16,10 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torchvision.io import ImageReadMode, decode_image  # noqa: E402
 
 from srf_upsample import SRFUpsample, patch_fpn  # noqa: E402
 from srf_upsample.hub import load_state_dict_strict, read_safetensors  # noqa: E402
+from srf_upsample.train.data import read_image  # noqa: E402
 from srf_upsample.train.features import build_detector, prepare_batch  # noqa: E402
 
 ARMS = {"baseline": "baseline", "SRF (paper G)": "srf_paper/stage3", "SRF (lite G)": "srf_lite/stage3"}
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/images/deepforest_detections.png"))
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    image = decode_image(str(args.tile), mode=ImageReadMode.RGB).float() / 255
+    image = read_image(args.tile)
     arms = {title: args.run / sub for title, sub in ARMS.items() if (args.run / sub / "manifest.json").is_file()}
     fig, axes = plt.subplots(2, len(arms), figsize=(4.6 * len(arms), 9.4), squeeze=False)
     for column, (title, stage_dir) in enumerate(arms.items()):

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
 
 from srf_upsample import SRFUpsample
+from srf_upsample.train.data import read_image
 from srf_upsample.train.fidelity import INTERPOLATIONS, feature_pairs, fidelity
 from srf_upsample.train.shipped import DEFAULT_DETECTOR, load_shipped_extractor, save_detector_folder
 
@@ -56,7 +56,7 @@ def fidelity_table(val_dir: Path, generator_dirs: dict[str, Path]) -> tuple[str,
     per_method: dict[str, list[list[float]]] = {name: [] for name in methods}
     with torch.no_grad():
         for path in sorted(val_dir.glob("*.png")):
-            image = decode_image(str(path), mode=ImageReadMode.RGB).float() / 255
+            image = read_image(path)
             low, target = feature_pairs(extractor, image, ["0", "1", "2", "3"])
             for name, method in methods.items():
                 per_method[name].append([row["L1"] for row in fidelity(method, low, target)])

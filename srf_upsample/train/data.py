@@ -21,10 +21,23 @@ __all__ = [
     "CocoDetectionDataset",
     "collate",
     "epoch_batches",
+    "read_image",
     "scale_targets",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def _pil_to_tensor(pil) -> torch.Tensor:
+    return v2.functional.to_dtype(v2.functional.to_image(pil), torch.float32, scale=True)
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file as a ``(3, H, W)`` float32 RGB tensor with values in [0, 1] (PIL decoding)."""
+    from PIL import Image
+
+    with Image.open(path) as pil:
+        return _pil_to_tensor(pil.convert("RGB"))
 
 
 def _require_pycocotools() -> None:
@@ -109,7 +122,7 @@ class CocoDetectionDataset(CocoDetection):
             logger.debug("skipping unreadable image %s: %s", image_id, error)
             return None
         width, height = pil.size
-        image = v2.functional.to_dtype(v2.functional.to_image(pil), torch.float32, scale=True)
+        image = _pil_to_tensor(pil)
         anns = [ann for ann in self._load_target(image_id) if not ann.get("iscrowd", 0) and ann["category_id"]
                 in self.label_of]
         boxes = torch.tensor([ann["bbox"] for ann in anns], dtype=torch.float32).reshape(-1, 4)
