@@ -94,6 +94,8 @@ up = SRFUpsample.from_pretrained("{folder.name}")   # shipped with the package, 
 {SOURCES.format(train=counts["train"]["tiles"], val=counts["val"]["tiles"])}
 - Backbone of F: ImageNet MobileNetV2 + FPN (256 channels), fine-tuned as a Faster R-CNN on the training tiles.
 - Levels: P2-P5 (n_s = 2, n_e = 5); I_lr = bilinear x0.5 of I_tr (400 px tiles).
+- Deviations for this short run: G starts as bilinear (`generator_zero_init_residual`, not in the paper) and the
+  lr is 10x the paper's stage-1 0.001 (a hundred iterations instead of 150k); D is narrower than the paper's.
 - Steps: {manifest["step"]} iterations of {config["batch_size"]} images, SGD momentum {config["momentum"]}, weight
   decay {config["weight_decay"]}, lr {config["lr"]} (x0.1 at {config["milestones"]}),
   lambda = {config["adversarial_weight"]}.
