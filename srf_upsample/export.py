@@ -65,6 +65,16 @@ PARITY_TOLERANCE = 1e-4
 _INSTALL_HINT = 'pip install "srf_upsample[export]"'
 
 
+def _check_size_pair(name: str, value: object, *, minimum: int) -> None:
+    """Raise a ValueError unless ``value`` is a pair (H, W) of ints >= ``minimum``."""
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < minimum for s in value)
+    ):
+        raise ValueError(f"{name} must be a pair (H, W) of ints >= {minimum}, got {value!r}.")
+
+
 def _require_export_deps() -> tuple[Any, Any]:
     """Import and return ``(onnx, onnxruntime)``; raise an ImportError naming the pip command if one is missing."""
     try:
@@ -318,12 +328,7 @@ def export_generator(
             "for a detector patched with patch_fpn use export_backbone."
         )
     opset = _check_opset(opset)
-    if (
-        not isinstance(example_size, (tuple, list))
-        or len(example_size) != 2
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 2 for s in example_size)
-    ):
-        raise ValueError(f"example_size must be a pair (H, W) of ints >= 2, got {example_size!r}.")
+    _check_size_pair("example_size", example_size, minimum=2)
     generator = copy.deepcopy(module).eval()
     if fuse:
         generator.fuse()
@@ -475,12 +480,7 @@ def export_backbone(
             "Call `model, report = srf_upsample.patch_fpn(model)` first, or use export_generator for a bare "
             "SRFUpsample."
         )
-    if (
-        not isinstance(image_size, (tuple, list))
-        or len(image_size) != 2
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 32 for s in image_size)
-    ):
-        raise ValueError(f"image_size must be a pair (H, W) of ints >= 32, got {image_size!r}.")
+    _check_size_pair("image_size", image_size, minimum=32)
     backbone = copy.deepcopy(backbone).eval()
     if fuse:
         for m in backbone.modules():

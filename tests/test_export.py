@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from _helpers import trained_looking
 
 from srf_upsample import SRFUpsample
 from srf_upsample.export import (
@@ -40,14 +41,7 @@ def _seed() -> None:
 
 
 def _trained_looking(variant: str) -> SRFUpsample:
-    """A tiny eval-mode generator whose BN holds non-trivial statistics, so fused vs. unfused export means something."""
-    module = SRFUpsample(8, hidden_channels=8, num_blocks=1, variant=variant)
-    for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
-        torch.nn.init.uniform_(bn.bias, -0.2, 0.2)
-    return module.eval()
+    return trained_looking(variant)
 
 
 def _default_domain_opset(path) -> int:

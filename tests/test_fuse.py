@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from _helpers import trained_looking
 
 from srf_upsample import SRFUpsample
 
@@ -16,17 +17,7 @@ def _seed() -> None:
 
 
 def _trained_looking(variant: str, channels: int = 8) -> SRFUpsample:
-    """A small module in eval mode whose BN layers hold non-trivial statistics and affine parameters.
-
-    Fresh BN (mean 0, var 1, weight 1, bias 0) is almost the identity, so fusing it would prove little.
-    """
-    module = SRFUpsample(channels, hidden_channels=8, num_blocks=2, variant=variant)
-    for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
-        torch.nn.init.uniform_(bn.bias, -0.2, 0.2)
-    return module.eval()
+    return trained_looking(variant, channels, num_blocks=2)
 
 
 def _max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
