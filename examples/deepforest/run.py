@@ -25,7 +25,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -77,20 +76,16 @@ def is_finished(output_dir: Path) -> bool:
     return manifest.is_file() and json.loads(manifest.read_text()).get("finished", False)
 
 
-def train(stage: str, output_dir: Path, args: list[str], timings: dict) -> Path:
+def train(stage: str, output_dir: Path, args: list[str]) -> Path:
     """Run one ``srf-upsample train`` stage (resuming if it was stopped) and record its wall-clock time."""
     if not is_finished(output_dir):
         command = [sys.executable, "-m", "srf_upsample.cli", "train", stage, "--output-dir", str(output_dir), *args]
         print("+", " ".join(command), flush=True)
-        start = time.perf_counter()
         subprocess.run(command, check=True, cwd=REPO)
-        timings[str(output_dir)] = timings.get(str(output_dir), 0.0) + time.perf_counter() - start
     return output_dir
 
 
-def run_seed(
-    seed: int, variants: list[str], work: Path, data: Path, weights: Path, schedule: dict, timings: dict
-) -> dict[str, dict]:
+def run_seed(seed: int, variants: list[str], work: Path, data: Path, weights: Path, schedule: dict) -> dict[str, dict]:
     """Train and evaluate the baseline and every SRF variant for one seed; returns metrics per arm."""
     train_data = ["--data-root", str(data / "train"), "--ann-file", str(data / "annotations/instances_train.json")]
     eval_data = ["--eval-data-root", str(data / "val"), "--eval-ann-file", str(data / "annotations/instances_val.json")]
@@ -130,7 +125,7 @@ def run_seed(
 
     seed_dir = work / f"seed{seed}"
     results = {}
-    baseline = train("baseline", seed_dir / "baseline", [*common, *detector_schedule(schedule["budget"])], timings)
+    baseline = train("baseline", seed_dir / "baseline", [*common, *detector_schedule(schedule["budget"])])
     results["baseline"] = json.loads((baseline / "metrics.json").read_text())
     # Every stage 1 first: the shipped generators (weights/) are these, so they are ready early.
     stage1 = {}
@@ -156,7 +151,6 @@ def run_seed(
                 "--set",
                 "discriminator_hidden_channels=[128,256,256]",
             ],
-            timings,
         )
     for variant in variants:
         variant_dir = seed_dir / f"srf_{variant}"
@@ -171,7 +165,6 @@ def run_seed(
                 str(baseline / "checkpoint.safetensors"),
                 *detector_schedule(half),
             ],
-            timings,
         )
         stage3 = train(
             "stage3",
@@ -184,7 +177,6 @@ def run_seed(
                 "extractor",
                 *detector_schedule(half),
             ],
-            timings,
         )
         results[f"srf_{variant}"] = json.loads((stage3 / "metrics.json").read_text())
     return results
@@ -203,14 +195,22 @@ def summarize(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict[str, tuple
     return table
 
 
-def stage_times(work: Path, timings: dict) -> dict[str, float]:
-    """Mean wall-clock seconds per stage kind over seeds (baseline, stage1_paper, ...)."""
-    grouped: dict[str, list[float]] = {}
-    for path, seconds in timings.items():
-        parts = Path(path).relative_to(work).parts  # seed0/baseline or seed0/srf_paper/stage1
-        name = parts[1] if len(parts) == 2 else f"{parts[2]}_{parts[1].removeprefix('srf_')}"
-        grouped.setdefault(name, []).append(seconds)
-    return {name: statistics.mean(values) for name, values in sorted(grouped.items())}
+def stage_times(work: Path, seeds: list[int]) -> dict[str, tuple[float, float]]:
+    """Per stage kind (baseline, stage1_paper, ...): mean over seeds of the training seconds and seconds per iteration.
+
+    Read from each stage's ``log.jsonl`` (the trainer's per-step ``time``), so resumed runs count once.
+    """
+    grouped: dict[str, list[tuple[float, float]]] = {}
+    for seed in seeds:
+        for log in sorted((work / f"seed{seed}").glob("**/log.jsonl")):
+            parts = log.parent.relative_to(work / f"seed{seed}").parts  # ("baseline",) or ("srf_paper", "stage1")
+            name = parts[0] if len(parts) == 1 else f"{parts[1]}_{parts[0].removeprefix('srf_')}"
+            steps = [json.loads(line)["time"] for line in log.read_text().splitlines() if line.strip()]
+            grouped.setdefault(name, []).append((sum(steps), sum(steps) / max(1, len(steps))))
+    return {
+        name: (statistics.mean(v[0] for v in values), statistics.mean(v[1] for v in values))
+        for name, values in sorted(grouped.items())
+    }
 
 
 def markdown(table, times, seeds, schedule, command, counts) -> str:
@@ -228,12 +228,13 @@ def markdown(table, times, seeds, schedule, command, counts) -> str:
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Wall-clock per stage on this machine (mean over seeds, seconds):",
+        "Training time per stage on this machine (mean over seeds; the sum of the trainer's per-step `time` in",
+        "`log.jsonl`, evaluation excluded):",
         "",
-        "| stage | seconds |",
-        "|---|---|",
+        "| stage | seconds | seconds per iteration |",
+        "|---|---|---|",
     ]
-    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
+    lines += [f"| {name} | {total:.0f} | {per_step:.1f} |" for name, (total, per_step) in times.items()]
     return "\n".join(lines)
 
 
@@ -270,14 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     data = work / "data"
     counts = prepare(data, args.cache_dir / "deepforest")
     weights = fetch_mobilenet_weights(args.cache_dir / "mobilenet")
-    timings_path = work / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     per_seed = {}
     for seed in seeds:
-        per_seed[seed] = run_seed(seed, args.variants, work, data, weights, schedule, timings)
-        timings_path.write_text(json.dumps(timings, indent=2))
+        per_seed[seed] = run_seed(seed, args.variants, work, data, weights, schedule)
     table = summarize(per_seed)
-    times = stage_times(work, timings)
+    times = stage_times(work, seeds)
     command = "python examples/deepforest/run.py" + (" --quick" if args.quick else "")
     if args.seeds:
         command += " --seeds " + " ".join(map(str, seeds))
