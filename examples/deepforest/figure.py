@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", linewidth=1.2))
         ax.set_title(f"{title}: {int(keep.sum())} trees (score >= {SCORE_THRESHOLD})", fontsize=10)
         ax.axis("off")
-        p2 = model.backbone(prepare_batch([image]))["0"][0]
+        # The backbone sees the tile padded to a multiple of 64; show only the tile's own P2 pixels (stride 4).
+        p2 = model.backbone(prepare_batch([image]))["0"][0, :, : -(-image.shape[-2] // 4), : -(-image.shape[-1] // 4)]
         axes[1, column].imshow(p2.abs().mean(0).numpy(), cmap="magma")
         axes[1, column].set_title(f"{title}: P2, mean |activation| over channels", fontsize=10)
         axes[1, column].axis("off")
