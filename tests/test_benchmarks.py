@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,14 +36,54 @@ def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:
     assert text.endswith("hand-written note\n")
 
 
-def test_time_interleaved_reports_medians_and_paired_ratios() -> None:
+class FakeClock:
+    """Stands in for ``time`` in _common: each timed callable advances the wall and CPU clocks by chosen amounts."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def perf_counter(self) -> float:
+        return self.wall
+
+    def process_time(self) -> float:
+        return self.cpu
+
+    def advance(self, wall: float, cpu: float) -> None:
+        self.wall += wall
+        self.cpu += cpu
+
+
+def test_time_interleaved_reports_medians_and_paired_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The durations are set through a fake clock, so every statistic is known exactly: no real timing is asserted.
+    clock = FakeClock()
+    monkeypatch.setattr(_common, "time", clock)
+    # Per timed round (after one warm-up round): base takes 1, 4, 2 s and other 3, 4, 8 s of wall time. The paired
+    # ratios are 3, 1, 4 (median 3), which differs from the ratio of the medians (4 / 2 = 2): the ratio must pair
+    # each round's times. CPU time is half the wall time for base and a quarter for other.
+    durations = {"base": [9.0, 1.0, 4.0, 2.0], "other": [9.0, 3.0, 4.0, 8.0]}
+    cpu_share = {"base": 0.5, "other": 0.25}
     calls: list[str] = []
-    fns = {"base": lambda: calls.append("base"), "other": lambda: calls.append("other")}
-    result = _common.time_interleaved(fns, warmup=1, repeats=3, baseline="base")
+
+    def timed(name: str) -> Callable[[], None]:
+        def run() -> None:
+            wall = durations[name][sum(call == name for call in calls)]
+            calls.append(name)
+            clock.advance(wall, wall * cpu_share[name])
+
+        return run
+
+    result = _common.time_interleaved({"base": timed("base"), "other": timed("other")}, warmup=1, repeats=3,
+                                      baseline="base")
     assert calls == ["base", "other", "base", "other", "other", "base", "base", "other"]  # rotated each round
-    assert set(result) == {"base", "other"}
-    assert result["base"]["ratio"] == 1.0
-    assert result["other"]["median_s"] >= 0
+    assert result == {
+        "base": {"median_s": 2.0, "min_s": 1.0, "cpu_median_s": 1.0, "ratio": 1.0, "cpu_ratio": 1.0},
+        "other": {"median_s": 4.0, "min_s": 3.0, "cpu_median_s": 1.0, "ratio": 3.0, "cpu_ratio": 1.5},
+    }
+    # Without a baseline there is no ratio to report.
+    calls.clear()
+    alone = _common.time_interleaved({"base": timed("base")}, warmup=1, repeats=3)
+    assert alone == {"base": {"median_s": 2.0, "min_s": 1.0, "cpu_median_s": 1.0}}
 
 
 def _table_rows(text: str) -> list[list[str]]:
