@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .upsample import SRFUpsample
@@ -106,9 +105,10 @@ class GeneratorExportWrapper(nn.Module):
 
     ``SRFUpsample.forward`` picks its number of passes with Python math on the shapes, which would freeze the
     exported graph to one input size. This wrapper does exactly one pass (what an FPN asks: a target at most twice
-    the input), the same computation as ``SRFUpsample._one_pass``: the learned residual at ``(2H, 2W)`` resized
-    bilinearly to the target, plus the input resized bilinearly to the target. The target is the spatial shape of
-    ``like`` (only its shape is read, so it may have 0 channels), as an FPN takes it from the lateral feature.
+    the input) by calling ``SRFUpsample._one_pass``, the method ``forward`` calls for each pass: the learned residual
+    at ``(2H, 2W)`` resized bilinearly to the target, plus the input resized bilinearly to the target. The target is
+    the spatial shape of ``like`` (only its shape is read, so it may have 0 channels), as an FPN takes it from the
+    lateral feature.
 
     Args:
         module: the generator to wrap; it is used as is (not copied).
@@ -134,16 +134,7 @@ class GeneratorExportWrapper(nn.Module):
 
     def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Upsample ``x`` to the spatial size of ``like`` in one generator pass."""
-        size = like.shape[-2:]
-        return _one_pass(self.module, x, size)
-
-
-def _one_pass(module: SRFUpsample, x: torch.Tensor, size: Sequence[Any]) -> torch.Tensor:
-    # Resizing the (2H, 2W) residual to (2H, 2W) is an exact identity for bilinear with align_corners=False, so
-    # always resizing (instead of branching on the shape as SRFUpsample._one_pass does) gives the same numbers.
-    residual = F.interpolate(module.residual(x), size=size, mode="bilinear", align_corners=False)
-    shortcut = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return shortcut + residual
+        return self.module._one_pass(x, like.shape[-2:])
 
 
 class _SinglePassUpsample(nn.Module):
@@ -169,7 +160,7 @@ class _SinglePassUpsample(nn.Module):
             size = (x.shape[-2] * int(factors[0]), x.shape[-1] * int(factors[1]))
         elif isinstance(size, int):
             size = (size, size)
-        return _one_pass(self.module, x, size)
+        return self.module._one_pass(x, size)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import safetensors.torch
 import torch
@@ -96,7 +96,13 @@ class SRFHubMixin(PyTorchModelHubMixin):
 
     ``from_pretrained(name_or_path_or_repo_id, revision=...)`` resolves, in order: a local folder, a shipped name
     (see ``list_shipped()``), a Hub repo id (through the Hub cache; with ``HF_HUB_OFFLINE=1`` only the cache).
+
+    A subclass lists in ``_legacy_config_defaults`` the constructor arguments it gained after weights were published,
+    each with the value that reproduces the old behaviour: a ``config.json`` without such a field was written before
+    the argument existed, so the field is read as that value, not as the (possibly different) current default.
     """
+
+    _legacy_config_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any):  # type: ignore[override]
@@ -160,6 +166,10 @@ class SRFHubMixin(PyTorchModelHubMixin):
                 local_files_only=local_files_only,
             )
         state_dict = read_safetensors(model_file, device=map_location)
+        # The mixin passes only the fields config.json holds (plus the caller's keyword arguments), so a field that
+        # is still missing here was absent from the file.
+        for name, value in cls._legacy_config_defaults.items():
+            model_kwargs.setdefault(name, value)
         model = cls(**model_kwargs)
         load_state_dict_strict(model, state_dict, source=f"weights from {model_id!r}")
         model.to(map_location)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ._checks import check_choice, check_feature_map, check_positive_int, resolve_output_size
 from .hub import SRFHubMixin
 
-__all__ = ["SRFUpsample", "VARIANTS"]
+__all__ = ["NORMS", "SRFUpsample", "VARIANTS"]
 
 # Per-variant defaults for the arguments left as None. "paper" is section 3.1 of the paper; "lite" is ours (README).
 VARIANTS: dict[str, dict[str, int]] = {
@@ -23,45 +24,78 @@ VARIANTS: dict[str, dict[str, int]] = {
 }
 
 
-class _ResidualBlock(nn.Module):
-    """3x3 conv, BN, LeakyReLU, 3x3 conv, BN, plus the identity (the paper's residual block). Shape-preserving."""
+def _no_norm(channels: int) -> nn.Module:
+    return nn.Identity()
 
-    def __init__(self, channels: int, negative_slope: float) -> None:
+
+# Normalisation inside the residual blocks. "batch" is the paper's text (BN in each residual block); "none" is the
+# authors' released code, and our default: one G serves every pyramid level, and BN's running statistics mix the
+# levels, so a BN generator computes something else in eval mode than in training (docs/paper_fidelity.md).
+NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm2d, "none": _no_norm}
+
+
+def _fold_norm(conv: nn.Conv2d, norm: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Return ``(conv, norm)`` with a BatchNorm folded into ``conv``; without BatchNorm there is nothing to fold."""
+    if isinstance(norm, nn.BatchNorm2d):
+        return fuse_conv_bn_eval(conv, norm), nn.Identity()
+    return conv, norm
+
+
+class _ResidualBlock(nn.Module):
+    """3x3 conv, norm, LeakyReLU, 3x3 conv, norm, plus the identity (the paper's residual block). Shape-preserving."""
+
+    def __init__(self, channels: int, negative_slope: float, norm: str) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
+        # A conv followed by BN needs no bias (BN cancels it); without normalisation the conv keeps its bias. The
+        # norm layers keep the names bn1/bn2 for every choice, so state dicts saved before `norm` existed still load.
+        has_bias = norm == "none"
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=has_bias)
+        self.bn1 = NORMS[norm](channels)
         self.act = nn.LeakyReLU(negative_slope)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=has_bias)
+        self.bn2 = NORMS[norm](channels)
+
+    @property
+    def last_conv(self) -> nn.Conv2d:
+        """The convolution that ends the residual branch (zero-initialised when there is no normalisation)."""
+        return self.conv2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
 
     def fuse(self) -> None:
-        self.conv1, self.bn1 = fuse_conv_bn_eval(self.conv1, self.bn1), nn.Identity()
-        self.conv2, self.bn2 = fuse_conv_bn_eval(self.conv2, self.bn2), nn.Identity()
+        self.conv1, self.bn1 = _fold_norm(self.conv1, self.bn1)
+        self.conv2, self.bn2 = _fold_norm(self.conv2, self.bn2)
 
 
 class _SeparableResidualBlock(nn.Module):
     """The lite residual block: each 3x3 conv of the paper's block is a depthwise 3x3 then a pointwise 1x1."""
 
-    def __init__(self, channels: int, negative_slope: float) -> None:
+    def __init__(self, channels: int, negative_slope: float, norm: str) -> None:
         super().__init__()
+        # As in _ResidualBlock: bias only without BN, and the norm layers keep their old names. A depthwise conv
+        # needs no bias either way: the pointwise conv after it is linear and absorbs it.
+        has_bias = norm == "none"
         self.depthwise1 = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
-        self.pointwise1 = nn.Conv2d(channels, channels, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
+        self.pointwise1 = nn.Conv2d(channels, channels, 1, bias=has_bias)
+        self.bn1 = NORMS[norm](channels)
         self.act = nn.LeakyReLU(negative_slope)
         self.depthwise2 = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
-        self.pointwise2 = nn.Conv2d(channels, channels, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.pointwise2 = nn.Conv2d(channels, channels, 1, bias=has_bias)
+        self.bn2 = NORMS[norm](channels)
+
+    @property
+    def last_conv(self) -> nn.Conv2d:
+        """The convolution that ends the residual branch (zero-initialised when there is no normalisation)."""
+        return self.pointwise2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.bn1(self.pointwise1(self.depthwise1(x))))
         return x + self.bn2(self.pointwise2(self.depthwise2(y)))
 
     def fuse(self) -> None:
-        self.pointwise1, self.bn1 = fuse_conv_bn_eval(self.pointwise1, self.bn1), nn.Identity()
-        self.pointwise2, self.bn2 = fuse_conv_bn_eval(self.pointwise2, self.bn2), nn.Identity()
+        self.pointwise1, self.bn1 = _fold_norm(self.pointwise1, self.bn1)
+        self.pointwise2, self.bn2 = _fold_norm(self.pointwise2, self.bn2)
 
 
 class SRFUpsample(
@@ -74,18 +108,28 @@ class SRFUpsample(
     """Learned feature-map upsampling (the SRF-GAN generator G), called like ``F.interpolate``.
 
     The ``"paper"`` variant is section 3.1 of Lee & Bae: a 3x3 conv + LeakyReLU(0.2), ``num_blocks`` residual blocks
-    (3x3 conv, BN, LeakyReLU, 3x3 conv, BN, identity shortcut), a conv block (3x3 conv + LeakyReLU) and a deconvolution
-    block (4x4 transposed conv, stride 2, + LeakyReLU) that double the resolution, and a 1x1 conv back to
-    ``in_channels``. The result is a residual added to the input upsampled bilinearly.
+    (3x3 conv, norm, LeakyReLU, 3x3 conv, norm, identity shortcut), a conv block (3x3 conv + LeakyReLU) and a
+    deconvolution block (``deconv_kernel`` x ``deconv_kernel`` transposed conv, stride 2, padding
+    ``deconv_kernel / 2 - 1``, + LeakyReLU) that double the resolution exactly, and a 1x1 conv back to
+    ``in_channels``. The result is a residual added to the input upsampled bilinearly. The 6x6 deconvolution (the
+    default) is what the paper's Table 1 (+10 M parameters per detector) and the authors' released generator imply;
+    ``deconv_kernel=4`` gives the 4x4 one of earlier versions (``docs/paper_fidelity.md``).
 
     The ``"lite"`` variant (ours, not the paper's) keeps that idea, a learned residual over bilinear, with a cheaper
     residual branch: a 1x1 conv ``in_channels -> hidden_channels`` (64) + LeakyReLU; ``num_blocks`` (2)
-    depthwise-separable residual blocks (each 3x3 conv of the paper's block becomes a depthwise 3x3, a pointwise 1x1
-    and BN); a 1x1 conv to ``4 * hidden_channels``, pixel shuffle x2 and LeakyReLU instead of the deconvolution; and
-    the 1x1 conv back to ``in_channels``. About 69 k parameters and 3.6 GFLOPs at FPN's P3->P2 step of an 800x1216
-    image, against 8.2 M and 255 GFLOPs for ``"paper"`` (``docs/performance.md``). For inference call
-    ``.eval().fuse()``; on CPU, ``.to(memory_format=torch.channels_last)`` speeds up the lite variant further
-    (``benchmarks/RESULTS.md``).
+    depthwise-separable residual blocks (each 3x3 conv of the paper's block becomes a depthwise 3x3 and a pointwise
+    1x1, followed by the norm); a 1x1 conv to ``4 * hidden_channels``, pixel shuffle x2 and LeakyReLU instead of the
+    deconvolution (so ``deconv_kernel`` does not apply); and the 1x1 conv back to ``in_channels``. About 69 k
+    parameters and 3.6 GFLOPs at FPN's P3->P2 step of an 800x1216 image, against 9.5 M and 295 GFLOPs for
+    ``"paper"``. For inference call ``.eval().fuse()``; on CPU, ``.to(memory_format=torch.channels_last)`` speeds up
+    the lite variant further (``benchmarks/RESULTS.md``).
+
+    ``norm`` is the normalisation of the residual blocks. ``"none"`` (default, as in the authors' released code):
+    one generator serves every pyramid level (P5->P4, P4->P3, P3->P2), and BatchNorm would normalise each level with
+    its own statistics in training but with running statistics mixed over all levels in eval mode, so G would
+    compute something else at inference than it learned. Without normalisation, the last conv of every residual
+    block starts at zero, so each block starts as the identity. ``"batch"`` is the paper's text (BN after each conv
+    of the residual blocks).
 
     One generator pass doubles H and W. For other targets: ``n = max(1, ceil(log2(max(H_out / H, W_out / W))))``
     passes are chained; every pass but the last outputs exactly ``(2H, 2W)``; in the last pass the learned residual
@@ -100,6 +144,10 @@ class SRFUpsample(
         negative_slope: slope of every LeakyReLU (paper: 0.2).
         zero_init_residual: start the learned residual at zero, so that a fresh module equals bilinear
             interpolation (not in the paper; off by default).
+        deconv_kernel: kernel size of the paper variant's transposed conv, an even int >= 2 (stride 2, padding
+            ``deconv_kernel / 2 - 1``: exactly x2); 6 by default, 4 for generators saved before this argument
+            existed. The lite variant has no deconvolution and ignores it.
+        norm: normalisation in the residual blocks, ``"none"`` (default) or ``"batch"`` (the paper's text).
 
     Shape:
         - Input: :math:`(N, C, H, W)`
@@ -113,7 +161,15 @@ class SRFUpsample(
         torch.Size([2, 8, 33, 49])
         >>> up(torch.randn(2, 8, 5, 6), scale_factor=4).shape
         torch.Size([2, 8, 20, 24])
+        >>> old = SRFUpsample(8, hidden_channels=8, num_blocks=1, deconv_kernel=4, norm="batch")
+        >>> old(torch.randn(2, 8, 5, 7)).shape
+        torch.Size([2, 8, 10, 14])
     """
+
+    # Constructor arguments added after generators were first shipped, with the behaviour they had before. A
+    # config.json without the field was written then, so from_pretrained reads a missing field as this value
+    # (SRFHubMixin); new saves always write every field.
+    _legacy_config_defaults: ClassVar[dict[str, Any]] = {"deconv_kernel": 4, "norm": "batch"}
 
     def __init__(
         self,
@@ -124,6 +180,8 @@ class SRFUpsample(
         variant: str = "paper",
         negative_slope: float = 0.2,
         zero_init_residual: bool = False,
+        deconv_kernel: int = 6,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
@@ -136,29 +194,48 @@ class SRFUpsample(
             raise ValueError(f"num_blocks must be a non-negative int, got {num_blocks!r}.")
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope < 0:
             raise ValueError(f"negative_slope must be a non-negative float, got {negative_slope!r}.")
+        if (
+            isinstance(deconv_kernel, bool)
+            or not isinstance(deconv_kernel, int)
+            or deconv_kernel < 2
+            or deconv_kernel % 2
+        ):
+            raise ValueError(
+                f"deconv_kernel must be an even int >= 2 (stride 2 and padding deconv_kernel / 2 - 1 then give "
+                f"exactly 2H x 2W), got {deconv_kernel!r}; use 6 (the default) or 4 (generators saved before "
+                "deconv_kernel existed)."
+            )
+        check_choice("norm", norm, list(NORMS))
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.num_blocks = num_blocks
         self.variant = variant
         self.negative_slope = float(negative_slope)
         self.zero_init_residual = bool(zero_init_residual)
+        self.deconv_kernel = deconv_kernel
+        self.norm = norm
         self.is_fused = False
 
         if variant == "paper":
             self.head = nn.Sequential(
                 nn.Conv2d(in_channels, hidden_channels, 3, padding=1), nn.LeakyReLU(negative_slope)
             )
-            self.body = nn.Sequential(*(_ResidualBlock(hidden_channels, negative_slope) for _ in range(num_blocks)))
+            self.body = nn.Sequential(
+                *(_ResidualBlock(hidden_channels, negative_slope, norm) for _ in range(num_blocks))
+            )
+            # Output (H - 1) * 2 - 2 * padding + kernel = 2H for any even kernel with padding = kernel / 2 - 1.
             self.upsample = nn.Sequential(
                 nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
                 nn.LeakyReLU(negative_slope),
-                nn.ConvTranspose2d(hidden_channels, hidden_channels, 4, stride=2, padding=1),
+                nn.ConvTranspose2d(
+                    hidden_channels, hidden_channels, deconv_kernel, stride=2, padding=deconv_kernel // 2 - 1
+                ),
                 nn.LeakyReLU(negative_slope),
             )
         else:
             self.head = nn.Sequential(nn.Conv2d(in_channels, hidden_channels, 1), nn.LeakyReLU(negative_slope))
             self.body = nn.Sequential(
-                *(_SeparableResidualBlock(hidden_channels, negative_slope) for _ in range(num_blocks))
+                *(_SeparableResidualBlock(hidden_channels, negative_slope, norm) for _ in range(num_blocks))
             )
             self.upsample = nn.Sequential(
                 nn.Conv2d(hidden_channels, 4 * hidden_channels, 1),
@@ -178,6 +255,13 @@ class SRFUpsample(
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
+        if self.norm == "none":
+            # Without BN to tame them, the residual blocks start as the identity: the conv that ends each residual
+            # branch starts at zero (Fixup / "zero_init_residual" of torchvision's ResNet, which zeroes the last BN
+            # instead), so the activations of a fresh body keep the scale of its input however many blocks it has.
+            for block in self.body:
+                nn.init.zeros_(block.last_conv.weight)
+                nn.init.zeros_(block.last_conv.bias)
         if self.zero_init_residual:
             nn.init.zeros_(self.tail.weight)
             nn.init.zeros_(self.tail.bias)
@@ -187,7 +271,8 @@ class SRFUpsample(
         return (
             f"{self.in_channels}, hidden_channels={self.hidden_channels}, num_blocks={self.num_blocks}, "
             f"variant={self.variant!r}, negative_slope={self.negative_slope}, "
-            f"zero_init_residual={self.zero_init_residual}, is_fused={self.is_fused}"
+            f"zero_init_residual={self.zero_init_residual}, deconv_kernel={self.deconv_kernel}, norm={self.norm!r}, "
+            f"is_fused={self.is_fused}"
         )
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,19 +302,33 @@ class SRFUpsample(
             x = self._one_pass(x, target)
         return x
 
-    def _one_pass(self, x: torch.Tensor, target: tuple[int, int]) -> torch.Tensor:
+    def _one_pass(self, x: torch.Tensor, size: Sequence[Any]) -> torch.Tensor:
+        """One generator pass to ``size``: ``(N, C, H, W)`` -> ``(N, C, size[0], size[1])``, no checks.
+
+        The one implementation of a pass, used by ``forward`` and by the ONNX export (``export.py``), where ``x``'s
+        shape and ``size`` are symbolic. The learned residual, computed at ``(2H, 2W)``, is resized bilinearly to
+        ``size``; the shortcut is ``x`` resized bilinearly to ``size``. Needs ``H <= size[0] <= 2H`` (the same for W)
+        to be meaningful; ``forward`` guarantees it.
+        """
         residual = self.residual(x)
-        if residual.shape[-2] != target[0] or residual.shape[-1] != target[1]:
-            residual = F.interpolate(residual, size=target, mode="bilinear", align_corners=False)
-        shortcut = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+        # With symbolic sizes (torch.export, dynamic shapes) a Python comparison would pin the graph to one input
+        # size, so the residual is always resized there. That changes no number: bilinear resizing to the same size
+        # with align_corners=False samples every pixel at its own centre (weights 1 and 0), an exact identity. In
+        # eager mode the sizes are plain ints and the no-op resize is skipped.
+        is_concrete = all(type(s) is int for s in (*residual.shape[-2:], *size))
+        if not (is_concrete and tuple(residual.shape[-2:]) == tuple(size)):
+            residual = F.interpolate(residual, size=size, mode="bilinear", align_corners=False)
+        shortcut = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        # Under autocast the residual comes out in the low-precision dtype while the shortcut stays float32.
         return shortcut + residual.to(shortcut.dtype)
 
     @torch.no_grad()
     def fuse(self) -> SRFUpsample:
         """Fold every BatchNorm into the convolution before it, in place, for inference; returns ``self``.
 
-        Needs eval mode (BN then uses running statistics). A fused module cannot be saved with ``save_pretrained``
-        (its weights no longer match the config); save before fusing.
+        Needs eval mode (BN then uses running statistics). With ``norm="none"`` there is nothing to fold and the
+        weights stay as they are, but the module is marked fused all the same. A fused module cannot be saved with
+        ``save_pretrained`` (its weights no longer match the config); save before fusing.
         """
         if self.training:
             raise ValueError("fuse() needs eval mode (BatchNorm running statistics); call .eval() first.")

@@ -1,9 +1,17 @@
+import copy
+import json
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from srf_upsample import SRFUpsample
+from srf_upsample.hub import CONFIG_NAME, shipped_weights_dir
+
+PAPER_SHIPPED = "srf-paper-mobilenetv2-fpn"
+LITE_SHIPPED = "srf-lite-mobilenetv2-fpn"
 
 
 @pytest.fixture(autouse=True)
@@ -17,19 +25,72 @@ def tiny(**kwargs) -> SRFUpsample:
     return SRFUpsample(4, **kwargs)
 
 
+def trained_like(module: SRFUpsample) -> SRFUpsample:
+    """Give the zero-initialised last conv of each residual block (norm="none") non-zero weights, as training would.
+
+    A fresh norm="none" body is the identity, so tests of the body's computation would otherwise prove little.
+    """
+    with torch.no_grad():
+        for block in module.body:
+            nn.init.kaiming_normal_(block.last_conv.weight, a=module.negative_slope, nonlinearity="leaky_relu")
+            if block.last_conv.bias is not None:
+                nn.init.uniform_(block.last_conv.bias, -0.1, 0.1)
+    return module
+
+
+def num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 def test_default_is_the_paper_generator():
-    # Pins the paper's architecture (section 3.1): 256-wide body, 5 residual blocks, deconv x2, 1x1 back to C.
+    # Pins the paper's architecture (section 3.1): 256-wide body, 5 residual blocks, deconv x2, 1x1 back to C. The
+    # deconvolution is 6x6, stride 2, padding 2 (Table 1's +10 M per detector and the authors' released generator),
+    # and the residual blocks have no normalisation (the authors' code; see docs/paper_fidelity.md).
     up = SRFUpsample()
     assert up.variant == "paper" and up.hidden_channels == 256 and up.num_blocks == 5
+    assert up.deconv_kernel == 6 and up.norm == "none"
     assert len(up.body) == 5
-    assert isinstance(up.upsample[2], nn.ConvTranspose2d) and up.upsample[2].stride == (2, 2)
+    deconv = up.upsample[2]
+    assert isinstance(deconv, nn.ConvTranspose2d)
+    assert deconv.kernel_size == (6, 6) and deconv.stride == (2, 2) and deconv.padding == (2, 2)
     assert up.tail.kernel_size == (1, 1) and up.tail.out_channels == 256
-    assert sum(p.numel() for p in up.parameters()) == 8_198_144
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in up.modules())
+    assert num_parameters(up) == 9_506_304
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        # Pins the README's parameter table. The paper default is about 9.5 M, what Table 1's "+10 M" implies.
+        ({}, 9_506_304),
+        ({"deconv_kernel": 4}, 8_195_584),
+        # The generator of earlier versions (and of the shipped weights): 4x4 deconvolution, BN in the blocks.
+        ({"deconv_kernel": 4, "norm": "batch"}, 8_198_144),
+        ({"norm": "batch"}, 9_508_864),
+        ({"variant": "lite"}, 68_672),
+        ({"variant": "lite", "norm": "batch"}, 68_928),
+        # The lite variant has no deconvolution: deconv_kernel changes nothing there.
+        ({"variant": "lite", "deconv_kernel": 4}, 68_672),
+    ],
+)
+def test_parameter_counts(kwargs, expected):
+    assert num_parameters(SRFUpsample(256, **kwargs)) == expected
 
 
 def test_lite_variant_is_much_smaller():
     lite = SRFUpsample(variant="lite")
-    assert sum(p.numel() for p in lite.parameters()) < 0.05 * 8_198_144
+    assert num_parameters(lite) < 0.01 * num_parameters(SRFUpsample())
+
+
+@pytest.mark.parametrize("deconv_kernel", [2, 4, 6, 8])
+@pytest.mark.parametrize(("in_size", "out_size"), [((5, 7), (10, 14)), ((9, 13), (17, 25)), ((5, 6), (20, 24))])
+def test_every_even_deconv_kernel_doubles_exactly(deconv_kernel, in_size, out_size):
+    # padding = kernel / 2 - 1 makes the transposed conv exactly x2 for every even kernel, so the size rule
+    # (odd targets, chained passes) does not depend on the kernel.
+    up = tiny(deconv_kernel=deconv_kernel).eval()
+    x = torch.randn(2, 4, *in_size)
+    assert up.residual(x).shape == (2, 4, 2 * in_size[0], 2 * in_size[1])
+    assert up(x, size=out_size).shape == (2, 4, *out_size)
 
 
 @pytest.mark.parametrize(
@@ -47,8 +108,10 @@ def test_lite_variant_is_much_smaller():
         ((6, 9), {"size": [6, 18]}, (6, 18)),
     ],
 )
-def test_output_has_exactly_the_requested_size(in_size, kwargs, expected):
-    up = tiny()
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_output_has_exactly_the_requested_size(in_size, kwargs, expected, variant, norm):
+    up = tiny(variant=variant, norm=norm)
     out = up(torch.randn(2, 4, *in_size), **kwargs)
     assert out.shape == (2, 4, *expected)
     ref = F.interpolate(torch.randn(2, 4, *in_size), mode="nearest", **(kwargs or {"scale_factor": 2}))
@@ -56,8 +119,12 @@ def test_output_has_exactly_the_requested_size(in_size, kwargs, expected):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_any_batch_size_and_gradients_reach_every_parameter(batch):
-    up = tiny().train()
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_any_batch_size_and_gradients_reach_every_parameter(batch, variant, norm):
+    # trained_like: at initialisation a norm="none" block's first conv gets no gradient (the zero-initialised conv
+    # after it blocks it), exactly as with torchvision's zero_init_residual; after one step it does.
+    up = trained_like(tiny(variant=variant, norm=norm)).train()
     x = torch.randn(batch, 4, 5, 7, requires_grad=True)
     up(x, size=(9, 13)).square().mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
@@ -65,8 +132,9 @@ def test_any_batch_size_and_gradients_reach_every_parameter(batch):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_gradcheck_float64():
-    up = SRFUpsample(2, hidden_channels=2, num_blocks=1).double().eval()
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_gradcheck_float64(norm):
+    up = trained_like(SRFUpsample(2, hidden_channels=2, num_blocks=1, norm=norm)).double().eval()
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: up(t, size=(5, 7)), (x,))
 
@@ -77,6 +145,51 @@ def test_zero_init_residual_equals_bilinear():
     x = torch.randn(2, 4, 9, 13)
     expected = F.interpolate(x, size=(17, 25), mode="bilinear", align_corners=False)
     torch.testing.assert_close(up(x, size=(17, 25)), expected)
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+def test_norm_none_blocks_start_as_the_identity(variant):
+    # Pins our initialisation for norm="none" (Fixup / zero-init-residual style): the last conv of every residual
+    # block starts at zero, so the whole body is the identity however many blocks it has; the rest is He-initialised.
+    up = tiny(variant=variant, num_blocks=3).eval()
+    for block in up.body:
+        assert block.last_conv.weight.abs().sum() == 0 and block.last_conv.bias.abs().sum() == 0
+    hidden = torch.randn(2, 8, 5, 7)
+    with torch.no_grad():
+        assert torch.equal(up.body(hidden), hidden)
+    up.reset_parameters()  # calling it again keeps the rule
+    assert all(block.last_conv.weight.abs().sum() == 0 for block in up.body)
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+def test_norm_batch_keeps_the_papers_block(variant):
+    up = tiny(variant=variant, norm="batch", num_blocks=2)
+    for block in up.body:
+        assert isinstance(block.bn1, nn.BatchNorm2d) and isinstance(block.bn2, nn.BatchNorm2d)
+        assert block.last_conv.bias is None  # BN would cancel a bias
+        assert block.last_conv.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+def test_norm_none_output_is_the_same_in_train_and_eval_mode(variant):
+    # Why norm="none" is the default: one G serves every pyramid level, and BN would normalise each call with its own
+    # level's statistics in training but with running statistics mixed over the levels in eval mode. Without it,
+    # training and inference compute the same function, bit for bit, on every level.
+    up = trained_like(tiny(variant=variant, num_blocks=2))
+    levels = [torch.randn(2, 4, 5, 7), 3.0 * torch.randn(2, 4, 10, 14) + 1.0, torch.randn(2, 4, 20, 28)]
+    with torch.no_grad():
+        trained = [up.train()(level) for level in levels]
+        inferred = [up.eval()(level) for level in levels]
+    for train_out, eval_out in zip(trained, inferred, strict=True):
+        assert torch.equal(train_out, eval_out)
+
+
+def test_norm_batch_output_differs_between_train_and_eval_mode():
+    # The problem the default avoids, shown on the paper's block: the same input gives another output in eval mode.
+    up = tiny(norm="batch")
+    x = 3.0 * torch.randn(2, 4, 5, 7) + 1.0
+    with torch.no_grad():
+        assert not torch.allclose(up.train()(x), up.eval()(x))
 
 
 def test_default_init_is_not_plain_interpolation():
@@ -94,10 +207,28 @@ def test_non_exact_target_resizes_the_learned_residual():
     torch.testing.assert_close(up(x, size=(33, 49)), expected)
 
 
-def test_x4_chains_two_passes():
-    up = tiny().eval()
-    x = torch.randn(1, 4, 5, 6)
+@pytest.mark.parametrize("deconv_kernel", [4, 6])
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_x4_chains_two_passes(deconv_kernel, norm):
+    up = trained_like(tiny(deconv_kernel=deconv_kernel, norm=norm)).eval()
+    x = torch.randn(1, 4, 5, 7)
     torch.testing.assert_close(up(x, scale_factor=4), up(up(x)))
+    torch.testing.assert_close(up(x, size=(19, 27)), up(up(x), size=(19, 27)))
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+def test_single_pass_always_resizing_gives_the_same_numbers(variant):
+    # Pins what the one single-pass method relies on under torch.export (symbolic sizes): resizing the (2H, 2W)
+    # residual to (2H, 2W) with bilinear, align_corners=False, is an exact identity, so always resizing (export) and
+    # skipping the no-op resize (eager) give bit-identical outputs.
+    up = trained_like(tiny(variant=variant)).eval()
+    x = torch.randn(2, 4, 9, 13)
+    with torch.no_grad():
+        residual = up.residual(x)
+        resized = F.interpolate(residual, size=(18, 26), mode="bilinear", align_corners=False)
+        expected = F.interpolate(x, size=(18, 26), mode="bilinear", align_corners=False) + resized
+        assert torch.equal(resized, residual)
+        assert torch.equal(up(x), expected)
 
 
 def test_bfloat16_autocast():
@@ -110,10 +241,20 @@ def test_bfloat16_autocast():
     torch.testing.assert_close(out.float(), up(x, size=(17, 25)), atol=0.1, rtol=0.05)
 
 
-def test_bfloat16_module():
-    up = tiny().eval().to(torch.bfloat16)
-    out = up(torch.randn(2, 4, 9, 13, dtype=torch.bfloat16))
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_bfloat16_module_matches_float32(variant, norm):
+    up = trained_like(tiny(variant=variant, norm=norm)).eval()
+    x = torch.randn(2, 4, 9, 13).to(torch.bfloat16)
+    with torch.no_grad():
+        expected = up(x.float())  # float32 on the same (bf16-rounded) input: only the module's arithmetic differs
+        out = copy.deepcopy(up).to(torch.bfloat16)(x)
     assert out.dtype == torch.bfloat16 and out.shape == (2, 4, 18, 26)
+    # bfloat16 keeps 8 significant bits (eps = 2^-8 = 0.4 %); rounding in each of the ~6 layers compounds to about
+    # 1 % of the output's scale (measured 0.6-0.9 %). 3 % leaves headroom; a wrong computation (a lost residual or
+    # layer, a wrong resize) is an error of 10-100 % of the scale.
+    error = (out.float() - expected).abs().max() / expected.abs().max()
+    assert error <= 0.03, error.item()
 
 
 def test_channels_last_gives_the_same_result():
@@ -179,6 +320,12 @@ def test_non_float_input_raises_type_error():
         ({"variant": "huge"}, ValueError, r"variant must be one of \['lite', 'paper'\]"),
         ({"hidden_channels": -1}, ValueError, "hidden_channels"),
         ({"num_blocks": -1}, ValueError, "num_blocks"),
+        ({"deconv_kernel": 5}, ValueError, r"deconv_kernel must be an even int >= 2 .*got 5; use 6"),
+        ({"deconv_kernel": 0}, ValueError, r"deconv_kernel must be an even int >= 2 .*got 0"),
+        ({"deconv_kernel": 4.0}, ValueError, r"deconv_kernel must be an even int >= 2 .*got 4\.0"),
+        ({"deconv_kernel": True}, ValueError, r"deconv_kernel must be an even int >= 2 .*got True"),
+        ({"norm": "group"}, ValueError, r"norm must be one of \['batch', 'none'\], got 'group'"),
+        ({"norm": None}, ValueError, r"norm must be one of \['batch', 'none'\], got None"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, error, match):
@@ -199,3 +346,73 @@ def test_reset_parameters_is_repeatable():
 
 def test_repr_shows_the_config():
     assert "hidden_channels=8, num_blocks=1, variant='paper'" in repr(tiny())
+    assert "deconv_kernel=4, norm='batch'" in repr(tiny(deconv_kernel=4, norm="batch"))
+
+
+# Backward compatibility of saved generators ---------------------------------------------------------------------
+# Generators saved before deconv_kernel and norm existed (the shipped ones included) are a 4x4 deconvolution with BN.
+
+
+@pytest.mark.parametrize("name", [PAPER_SHIPPED, LITE_SHIPPED])
+def test_shipped_configs_say_the_old_architecture(name):
+    config = json.loads((shipped_weights_dir() / name / CONFIG_NAME).read_text())
+    assert config["deconv_kernel"] == 4 and config["norm"] == "batch"
+    generator = SRFUpsample.from_pretrained(name)  # strict: every key and shape of model.safetensors matches
+    assert generator.deconv_kernel == 4 and generator.norm == "batch"
+    assert num_parameters(generator) == {PAPER_SHIPPED: 8_198_144, LITE_SHIPPED: 68_928}[name]
+
+
+# Pinned from the shipped generators with the code before deconv_kernel and norm existed (float64 sums of the float32
+# output for a seeded 5x7 input upsampled to 9x13): the sum of |G(x) - bilinear(x)| and three output values.
+SHIPPED_REFERENCE = {
+    PAPER_SHIPPED: (2036.701202651413, [-1.5868234634399414, -0.34218069911003113, 0.3753598630428314]),
+    LITE_SHIPPED: (2265.9123447758466, [-1.5037087202072144, -0.37997323274612427, 0.4294000566005707]),
+}
+
+
+@pytest.mark.parametrize("name", [PAPER_SHIPPED, LITE_SHIPPED])
+def test_shipped_generators_give_the_same_outputs_as_before(name):
+    generator = SRFUpsample.from_pretrained(name)
+    x = torch.randn(1, 256, 5, 7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = generator(x, size=(9, 13)).double()
+    residual = y - F.interpolate(x, size=(9, 13), mode="bilinear", align_corners=False).double()
+    residual_l1, values = SHIPPED_REFERENCE[name]
+    # Bit-identical on the machine that pinned them; other CPUs' conv kernels sum in another order (float32 rounding,
+    # ~1e-6 relative). A changed architecture or computation moves these by 1e-2 or more.
+    torch.testing.assert_close(residual.abs().sum().item(), residual_l1, rtol=1e-5, atol=0)
+    torch.testing.assert_close(y[0, :3, 4, 6].tolist(), values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [PAPER_SHIPPED, LITE_SHIPPED])
+def test_config_without_the_new_fields_loads_as_the_old_architecture(tmp_path, name):
+    # A folder saved by an earlier version has no deconv_kernel or norm in config.json; they read as 4 and "batch"
+    # (the behaviour of that version), not as today's defaults, and the weights load strictly into them.
+    shutil.copytree(shipped_weights_dir() / name, tmp_path / name)
+    config_path = tmp_path / name / CONFIG_NAME
+    config = json.loads(config_path.read_text())
+    del config["deconv_kernel"], config["norm"]
+    config_path.write_text(json.dumps(config))
+    old = SRFUpsample.from_pretrained(tmp_path / name)
+    shipped = SRFUpsample.from_pretrained(name)
+    assert (old.deconv_kernel, old.norm) == (4, "batch")
+    x = torch.randn(2, 256, 6, 9)
+    with torch.no_grad():
+        assert torch.equal(old(x, size=(11, 17)), shipped(x, size=(11, 17)))
+        assert torch.equal(old(x, scale_factor=4), shipped(x, scale_factor=4))
+    # Saving it again writes the fields explicitly, with the old values.
+    old.save_pretrained(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / CONFIG_NAME).read_text())
+    assert (again["deconv_kernel"], again["norm"]) == (4, "batch")
+
+
+def test_new_saves_write_the_new_fields(tmp_path):
+    up = trained_like(tiny())
+    up.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert (config["deconv_kernel"], config["norm"]) == (6, "none")
+    loaded = SRFUpsample.from_pretrained(tmp_path)
+    assert (loaded.deconv_kernel, loaded.norm) == (6, "none")
+    x = torch.randn(2, 4, 5, 7)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, size=(9, 13)), up.eval()(x, size=(9, 13)))
