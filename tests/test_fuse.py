@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from _helpers import trained_looking
+from torch import nn
 
 from srf_upsample import SRFUpsample
 
@@ -16,8 +17,28 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def _trained_looking(variant: str, channels: int = 8) -> SRFUpsample:
-    return trained_looking(variant, channels, num_blocks=2)
+def _trained_looking(variant: str, norm: str = "batch", deconv_kernel: int = 6, channels: int = 8) -> SRFUpsample:
+    """A small eval-mode generator with non-trivial weights for ``norm``.
+
+    ``norm="batch"``: the shared helper's BN statistics and affine parameters. ``norm="none"``: the last conv of each
+    residual block starts at zero (the block is the identity), so give it weights, as training would.
+    """
+    if norm == "batch":
+        module = SRFUpsample(
+            channels, hidden_channels=8, num_blocks=2, variant=variant, deconv_kernel=deconv_kernel, norm="batch"
+        )
+        for bn in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(bn.weight, 0.5, 1.5)
+            nn.init.uniform_(bn.bias, -0.2, 0.2)
+        return module.eval()
+    module = trained_looking(variant, channels, num_blocks=2)
+    assert module.norm == "none" and module.deconv_kernel == deconv_kernel
+    for block in module.body:
+        nn.init.kaiming_normal_(block.last_conv.weight, a=module.negative_slope, nonlinearity="leaky_relu")
+        nn.init.uniform_(block.last_conv.bias, -0.1, 0.1)
+    return module.eval()
 
 
 def _max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -26,9 +47,12 @@ def _max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("variant", ["paper", "lite"])
+@pytest.mark.parametrize("deconv_kernel", [4, 6])
 @pytest.mark.parametrize(("in_size", "out_size"), [((5, 7), (10, 14)), ((9, 16), (17, 31)), ((5, 6), (20, 24))])
-def test_fuse_matches_unfused_within_1e_5_relative(variant: str, in_size: tuple[int, int], out_size) -> None:
-    module = _trained_looking(variant)
+def test_fuse_matches_unfused_within_1e_5_relative(
+    variant: str, deconv_kernel: int, in_size: tuple[int, int], out_size
+) -> None:
+    module = _trained_looking(variant, deconv_kernel=deconv_kernel)
     fused = copy.deepcopy(module).fuse()
     x = torch.randn(2, 8, *in_size)
     with torch.no_grad():
@@ -39,8 +63,25 @@ def test_fuse_matches_unfused_within_1e_5_relative(variant: str, in_size: tuple[
 
 
 @pytest.mark.parametrize("variant", ["paper", "lite"])
-def test_fuse_removes_every_batchnorm_in_place_and_returns_self(variant: str) -> None:
-    module = _trained_looking(variant)
+def test_fuse_without_normalisation_changes_nothing(variant: str) -> None:
+    # norm="none" has no BatchNorm to fold: fuse() still works (so inference code can always call it), marks the
+    # module fused and leaves every weight and every output as it was.
+    module = _trained_looking(variant, norm="none")
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    x = torch.randn(2, 8, 9, 16)
+    with torch.no_grad():
+        expected = module(x, size=(17, 31))
+        assert module.fuse() is module and module.is_fused
+        actual = module(x, size=(17, 31))
+    assert module.state_dict().keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_fuse_removes_every_batchnorm_in_place_and_returns_self(variant: str, norm: str) -> None:
+    module = _trained_looking(variant, norm)
     assert module.fuse() is module
     assert module.is_fused
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
@@ -52,11 +93,14 @@ def test_fuse_removes_every_batchnorm_in_place_and_returns_self(variant: str) ->
 def test_fuse_needs_eval_mode() -> None:
     with pytest.raises(ValueError, match="eval mode"):
         SRFUpsample(8, hidden_channels=8, num_blocks=1, variant="lite").train().fuse()
+    with pytest.raises(ValueError, match="eval mode"):
+        SRFUpsample(8, hidden_channels=8, num_blocks=1, norm="batch").train().fuse()
 
 
 @pytest.mark.parametrize("variant", ["paper", "lite"])
-def test_channels_last_gives_the_same_output(variant: str) -> None:
-    module = _trained_looking(variant).fuse()
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_channels_last_gives_the_same_output(variant: str, norm: str) -> None:
+    module = _trained_looking(variant, norm).fuse()
     fast = copy.deepcopy(module).to(memory_format=torch.channels_last)
     x = torch.randn(2, 8, 9, 16)
     with torch.inference_mode():
