@@ -9,6 +9,7 @@ from .losses import integral_loss as integral_loss
 from .losses import srf_extractor_loss as srf_extractor_loss
 from .losses import srf_loss as srf_loss
 from .patch import PatchReport as PatchReport
+from .patch import PatchSite as PatchSite
 from .patch import patch_fpn as patch_fpn
 from .upsample import SRFUpsample as SRFUpsample
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FeaturePatchDiscriminator",
     "PatchReport",
+    "PatchSite",
     "SRFUpsample",
     "__version__",
     "discriminator_loss",

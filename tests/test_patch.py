@@ -343,13 +343,23 @@ class HoldsUntraceable(nn.Module):
         return self.neck(self.conv(x))
 
 
-def test_untraceable_submodule_error_names_it() -> None:
-    model = HoldsUntraceable()
-    with pytest.raises(ValueError, match=r"cannot trace submodule 'neck' \(Untraceable\).*exclude=\['neck'\]"):
-        patch_fpn(model, SMALL_SRF, example_inputs=torch.rand(2, 3, 8, 8))
-    assert type(model.neck) is Untraceable  # nothing was swapped
-    _, report = patch_fpn(model, SMALL_SRF, example_inputs=torch.rand(2, 3, 8, 8), exclude=["neck"])
-    assert report.skipped[0].reason == "matched by exclude"
+def test_untraceable_submodule_routed_at_run_time() -> None:
+    # Pins the fallback of issue 14: a submodule fx cannot trace is patched by run-time routing, not refused.
+    model = HoldsUntraceable().eval()
+    x = torch.rand(2, 3, 8, 8)
+    expected = model(x)
+    keys = set(model.state_dict())
+    patched, report = patch_fpn(model, NearestUpsample, example_inputs=x)
+    assert patched is model and type(model.neck) is Untraceable
+    assert [(site.module_path, site.method, site.upsampler) for site in report.replaced] == [
+        ("neck", "runtime", "srf_upsampler_c3")
+    ]
+    assert report.fallbacks[0][0] == "neck" and "cannot trace" in report.fallbacks[0][1]
+    assert "neck patched without fx" in str(report)
+    assert set(model.state_dict()) == keys  # the reference upsampler has no weights; nothing else changed
+    assert_tree_equal(model(x), expected)
+    _, report = patch_fpn(HoldsUntraceable(), SMALL_SRF, example_inputs=torch.rand(2, 3, 8, 8), exclude=["neck"])
+    assert report.skipped[0].reason == "matched by exclude" and not report.replaced
 
 
 def test_bad_inputs() -> None:

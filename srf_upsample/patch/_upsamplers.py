@@ -1,0 +1,162 @@
+"""Which module serves an upsampling call: the upsamplers patch_fpn builds, and the per-call enlargement guard."""
+
+from __future__ import annotations
+
+import copy
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..upsample import SRFUpsample
+
+__all__ = ["Upsampler", "UpsamplerProvider", "direction", "enlarge_or_interpolate", "is_upsampler"]
+
+Upsampler = nn.Module | Callable[[int], nn.Module]
+
+# Upsamplers that patch_fpn put in place (besides SRFUpsample, which is always recognised), so that patching twice
+# sees them as already patched instead of as new call sites (a reference upsampler calls F.interpolate itself).
+_INSTALLED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def is_upsampler(module: nn.Module) -> bool:
+    """Return True for an SRFUpsample or any module patch_fpn installed as an upsampler."""
+    return isinstance(module, SRFUpsample) or module in _INSTALLED
+
+
+def direction(input_shape: Sequence[int] | None, output_shape: Sequence[int] | None) -> str:
+    """Return "" for a true enlargement, else the reason the site is left alone."""
+    if input_shape is None or output_shape is None:
+        return "no shape on the example input (the call did not run)"
+    if len(input_shape) != 4 or len(output_shape) != 4:
+        return f"not a 4D feature map (input shape {tuple(input_shape)})"
+    height, width = input_shape[-2:]
+    out_height, out_width = output_shape[-2:]
+    if height == 1 and width == 1:
+        return "broadcast from a 1x1 map (e.g. global pooling), not an enlargement"
+    if (out_height, out_width) == (height, width):
+        return "same-size resize"
+    if out_height <= height and out_width <= width:
+        return "downsampling"
+    if out_height < height or out_width < width:
+        return "enlarges one side and shrinks the other"
+    return ""
+
+
+def _output_size(x: torch.Tensor, size: Any, scale_factor: Any) -> tuple[int, int] | None:
+    """The (H_out, W_out) F.interpolate would give for a 4D input, or None if the arguments are not 2D ones."""
+    if size is not None:
+        if isinstance(size, (int, torch.SymInt)):
+            return size, size
+        return (size[0], size[1]) if len(size) == 2 else None
+    if scale_factor is None:
+        return None
+    factors = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
+    if len(factors) != 2:
+        return None
+    return math.floor(x.shape[-2] * float(factors[0])), math.floor(x.shape[-1] * float(factors[1]))
+
+
+def enlarge_or_interpolate(
+    upsampler: nn.Module,
+    x: torch.Tensor,
+    size: Any = None,
+    scale_factor: Any = None,
+    mode: str = "nearest",
+    align_corners: bool | None = None,
+    recompute_scale_factor: bool | None = None,
+    antialias: bool = False,
+) -> torch.Tensor:
+    """Call ``upsampler`` where this call enlarges a floating point 4D map, else do exactly what F.interpolate does.
+
+    A site chosen on the example input can be a same-size resize, a shrink or a 1x1 broadcast on another input (two
+    pyramid levels that round to the same size); the original call must then run, not the generator. Under
+    ``torch.export`` the upsampler is called unconditionally, as at patch time: the check compares run-time sizes of
+    different inputs, which would otherwise tie dynamic dimensions together.
+
+    Args:
+        upsampler: the module serving enlargements, called with the input and ``size`` or ``scale_factor``.
+        x: the input of the original call.
+        size: F.interpolate's ``size``.
+        scale_factor: F.interpolate's ``scale_factor``.
+        mode: F.interpolate's ``mode``, used when the original call runs.
+        align_corners: F.interpolate's ``align_corners``.
+        recompute_scale_factor: F.interpolate's ``recompute_scale_factor``.
+        antialias: F.interpolate's ``antialias``.
+
+    Returns:
+        The upsampled (or, for a non-enlargement, interpolated) tensor.
+    """
+    if not torch.compiler.is_exporting():
+        out_size = _output_size(x, size, scale_factor) if x.dim() == 4 and x.is_floating_point() else None
+        if out_size is None or direction(tuple(x.shape), (*x.shape[:2], *out_size)):
+            return F.interpolate(
+                x,
+                size=size,
+                scale_factor=scale_factor,
+                mode=mode,
+                align_corners=align_corners,
+                recompute_scale_factor=recompute_scale_factor,
+                antialias=antialias,
+            )
+    if size is not None:
+        return upsampler(x, size=size)
+    return upsampler(x, scale_factor=scale_factor)
+
+
+class UpsamplerProvider:
+    """Hands out the upsampler for each site: shared per channel count, or one per call site."""
+
+    def __init__(self, upsampler: Upsampler | None, share: bool) -> None:
+        if upsampler is None:
+            upsampler = SRFUpsample
+        if not isinstance(upsampler, nn.Module) and not callable(upsampler):
+            raise TypeError(
+                "upsampler must be an nn.Module, a factory called with the channel count (e.g. SRFUpsample or "
+                f"functools.partial(SRFUpsample, variant='lite')), or None, got {type(upsampler).__name__}."
+            )
+        if not isinstance(share, bool):
+            raise TypeError(f"share must be a bool, got {share!r}.")
+        self.upsampler = upsampler
+        self.share = share
+        self.shared: dict[int, nn.Module] = {}
+        self.handed_out: list[nn.Module] = []
+
+    def mismatch(self, channels: int) -> str:
+        """Return why a ready module cannot serve ``channels``, or ""."""
+        expected = getattr(self.upsampler, "in_channels", None) if isinstance(self.upsampler, nn.Module) else None
+        if isinstance(expected, int) and expected != channels:
+            return (
+                f"the upsampler module has in_channels={expected} but this site has {channels} channels; "
+                "pass a factory (e.g. upsampler=SRFUpsample) to build one per channel count"
+            )
+        return ""
+
+    def get(self, channels: int, site_name: str) -> tuple[str, nn.Module]:
+        """Return the attribute name and the module serving a site with ``channels`` channels."""
+        if self.share:
+            name = f"srf_upsampler_c{channels}"
+            if channels not in self.shared:
+                self.shared[channels] = self._build(channels, copy_module=False)
+            return name, self.shared[channels]
+        return f"srf_{site_name}", self._build(channels, copy_module=True)
+
+    def _build(self, channels: int, copy_module: bool) -> nn.Module:
+        if isinstance(self.upsampler, nn.Module):
+            module = copy.deepcopy(self.upsampler) if copy_module else self.upsampler
+            self.handed_out.append(module)
+            return module
+        module = self.upsampler(channels)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"upsampler factory must return an nn.Module, got {type(module).__name__}.")
+        self.handed_out.append(module)
+        return module
+
+    def installed(self) -> None:
+        """Mark every module handed out as an upsampler (see is_upsampler); call once the patch is swapped in."""
+        _INSTALLED.update(self.handed_out)
+
