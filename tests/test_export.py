@@ -8,12 +8,14 @@ import sys
 import pytest
 import torch
 from _helpers import trained_looking
+from torch import nn
 
 from srf_upsample import SRFUpsample
 from srf_upsample.export import (
     DEFAULT_OPSET,
     PARITY_TOLERANCE,
     GeneratorExportWrapper,
+    _SinglePassUpsample,
     check_backbone_parity,
     check_generator_parity,
     export_backbone,
@@ -40,18 +42,44 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def _trained_looking(variant: str) -> SRFUpsample:
-    return trained_looking(variant)
+def _trained_looking(variant: str, norm: str = "none", deconv_kernel: int = 6) -> SRFUpsample:
+    """A small eval-mode generator with non-trivial weights: random BN statistics, or (norm="none") non-zero last
+    convs in the residual blocks, which start at zero and would make the body an identity."""
+    if norm == "none" and deconv_kernel == 6:
+        module = trained_looking(variant)
+    else:
+        module = SRFUpsample(
+            8, hidden_channels=8, num_blocks=1, variant=variant, norm=norm, deconv_kernel=deconv_kernel
+        )
+    for bn in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.2, 0.2)
+    if norm == "none":
+        for block in module.body:
+            nn.init.kaiming_normal_(block.last_conv.weight, a=module.negative_slope, nonlinearity="leaky_relu")
+            nn.init.uniform_(block.last_conv.bias, -0.1, 0.1)
+    return module.eval()
 
 
 def _default_domain_opset(path) -> int:
     return next(entry.version for entry in onnx.load(str(path)).opset_import if entry.domain in ("", "ai.onnx"))
 
 
-@pytest.mark.parametrize("fuse", [False, True])
-@pytest.mark.parametrize("variant", ["paper", "lite"])
-def test_generator_export_matches_pytorch_in_onnxruntime(tmp_path, variant, fuse):
-    module = _trained_looking(variant)
+@pytest.mark.parametrize(
+    ("variant", "norm", "deconv_kernel", "fuse"),
+    [
+        ("paper", "none", 6, False),  # the default generator
+        ("paper", "none", 6, True),
+        ("paper", "batch", 4, False),  # the generator of earlier versions and of the shipped weights
+        ("paper", "batch", 4, True),
+        ("lite", "none", 6, False),
+        ("lite", "batch", 6, True),
+    ],
+)
+def test_generator_export_matches_pytorch_in_onnxruntime(tmp_path, variant, norm, deconv_kernel, fuse):
+    module = _trained_looking(variant, norm, deconv_kernel)
     state_before = {k: v.clone() for k, v in module.state_dict().items()}
     path = export_generator(module, tmp_path / "srf.onnx", fuse=fuse)
 
@@ -71,14 +99,44 @@ def test_generator_export_matches_pytorch_in_onnxruntime(tmp_path, variant, fuse
         torch.testing.assert_close(value, state_before[key], rtol=0, atol=0)
 
 
-def test_export_wrapper_equals_forward():
-    # Pins that the exported computation is SRFUpsample.forward for single-pass targets, exact sizes included.
-    module = _trained_looking("paper")
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_export_wrapper_equals_forward(variant, norm):
+    # Pins that the exported computation is SRFUpsample.forward for single-pass targets, exact sizes included: both
+    # call the one single-pass method, so the outputs are bit-identical.
+    module = _trained_looking(variant, norm)
     wrapper = GeneratorExportWrapper(module)
     for (height, width), target in SIZES:
         x = torch.randn(2, 8, height, width)
         with torch.no_grad():
-            torch.testing.assert_close(wrapper(x, torch.empty(2, 0, *target)), module(x, size=target))
+            torch.testing.assert_close(wrapper(x, torch.empty(2, 0, *target)), module(x, size=target), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+def test_export_paths_match_forward_under_autocast(variant):
+    # The export code had its own copy of the single pass, which lacked forward's cast of the low-precision residual
+    # to the shortcut's dtype. One method serves all three now: dtype and values agree under autocast too.
+    module = _trained_looking(variant)
+    x = torch.randn(2, 8, 9, 13)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = module(x, size=(17, 25))
+        wrapped = GeneratorExportWrapper(module)(x, torch.empty(1, 0, 17, 25))
+        single = _SinglePassUpsample(module)(x, size=(17, 25))
+    assert expected.dtype == wrapped.dtype == single.dtype
+    torch.testing.assert_close(wrapped, expected, rtol=0, atol=0)
+    torch.testing.assert_close(single, expected, rtol=0, atol=0)
+
+
+def test_single_pass_module_equals_forward():
+    # The stand-in that export_backbone puts in a patched neck computes what forward computes, for size= and the
+    # scale_factor=2 call an FPN may make instead.
+    module = _trained_looking("paper")
+    single = _SinglePassUpsample(module)
+    x = torch.randn(2, 8, 9, 13)
+    with torch.no_grad():
+        torch.testing.assert_close(single(x, size=(17, 25)), module(x, size=(17, 25)), rtol=0, atol=0)
+        torch.testing.assert_close(single(x, scale_factor=2), module(x), rtol=0, atol=0)
+        torch.testing.assert_close(single(x, size=18), module(x, size=18), rtol=0, atol=0)
 
 
 def test_export_uses_requested_opset(tmp_path):
