@@ -73,8 +73,9 @@ def test_time_interleaved_reports_medians_and_paired_ratios(monkeypatch: pytest.
 
         return run
 
-    result = _common.time_interleaved({"base": timed("base"), "other": timed("other")}, warmup=1, repeats=3,
-                                      baseline="base")
+    result = _common.time_interleaved(
+        {"base": timed("base"), "other": timed("other")}, warmup=1, repeats=3, baseline="base"
+    )
     assert calls == ["base", "other", "base", "other", "other", "base", "base", "other"]  # rotated each round
     assert result == {
         "base": {"median_s": 2.0, "min_s": 1.0, "cpu_median_s": 1.0, "ratio": 1.0, "cpu_ratio": 1.0},

@@ -40,8 +40,8 @@ def l_shape(size: tuple[int, int], box: tuple[int, int, int, int], shift: int = 
     its box, so a mask scored as a box would not match it exactly."""
     x, y, w, h = box
     mask = np.zeros(size, dtype=np.uint8)
-    mask[y:y + h, x + shift:x + w + shift] = 1
-    mask[y:y + h // 2, x + w // 2 + shift:x + w + shift] = 0
+    mask[y : y + h, x + shift : x + w + shift] = 1
+    mask[y : y + h // 2, x + w // 2 + shift : x + w + shift] = 0
     return mask
 
 
@@ -59,11 +59,17 @@ def coco(tmp_path_factory) -> tuple[Path, Path]:
         for category, box in image["boxes"]:
             mask = l_shape(image["size"], box)
             rle = mask_utils.encode(np.asfortranarray(mask))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category, "bbox": list(box),
-                "area": int(mask.sum()), "iscrowd": 0,
-                "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": list(box),
+                    "area": int(mask.sum()),
+                    "iscrowd": 0,
+                    "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+                }
+            )
     # A third category with no annotations: COCOeval reports -1 for it and leaves it out of the mean.
     categories = [{"id": 1, "name": "one"}, {"id": 3, "name": "unused"}, {"id": 7, "name": "seven"}]
     ann_file = root / "instances.json"
@@ -93,8 +99,9 @@ class ScriptedDetector(nn.Module):
         return outputs
 
 
-def script(category_ids, *, shift: int = 0, relabel: dict[int, int] | None = None, masks: bool = False,
-           mask_shift: int = 0) -> ScriptedDetector:
+def script(
+    category_ids, *, shift: int = 0, relabel: dict[int, int] | None = None, masks: bool = False, mask_shift: int = 0
+) -> ScriptedDetector:
     """Detections equal to the ground truth, boxes moved ``shift`` pixels right, categories changed by ``relabel``
     (before mapping to training labels, ``label = category_ids.index(category) + 1``), and with ``masks``, the
     L-shaped masks moved ``mask_shift`` pixels right as probabilities (0.6 inside, 0.4 outside)."""
@@ -108,8 +115,11 @@ def script(category_ids, *, shift: int = 0, relabel: dict[int, int] | None = Non
             scores.append(SCORES[category])
             inside = torch.from_numpy(l_shape(image["size"], (x, y, w, h), mask_shift)).bool()
             probabilities.append(torch.where(inside, 0.6, 0.4)[None])
-        output = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
-                  "scores": torch.tensor(scores)}
+        output = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32),
+            "labels": torch.tensor(labels),
+            "scores": torch.tensor(scores),
+        }
         if masks:
             output["masks"] = torch.stack(probabilities)
         detections[image["size"]] = output
@@ -131,8 +141,11 @@ def test_ground_truth_as_detections_scores_one(coco, category_ids, tmp_path) -> 
     # The written detections are in COCO's (x, y, width, height) with the file's category ids, whatever the label
     # order: each one is exactly a ground-truth annotation.
     written = json.loads((tmp_path / "detections_bbox.json").read_text())
-    expected = [(image_id, category, list(map(float, box))) for image_id, image in IMAGES.items()
-                for category, box in image["boxes"]]
+    expected = [
+        (image_id, category, list(map(float, box)))
+        for image_id, image in IMAGES.items()
+        for category, box in image["boxes"]
+    ]
     assert sorted((d["image_id"], d["category_id"], d["bbox"]) for d in written) == sorted(expected)
     assert json.loads((tmp_path / "metrics.json").read_text())["bbox"] == metrics["bbox"]
     # Images went in at their original size while the transform was set to min_size/max_size, in eval mode; the
@@ -177,7 +190,8 @@ def test_ground_truth_masks_score_one(coco, tmp_path) -> None:
     assert metrics["bbox"]["AP"] == 1.0
     written = json.loads((tmp_path / "detections_segm.json").read_text())
     assert sorted((d["image_id"], d["category_id"]) for d in written) == sorted(
-        (image_id, category) for image_id, image in IMAGES.items() for category, _ in image["boxes"])
+        (image_id, category) for image_id, image in IMAGES.items() for category, _ in image["boxes"]
+    )
 
 
 def test_masks_score_by_mask_overlap_and_category(coco) -> None:
