@@ -99,6 +99,12 @@ def test_adversarial_gradient_reaches_the_generator():
     # A public implementation detached D's output, so G never learned from D. With lambda only (no L1 term),
     # G's parameters must still receive a gradient through D.
     generator = SRFUpsample(4, hidden_channels=4, num_blocks=1)
+    # A fresh generator starts its residual blocks at zero (identity blocks), which zeroes the gradient of the conv
+    # before each zero conv; with the non-zero weights of a trained generator every parameter must get a gradient.
+    with torch.no_grad():
+        for param in generator.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.1)
     disc = FeaturePatchDiscriminator(4, hidden_channels=[4, 4, 4])
     sr = generator(torch.randn(2, 4, 5, 6))
     target = sr.detach().clone()  # L1 term is zero and has no effect
