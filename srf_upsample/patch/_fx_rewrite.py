@@ -402,7 +402,7 @@ def trace_owner(
 
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
-    return text[0] if text else ""
+    return text[0].split(". ")[0] if text else ""
 
 
 def rewrite_owner(

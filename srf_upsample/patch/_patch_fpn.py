@@ -21,7 +21,7 @@ from ._discovery import (
 )
 from ._fx_rewrite import leaf_types as _leaf_types
 from ._fx_rewrite import rewrite_owner, trace_owner
-from ._report import ALREADY_PATCHED, SKIPPED, PatchReport, PatchSite
+from ._report import ALREADY_PATCHED, MODULE, SKIPPED, PatchReport, PatchSite
 from ._runtime import RuntimePlan, plan_runtime
 from ._upsamplers import Upsampler, UpsamplerProvider, direction, is_upsampler
 
@@ -162,10 +162,14 @@ def patch_fpn(
                 if gm is not None:
                     built[path] = gm
                 continue
-            logger.warning("patch_fpn: %s (%s) patched without fx: %s", path or "<model>", type(module).__name__, why)
             fallbacks.append((path, why))
             under = [call for call in calls if any(p == path for p, _ in call.stack)]
             plan, sites = plan_runtime(path, module, under, provider, exclude, why)
+            # Swapping nn.Upsample modules loses nothing; run-time routing is the one to know about (export, compile).
+            level = logging.INFO if plan is None or plan.method == MODULE else logging.WARNING
+            method = "its nn.Upsample modules swapped" if plan is not None and plan.method == MODULE else "routed"
+            name = path or "<model>"
+            logger.log(level, "patch_fpn: %s (%s) %s without fx: %s", name, type(module).__name__, method, why)
             owner_sites.extend(_group_runtime_sites(sites))
             if plan is not None:
                 plans.append(plan)

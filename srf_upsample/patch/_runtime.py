@@ -73,6 +73,10 @@ class UpsampleSite(nn.Upsample):
         return super().extra_repr() + f", upsamplers for channels {sorted(self.upsamplers)}"
 
 
+# Checkpoints that pickle a patched model (ultralytics' last.pt) refer to the class by this public path.
+UpsampleSite.__module__ = "srf_upsample.patch"
+
+
 class RuntimeRouter:
     """Forward hooks of one submodule that route the enlarging F.interpolate calls of its forward to upsamplers.
 
