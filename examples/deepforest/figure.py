@@ -20,7 +20,8 @@ from torch import nn  # noqa: E402
 from srf_upsample import SRFUpsample, patch_fpn  # noqa: E402
 from srf_upsample.hub import load_state_dict_strict, read_safetensors  # noqa: E402
 from srf_upsample.train.data import read_image  # noqa: E402
-from srf_upsample.train.features import build_detector, prepare_batch  # noqa: E402
+from srf_upsample.train.models import build_detector  # noqa: E402
+from srf_upsample.train.pyramid import prepare_batch  # noqa: E402
 
 ARMS = {"baseline": "baseline", "SRF (paper G)": "srf_paper/stage3", "SRF (lite G)": "srf_lite/stage3"}
 SCORE_THRESHOLD = 0.5

@@ -25,8 +25,9 @@ stages:
   evaluate  COCO AP of a baseline/stage2/stage3 output dir (--init DIR --eval-ann-file ...)
 
 Values: defaults (the paper's schedule) < --config FILE < --set key=value < explicit flags.
-Shipped configs: paper_stage1, paper_stage2, paper_stage3, paper_baseline, cpu_stage1, cpu_stage2, cpu_stage3,
-cpu_baseline (--config cpu_stage1).
+Shipped configs: paper_stage1, paper_stage2, paper_stage3, paper_baseline (3x: 270k iterations), paper_stage2_1x,
+paper_stage3_1x, paper_baseline_1x (1x: 90k), cpu_stage1, cpu_stage2, cpu_stage3, cpu_baseline (--config cpu_stage1).
+Stages 1 and 2 need a trained F: train the baseline first and pass --extractor-weights <baseline>/checkpoint.safetensors.
 """
 
 # Explicit flags: (flag, config key, type). Booleans are handled separately.
@@ -41,6 +42,7 @@ _FLAGS = [
     ("--min-size", "min_size", int), ("--max-size", "max_size", int), ("--degradation", "degradation", str),
     ("--device", "device", str), ("--seed", "seed", int), ("--num-workers", "num_workers", int),
     ("--checkpoint-every", "checkpoint_every", int), ("--stop-after", "stop_after", int),
+    ("--amp", "amp", str), ("--eval-every", "eval_every", int),
 ]
 
 
@@ -57,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="pyramid levels, e.g. 2,3,4,5 (P2-P5) or 3,4,5")
     parser.add_argument("--freeze-generator", dest="freeze_generator", action="store_const", const=True, default=None,
                         help="stage3: keep G fixed (ablation A4)")
+    parser.add_argument("--allow-untrained-extractor", dest="allow_untrained_extractor", action="store_const",
+                        const=True, default=None,
+                        help="stages 1-2: accept an F without trained weights (smoke tests only)")
     parser.add_argument("--no-resume", dest="resume", action="store_const", const=False, default=None,
                         help="start over even if --output-dir holds a checkpoint")
     parser.add_argument("--quiet", dest="quiet", action="store_const", const=True, default=None,
@@ -84,7 +89,7 @@ def parse_config(argv: list[str]):
         key, text = item.split("=", 1)
         values[key.strip().replace("-", "_")] = _parse_value(text)
     names = {f.name for f in dataclasses.fields(STAGES[args.stage])}
-    for key in [key for _, key, _ in _FLAGS] + ["levels", "freeze_generator", "resume", "quiet"]:
+    for key in [key for _, key, _ in _FLAGS] + ["levels", "freeze_generator", "allow_untrained_extractor", "resume", "quiet"]:
         value = getattr(args, key)
         if value is not None:
             if key not in names:
@@ -126,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(config) -> int:
     import torch
 
-    from .evaluate import evaluate_detector, load_trained_detector
+    from .evaluate import evaluate_detector
+    from .models import load_trained_detector
 
     device = "cuda" if config.device == "auto" and torch.cuda.is_available() else (
         "cpu" if config.device == "auto" else config.device)

@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 __all__ = [
     "Batch",
     "CocoDetectionDataset",
+    "KeyBatchSampler",
     "collate",
     "epoch_batches",
     "read_image",
@@ -165,6 +166,11 @@ class Batch:
     targets: list[dict]
     num_skipped: int
 
+    def pin_memory(self) -> Batch:
+        """The batch with its tensors in pinned memory (the DataLoader calls this with ``pin_memory=True``)."""
+        pin = torch.utils.data._utils.pin_memory.pin_memory
+        return Batch(pin(self.images), pin(self.targets), self.num_skipped)
+
 
 def collate(items: Sequence) -> Batch:
     """Collate dataset items into lists (detectors take lists), dropping and counting unreadable images."""
@@ -197,7 +203,8 @@ def scale_targets(targets: Sequence[dict], images: Sequence[torch.Tensor], low_i
     for target, image, low in zip(targets, images, low_images, strict=True):
         scale_y, scale_x = low.shape[-2] / image.shape[-2], low.shape[-1] / image.shape[-1]
         scaled = dict(target)
-        scaled["boxes"] = target["boxes"] * torch.tensor([scale_x, scale_y, scale_x, scale_y])
+        boxes = target["boxes"]
+        scaled["boxes"] = boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
         if "masks" in target:
             masks = target["masks"]
             if masks.shape[0]:
@@ -207,6 +214,23 @@ def scale_targets(targets: Sequence[dict], images: Sequence[torch.Tensor], low_i
             scaled["masks"] = masks
         out.append(scaled)
     return out
+
+
+class KeyBatchSampler:
+    """A DataLoader ``batch_sampler`` yielding the ``(index, flip)`` keys of every batch from batch ``start`` on.
+
+    ``batches_of_epoch(epoch)`` gives each epoch's batches (:func:`epoch_batches`); the order depends only on the
+    seed and the epoch, so a run resumed at batch ``start`` sees what the uninterrupted run saw, whatever the number
+    of workers. Endless: the trainer stops after its last step.
+    """
+
+    def __init__(self, batches_of_epoch, start: int = 0) -> None:
+        self.batches_of_epoch = batches_of_epoch
+        self.start = start
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        for _, keys in iterate_forever(self.batches_of_epoch, self.start):
+            yield keys
 
 
 def iterate_forever(batches_of_epoch, start_step: int) -> Iterator[tuple[int, list]]:

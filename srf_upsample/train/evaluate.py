@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .data import CocoDetectionDataset, collate
-from .features import disable_detector_resize, enable_detector_resize
+from .models import disable_detector_resize, enable_detector_resize
 
 __all__ = ["METRIC_NAMES", "evaluate_detector"]
 
@@ -152,36 +152,3 @@ def evaluate_detector(
     logger.info("COCO bbox AP %.4f AP50 %.4f AP75 %.4f", metrics["bbox"]["AP"], metrics["bbox"]["AP50"],
                 metrics["bbox"]["AP75"])
     return metrics
-
-
-def load_trained_detector(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the detector saved by a ``baseline``, ``stage2`` or ``stage3`` run (G patched in where it had one).
-
-    Returns:
-        ``(detector, manifest)``, the detector in eval mode.
-    """
-    from ..hub import load_state_dict_strict, read_safetensors
-    from ..upsample import SRFUpsample
-    from .loop import CHECKPOINT_NAME, INIT_STAGES, patch_generator, read_manifest
-    from .stages import build_config
-
-    manifest = read_manifest(directory, INIT_STAGES["evaluate"])
-    values = dict(manifest["config"])
-    stage = values.pop("stage")
-    # The weights come from the checkpoint: do not load (or require) the files used to initialise training.
-    frozen_batchnorm = bool(values.get("backbone_weights"))
-    values.update(backbone_weights=None, detector_weights=None)
-    values.pop("init", None)
-    values.pop("generator", None)
-    values.pop("reuse", None)
-    config = build_config("baseline", {k: v for k, v in values.items() if k != "freeze_generator"})
-    from .loop import _detector
-
-    detector = _detector(config, len(manifest["category_ids"]) + 1, frozen_batchnorm=frozen_batchnorm)
-    if manifest.get("has_generator"):
-        patch_generator(detector, SRFUpsample.from_pretrained(str(Path(directory) / "generator")))
-    state = read_safetensors(Path(directory) / CHECKPOINT_NAME)
-    prefix = "detector."
-    load_state_dict_strict(detector, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                           source=f"the {stage} checkpoint in {str(directory)!r}")
-    return detector.to(device).eval(), manifest

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import downsample_images, extract_levels, prepare_batch
+from .pyramid import downsample_images, extract_levels, prepare_batch
 
 __all__ = ["FIDELITY_METRICS", "INTERPOLATIONS", "feature_pairs", "fidelity"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-import dataclasses
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,31 +23,46 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..discriminator import FeaturePatchDiscriminator
 from ..hub import load_state_dict_strict, read_safetensors
-from ..losses import discriminator_loss, downsample_targets, integral_loss, srf_extractor_loss, srf_loss
+from ..losses import (
+    discriminator_loss,
+    downsample_targets,
+    feature_l1_loss,
+    integral_loss,
+    srf_extractor_loss,
+    srf_loss,
+)
 from ..upsample import SRFUpsample
-from .data import CocoDetectionDataset, collate, epoch_batches, iterate_forever, scale_targets
-from .features import (
-    FeaturePyramidHook,
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    EVAL_LOG_NAME,
+    INIT_STAGES,
+    LOG_NAME,
+    MANIFEST_NAME,
+    STATE_NAME,
+    load_prefixed,
+    read_manifest,
+    state_for_save,
+    strip_prefix,
+    truncate_jsonl,
+    write_json,
+)
+from .data import CocoDetectionDataset, KeyBatchSampler, collate, epoch_batches, scale_targets
+from .models import (
     build_detector,
     detector_first_level,
     disable_detector_resize,
-    downsample_images,
-    extract_levels,
     level_keys,
-    prepare_batch,
+    patch_generator,
+    set_fpn_interpolation,
 )
+from .pyramid import FeaturePyramidHook, downsample_images, extract_levels, prepare_batch, target_batch_size
 from .stages import TrainConfig
 
-__all__ = ["CHECKPOINT_NAME", "MANIFEST_NAME", "STATE_NAME", "FitResult", "fit", "read_manifest"]
+__all__ = ["FitResult", "fit"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-STATE_NAME = "trainer_state.pt"
-MANIFEST_NAME = "manifest.json"
-LOG_NAME = "log.jsonl"
-# Which previous stage each stage's --init must come from (section 4: 1 -> 2 -> 3).
-INIT_STAGES = {"stage2": ("stage1",), "stage3": ("stage2",), "evaluate": ("baseline", "stage2", "stage3")}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -72,31 +87,6 @@ class _Levelwise(nn.Module):
         if sizes is None:
             return [self.net(feat) for feat in feats]
         return [self.net(feat, size=tuple(size)) for feat, size in zip(feats, sizes, strict=True)]
-
-
-# ----------------------------------------------------------------------------------------------- manifest / init
-def read_manifest(directory: str | os.PathLike, expected: Sequence[str]) -> dict[str, Any]:
-    """Read ``manifest.json`` of a stage output dir and check that it was written by one of ``expected`` stages."""
-    path = Path(directory) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{str(directory)!r} has no {MANIFEST_NAME}; expected the output dir of a {' or '.join(expected)} run."
-        )
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    if manifest.get("stage") not in expected:
-        raise ValueError(
-            f"{str(directory)!r} holds a {manifest.get('stage')!r} checkpoint, but a {' or '.join(expected)} one is "
-            "expected here (progressive learning runs stage1 -> stage2 -> stage3)."
-        )
-    return manifest
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------- distributed
@@ -131,60 +121,41 @@ def _levels(config: TrainConfig) -> list[int]:
     return list(range(detector_first_level(config.detector), 6))
 
 
-def _detector(config: TrainConfig, num_classes: int, frozen_batchnorm: bool | None = None) -> nn.Module:
+def _detector(config: TrainConfig, num_classes: int, *, detector_weights: str | None = None,
+              anchor_scale: float = 1.0) -> nn.Module:
     return build_detector(
         config.detector, config.backbone, num_classes,
         min_size=config.min_size, max_size=config.max_size,
-        backbone_weights=config.backbone_weights, detector_weights=config.detector_weights,
+        backbone_weights=config.backbone_weights, detector_weights=detector_weights or config.detector_weights,
         trainable_backbone_layers=config.trainable_backbone_layers, anchor_sizes=config.anchor_sizes,
-        frozen_batchnorm=frozen_batchnorm, detector_kwargs=config.detector_kwargs,
+        anchor_scale=anchor_scale, detector_kwargs=config.detector_kwargs,
+    )
+
+
+def _require_trained_extractor(config: TrainConfig) -> None:
+    if config.extractor_weights or config.detector_weights or config.allow_untrained_extractor:
+        return
+    raise ValueError(
+        f"{config.stage} trains against the FPN of a trained detector (F, section 4.1), but neither "
+        "--extractor-weights nor --detector-weights is given: F would be an ImageNet body under a randomly "
+        "initialised FPN, and G would learn to imitate noise. Train the baseline first and pass "
+        "--extractor-weights <baseline output dir>/checkpoint.safetensors (set allow_untrained_extractor=true "
+        "only for smoke tests)."
     )
 
 
 def _frozen_extractor(config: TrainConfig, num_classes: int) -> nn.Module:
-    if config.extractor_weights:
-        config = dataclasses.replace(config, detector_weights=config.extractor_weights)
-    extractor = _detector(config, num_classes).backbone
+    _require_trained_extractor(config)
+    extractor = _detector(config, num_classes, detector_weights=config.extractor_weights).backbone
     extractor.eval().requires_grad_(False)
     return extractor
 
 
 def _new_generator(config: TrainConfig) -> SRFUpsample:
+    options = {"norm": config.generator_norm, "deconv_kernel": config.generator_deconv_kernel}
     return SRFUpsample(256, hidden_channels=config.generator_hidden_channels, num_blocks=config.generator_num_blocks,
-                       zero_init_residual=config.generator_zero_init_residual,
-                       variant=config.generator_variant)
-
-
-def patch_generator(model: nn.Module, generator: nn.Module) -> nn.Module:
-    """Put ``generator`` in place of every F.interpolate of the detector's FPN (shared), via ``patch_fpn``."""
-    try:
-        from ..patch import patch_fpn
-    except ImportError as error:  # patch.py ships with the package; this only guards partial installs
-        raise ImportError("srf_upsample.patch_fpn is needed for stages 2 and 3 but could not be imported.") from error
-    _, report = patch_fpn(model, upsampler=generator, share=True, strict=True)
-    logger.info("patched the FPN: %s", report)
-    return model
-
-
-def find_generator(model: nn.Module) -> SRFUpsample:
-    """Return the (single, shared) SRFUpsample patched into ``model``."""
-    found = [module for module in model.modules() if isinstance(module, SRFUpsample)]
-    if len(found) != 1:
-        raise ValueError(f"Expected one shared SRFUpsample in the detector, found {len(found)}.")
-    return found[0]
-
-
-def _load_prefixed(modules: dict[str, nn.Module], state: dict[str, torch.Tensor], source: str) -> None:
-    for name, module in modules.items():
-        prefix = name + "."
-        part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
-        load_state_dict_strict(module, part, source=f"{name} weights of {source}")
-
-
-def _state_for_save(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    # Clone: a shared G sits under several names of the patched FPN, and safetensors refuses shared storage.
-    return {f"{name}.{key}": value.detach().cpu().clone().contiguous()
-            for name, module in modules.items() for key, value in module.state_dict().items()}
+                       zero_init_residual=config.generator_zero_init_residual, variant=config.generator_variant,
+                       **{name: value for name, value in options.items() if value is not None})
 
 
 # ----------------------------------------------------------------------------------------------- schedule
@@ -229,6 +200,10 @@ class _Trainer:
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.generator: SRFUpsample | None = None
         self.discriminator: FeaturePatchDiscriminator | None = None
+        self.hook: FeaturePyramidHook | None = None
+        self.amp_dtype = AMP_DTYPES.get(config.amp) if config.amp else None
+        # A grad scaler only for float16: bfloat16 has float32's exponent range.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.step = 0
         self.batch_cursor = 0
         self.skipped_images = 0
@@ -244,30 +219,41 @@ class _Trainer:
             self.discriminator = FeaturePatchDiscriminator(256, hidden_channels=config.discriminator_hidden_channels)
             self.modules = {"generator": self.generator, "discriminator": self.discriminator}
         elif stage == "stage2":
-            init = Path(config.init)
-            read_manifest(init, INIT_STAGES["stage2"])
-            self.generator = SRFUpsample.from_pretrained(str(init / "generator")).train()
-            self.discriminator = FeaturePatchDiscriminator.from_pretrained(str(init / "discriminator")).train()
             self.extractor = _frozen_extractor(config, num_classes).to(self.device)
-            detector = patch_generator(_detector(config, num_classes), self.generator)
-            self.modules = {"detector": detector, "discriminator": self.discriminator}
+            # M: the paper's text initialises it afresh (ImageNet body); init_from_extractor starts it from F's detector.
+            m_weights = config.extractor_weights if config.init_from_extractor else None
+            detector = _detector(config, num_classes, detector_weights=m_weights, anchor_scale=config.anchor_scale)
+            if config.use_generator:
+                init = Path(config.init)
+                read_manifest(init, INIT_STAGES["stage2"])
+                self.generator = SRFUpsample.from_pretrained(str(init / "generator")).train()
+                self.discriminator = FeaturePatchDiscriminator.from_pretrained(str(init / "discriminator")).train()
+                patch_generator(detector, self.generator)
+                self.modules = {"detector": detector, "discriminator": self.discriminator}
+            else:
+                self.modules = {"detector": detector}
         elif stage == "stage3":
-            source = config.generator
-            if config.init:
-                read_manifest(config.init, INIT_STAGES["stage3"])
-                source = source or str(Path(config.init) / "generator")
-            self.generator = SRFUpsample.from_pretrained(source).train()
-            detector = patch_generator(_detector(config, num_classes), self.generator)
+            manifest = read_manifest(config.init, INIT_STAGES["stage3"]) if config.init else {"has_generator": True}
+            detector = _detector(config, num_classes)
+            if not manifest.get("has_generator", True) and config.reuse != "extractor":
+                raise ValueError(f"{config.init!r} is a stage-2 run without a generator (use_generator=false): "
+                                 "stage 3 can only reuse its extractor (--reuse extractor).")
+            if manifest.get("has_generator", True):
+                source = config.generator or str(Path(config.init) / "generator")
+                self.generator = SRFUpsample.from_pretrained(source).train()
+                patch_generator(detector, self.generator)
             if config.reuse == "extractor":
                 state = read_safetensors(Path(config.init) / CHECKPOINT_NAME)
-                prefix = "detector.backbone."
-                part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                load_state_dict_strict(detector.backbone, part, source=f"the stage-2 extractor of {config.init!r}")
-            if config.freeze_generator:
+                load_state_dict_strict(detector.backbone, strip_prefix(state, "detector.backbone."),
+                                       source=f"the stage-2 extractor of {config.init!r}")
+            if config.freeze_generator and self.generator is not None:
                 self.generator.requires_grad_(False)
             self.modules = {"detector": detector}
         elif stage == "baseline":
-            self.modules = {"detector": _detector(config, num_classes)}
+            detector = _detector(config, num_classes)
+            if config.interpolation != "nearest":
+                set_fpn_interpolation(detector, config.interpolation)
+            self.modules = {"detector": detector}
         else:
             raise ValueError(f"fit() trains stage1, stage2, stage3 or baseline, got {stage!r}.")
         if "detector" in self.modules:
@@ -279,7 +265,7 @@ class _Trainer:
                                "discriminator": _sgd(self.discriminator.parameters(), config)}
         else:
             self.optimizers = {"detector": _sgd(self.modules["detector"].parameters(), config)}
-            if stage == "stage2":
+            if self.discriminator is not None:
                 self.optimizers["discriminator"] = _sgd(self.discriminator.parameters(), config)
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
                            for name, opt in self.optimizers.items()}
@@ -313,11 +299,13 @@ class _Trainer:
         if not (self.config.resume and self._checkpoint_exists()):
             return
         state = read_safetensors(self.output_dir / CHECKPOINT_NAME)
-        _load_prefixed(self.modules, state, str(self.output_dir))
+        load_prefixed(self.modules, state, str(self.output_dir))
         trainer_state = torch.load(self.output_dir / STATE_NAME, map_location="cpu", weights_only=True)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(trainer_state["optimizers"][name])
             self.schedulers[name].load_state_dict(trainer_state["schedulers"][name])
+        if trainer_state.get("scaler"):
+            self.scaler.load_state_dict(trainer_state["scaler"])
         self.step = int(trainer_state["step"])
         self.batch_cursor = int(trainer_state["batch_cursor"])
         self.skipped_images = int(trainer_state["skipped_images"])
@@ -329,16 +317,9 @@ class _Trainer:
                 torch.cuda.set_rng_state_all(rng["cuda"])
             random.setstate(rng["python"])
         if self.is_main:
-            self._truncate_log()
+            truncate_jsonl(self.output_dir / LOG_NAME, self.step)
+            truncate_jsonl(self.output_dir / EVAL_LOG_NAME, self.step)
         logger.info("resumed %s from step %d in %s", self.config.stage, self.step, self.output_dir)
-
-    def _truncate_log(self) -> None:
-        path = self.output_dir / LOG_NAME
-        if not path.is_file():
-            return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def save(self, finished: bool) -> None:
         rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -347,13 +328,14 @@ class _Trainer:
         torch.save(rng, self.output_dir / f"rng_state_{self.rank}.pt")
         if not self.is_main:
             return
-        weights = _state_for_save(self.modules)
+        weights = state_for_save(self.modules)
         safetensors.torch.save_file(weights, str(self.output_dir / (CHECKPOINT_NAME + ".tmp")))
         os.replace(self.output_dir / (CHECKPOINT_NAME + ".tmp"), self.output_dir / CHECKPOINT_NAME)
         # Optimizer and scheduler state dicts are nested dicts with ints: torch.save, loadable with weights_only.
         trainer_state = {
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "step": self.step, "batch_cursor": self.batch_cursor, "skipped_images": self.skipped_images,
         }
         torch.save(trainer_state, self.output_dir / (STATE_NAME + ".tmp"))
@@ -376,9 +358,14 @@ class _Trainer:
             "has_generator": self.generator is not None, "config": self.config.to_dict(),
         })
         manifest.update(extra)
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
 
     # ---- one step per stage
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
     def _check_finite(self, name: str, loss: torch.Tensor) -> None:
         # Training on NaN silently wastes the rest of the run; stop at the first non-finite loss instead.
         if not torch.isfinite(loss).all():
@@ -389,80 +376,102 @@ class _Trainer:
                 "checkpoint."
             )
 
+    def _backward_and_step(self, name: str, loss: torch.Tensor) -> None:
+        """Check ``loss``, backpropagate it (scaled under float16 AMP) and step the optimizer ``name``."""
+        self._check_finite(name, loss)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizers[_OPTIMIZER_OF_LOSS.get(name, "detector")])
+
     def _stage1_step(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             full = prepare_batch(images)
             low = downsample_images(full, self.config.degradation)
-            target_feats = extract_levels(self.extractor, full, self.keys)
+            target_feats = [feat.float() for feat in extract_levels(self.extractor, full, self.keys)]
             low_feats = extract_levels(self.extractor, low, self.keys)
-        sr = self.generator_levels(low_feats, [feat.shape[-2:] for feat in target_feats])
+        with self._autocast():
+            sr = self.generator_levels(low_feats, [feat.shape[-2:] for feat in target_feats])
+        sr = [feat.float() for feat in sr]
         d_loss = self._discriminator_step(target_feats, sr)
         # G step: D's output is not detached, so the adversarial gradient reaches G; only G's optimizer steps.
         self.optimizers["generator"].zero_grad(set_to_none=True)
         g_loss = srf_loss(sr, target_feats, self._fake_logits(sr), adversarial_weight=self.config.adversarial_weight)
-        self._check_finite("loss_g", g_loss)
-        g_loss.backward()
-        self.optimizers["generator"].step()
+        self._backward_and_step("loss_g", g_loss)
         return {"loss_d": d_loss, "loss_g": g_loss.detach()}
 
     def _discriminator_step(self, real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
-        optimizer = self.optimizers["discriminator"]
-        optimizer.zero_grad(set_to_none=True)
-        logits = self.discriminator_levels(list(real) + [feat.detach() for feat in fake])
+        self.optimizers["discriminator"].zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.discriminator_levels(list(real) + [feat.detach() for feat in fake])
+        logits = [logit.float() for logit in logits]
         loss = discriminator_loss(logits[: len(real)], logits[len(real):])
-        self._check_finite("loss_d", loss)
-        loss.backward()
-        optimizer.step()
+        self._backward_and_step("loss_d", loss)
         return loss.detach()
 
     def _fake_logits(self, sr: list[torch.Tensor]) -> list[torch.Tensor]:
         wrapper = self.discriminator_levels
-        if isinstance(wrapper, DistributedDataParallel):
-            # D is not stepped here: skip all-reducing its gradients (they are zeroed before D's next step).
-            with wrapper.no_sync():
-                return wrapper(sr)
-        return wrapper(sr)
+        with self._autocast():
+            if isinstance(wrapper, DistributedDataParallel):
+                # D is not stepped here: skip all-reducing its gradients (they are zeroed before D's next step).
+                with wrapper.no_sync():
+                    logits = wrapper(sr)
+            else:
+                logits = wrapper(sr)
+        return [logit.float() for logit in logits]
 
     def _stage2_step(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         low_images = downsample_images(images, self.config.degradation)
         low_targets = scale_targets(targets, images, low_images)
-        with torch.no_grad():
-            # Pad I_tr to twice the padded size of the I_lr batch, so P_tr level i is 2x M's level i exactly.
-            divisor = 32
-            height = -(-max(img.shape[-2] for img in low_images) // divisor) * divisor * 2
-            width = -(-max(img.shape[-1] for img in low_images) // divisor) * divisor * 2
-            target_feats = extract_levels(self.extractor, prepare_batch(images, size=(height, width)), self.keys)
-        detection = self.detector(low_images, low_targets)
-        sr = self.hook.pop(self.keys)
-        real = downsample_targets(target_feats, [feat.shape[-2:] for feat in sr])
-        d_loss = self._discriminator_step(real, sr)
-        self.optimizers["detector"].zero_grad(set_to_none=True)
-        srf = srf_extractor_loss(sr, target_feats, self._fake_logits(sr),
-                                 adversarial_weight=self.config.adversarial_weight)
-        total = integral_loss(srf, detection)
-        self._check_finite("loss_int", total)
-        total.backward()
-        self.optimizers["detector"].step()
-        out = {"loss_d": d_loss, "loss_int": total.detach(), "loss_srf": srf.detach()}
+        with torch.no_grad(), self._autocast():
+            # I_tr padded to twice the detector's padded I_lr batch, so P_tr level i is exactly 2x M's level i.
+            size = target_batch_size(low_images, self.modules["detector"].transform.size_divisible)
+            target_feats = [feat.float() for feat in
+                            extract_levels(self.extractor, prepare_batch(images, size=size), self.keys)]
+        with self._autocast():
+            detection = self.detector(low_images, low_targets)
+        sr = [feat.float() for feat in self.hook.pop(self.keys)]
+        out: dict[str, torch.Tensor] = {}
+        if self.discriminator is not None:
+            real = downsample_targets(target_feats, [feat.shape[-2:] for feat in sr])
+            out["loss_d"] = self._discriminator_step(real, sr)
+            self.optimizers["detector"].zero_grad(set_to_none=True)
+            srf = srf_extractor_loss(sr, target_feats, self._fake_logits(sr),
+                                     adversarial_weight=self.config.adversarial_weight)
+        else:
+            # Arm C of the protocol: the same pre-training without G and D, i.e. the L1 term of Eq. (3) alone.
+            self.optimizers["detector"].zero_grad(set_to_none=True)
+            srf = feature_l1_loss(sr, downsample_targets(target_feats, [feat.shape[-2:] for feat in sr]))
+        total = integral_loss(srf, {name: value.float() for name, value in detection.items()})
+        self._backward_and_step("loss_int", total)
+        out.update({"loss_int": total.detach(), "loss_srf": srf.detach()})
         out.update({name: value.detach() for name, value in detection.items()})
         return out
 
     def _detection_step(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
-        detection = self.detector(images, targets)
-        total = sum(detection.values())
+        with self._autocast():
+            detection = self.detector(images, targets)
+        total = sum(value.float() for value in detection.values())
         self.optimizers["detector"].zero_grad(set_to_none=True)
-        self._check_finite("loss", total)
-        total.backward()
-        self.optimizers["detector"].step()
+        self._backward_and_step("loss", total)
         out = {"loss": total.detach()}
         out.update({name: value.detach() for name, value in detection.items()})
         return out
 
-    # ---- the loop
+    # ---- data
     def _batches_of_epoch(self, epoch: int):
         return epoch_batches(len(self.dataset), self.config.batch_size // self.world_size, epoch=epoch,
                              seed=self.config.seed, rank=self.rank, world_size=self.world_size,
                              flip=self.config.use_flip)
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        """Batches from ``batch_cursor`` on; workers decode images, the sampler alone decides the order."""
+        workers = self.config.num_workers
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=KeyBatchSampler(self._batches_of_epoch, self.batch_cursor),
+            num_workers=workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
+            prefetch_factor=2 if workers else None,
+            # Its own generator: creating the iterator must not draw from the global RNG that resume restores.
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
 
     def _all_ranks_have_data(self, has_data: bool) -> bool:
         if self.world_size == 1:
@@ -471,6 +480,25 @@ class _Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
+    # ---- evaluation
+    def _evaluate(self, step: int) -> dict[str, Any]:
+        """COCO AP of the detector on ``eval_ann_file`` now; appended to ``eval.jsonl`` (main process only)."""
+        from .evaluate import evaluate_detector
+
+        config = self.config
+        metrics = evaluate_detector(
+            self.modules["detector"], config.eval_data_root or config.data_root, config.eval_ann_file,
+            category_ids=self.dataset.category_ids, output_dir=self.output_dir, min_size=config.min_size,
+            max_size=config.max_size, device=self.device, quiet=True,
+        )
+        with open(self.output_dir / EVAL_LOG_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        return metrics
+
+    def _evaluates(self) -> bool:
+        return bool(self.config.eval_ann_file) and "detector" in self.modules and self.is_main
+
+    # ---- the loop
     def run(self) -> FitResult:
         config = self.config
         if self.is_main:
@@ -488,15 +516,15 @@ class _Trainer:
         progress = _progress(config, self.step, disable=config.quiet or not self.is_main)
         log_file = open(self.output_dir / LOG_NAME, "a", encoding="utf-8") if self.is_main else None
         losses: dict[str, float] = {}
-        batches = iterate_forever(self._batches_of_epoch, self.batch_cursor)
+        metrics: dict[str, Any] = {}
         empty_in_a_row = 0
         batches_per_epoch = max(1, len(self._batches_of_epoch(0)))
+        batches = iter(self._loader()) if self.step < last_step else iter(())
         try:
             while self.step < last_step:
                 started = time.perf_counter()
-                _, keys = next(batches)
+                batch = next(batches)
                 self.batch_cursor += 1
-                batch = collate([self.dataset[key] for key in keys])
                 if batch.num_skipped:
                     self.skipped_images += batch.num_skipped
                     logger.warning("skipped %d unreadable image(s) (%d so far)", batch.num_skipped,
@@ -508,10 +536,11 @@ class _Trainer:
                                          f"({self.skipped_images} unreadable); refusing to train on nothing.")
                     continue
                 empty_in_a_row = 0
-                images = [image.to(self.device) for image in batch.images]
-                targets = [{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-                           for t in batch.targets]
+                images = [image.to(self.device, non_blocking=True) for image in batch.images]
+                targets = [{k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                            for k, v in t.items()} for t in batch.targets]
                 step_losses = step_fn(images, targets)
+                self.scaler.update()
                 for scheduler in self.schedulers.values():
                     scheduler.step()
                 self.step += 1
@@ -524,24 +553,23 @@ class _Trainer:
                     log_file.flush()
                 progress.update(1)
                 progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items() if "loss" in name})
+                periodic_eval = config.eval_every and self.step % config.eval_every == 0
+                if periodic_eval and self.step < config.max_iters and self._evaluates():
+                    self._evaluate(self.step)
                 if self.step % config.checkpoint_every == 0 and self.step < last_step:
                     self.save(finished=False)
         finally:
+            del batches  # shuts the loader's workers down
             progress.close()
             if log_file is not None:
                 log_file.close()
+            if self.hook is not None:
+                self.hook.remove()  # the trained detector keeps no trainer hook
         finished = self.step >= config.max_iters
         self.save(finished=finished)
         rank_hashes = self._check_ranks_in_sync()
-        metrics: dict[str, Any] = {}
-        if finished and config.eval_ann_file and "detector" in self.modules and self.is_main:
-            from .evaluate import evaluate_detector
-
-            metrics = evaluate_detector(
-                self.modules["detector"], config.eval_data_root or config.data_root, config.eval_ann_file,
-                category_ids=self.dataset.category_ids, output_dir=self.output_dir, min_size=config.min_size,
-                max_size=config.max_size, device=self.device, quiet=config.quiet,
-            )
+        if finished and self._evaluates():
+            metrics = self._evaluate(self.step)
         if self.is_main:
             self.write_manifest(finished, rank_parameter_hashes=rank_hashes, skipped_images=self.skipped_images)
         if self.world_size > 1:
@@ -561,6 +589,10 @@ class _Trainer:
             raise RuntimeError(f"Parameters differ across ranks after training ({gathered}); gradients were not "
                                "all-reduced (call the DDP wrapper, not .module).")
         return gathered
+
+
+# Which optimizer each loss steps.
+_OPTIMIZER_OF_LOSS = {"loss_g": "generator", "loss_d": "discriminator"}
 
 
 def _progress(config: TrainConfig, initial: int, disable: bool):

@@ -10,7 +10,8 @@ from typing import Any
 from torch import nn
 
 from ..hub import load_state_dict_strict, read_safetensors, shipped_weights_dir
-from .features import build_detector
+from .checkpoint import strip_prefix
+from .models import build_detector
 
 __all__ = ["DEFAULT_DETECTOR", "DETECTOR_SPEC_NAME", "DETECTOR_WEIGHTS_NAME", "load_shipped_detector",
            "load_shipped_extractor", "save_detector_folder"]
@@ -36,7 +37,7 @@ def _folder(name_or_dir: str | os.PathLike) -> Path:
 def load_shipped_detector(name_or_dir: str | os.PathLike = DEFAULT_DETECTOR) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a detector saved by :func:`save_detector_folder` (float32, eval mode); returns it and its spec.
 
-    The spec (``detector.json``) holds the builder arguments of :func:`~srf_upsample.train.features.build_detector`
+    The spec (``detector.json``) holds the builder arguments of :func:`~srf_upsample.train.models.build_detector`
     and the category names; weights may be stored in float16 to halve the file and are cast back to float32.
     """
     folder = _folder(name_or_dir)
@@ -62,10 +63,9 @@ def save_detector_folder(checkpoint: str | os.PathLike, folder: str | os.PathLik
     if missing:
         raise ValueError(f"spec lacks {missing}; it needs {list(_SPEC_KEYS)}.")
     state = read_safetensors(checkpoint)
-    prefix = "detector."
-    weights = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    weights = strip_prefix(state, "detector.")
     if not weights:
-        raise ValueError(f"{str(checkpoint)!r} holds no detector weights (keys starting with {prefix!r}).")
+        raise ValueError(f"{str(checkpoint)!r} holds no detector weights (keys starting with 'detector.').")
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     folder = Path(folder)

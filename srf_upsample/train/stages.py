@@ -40,7 +40,7 @@ class TrainConfig:
     max_size: int = 1333
     use_flip: bool = True
     degradation: str = "bilinear"  # how I_lr is made from I_tr (Table 6: bilinear, nearest, bicubic)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader processes decoding images (0: in the training process)
     # detector / extractor F
     detector: str = "maskrcnn"
     backbone: str = "resnet50"
@@ -49,8 +49,11 @@ class TrainConfig:
     # Weights of the frozen extractor F (a detector checkpoint, e.g. a trained baseline's); None: detector_weights.
     # Stage 2 needs both apart: F is the trained detector, M starts from the ImageNet backbone (section 5.1).
     extractor_weights: str | None = None
+    # Stages 1 and 2 refuse an F that was never trained (random FPN) unless this is set (smoke tests only).
+    allow_untrained_extractor: bool = False
     trainable_backbone_layers: int | None = None
     anchor_sizes: list[int] | None = None
+    anchor_scale: float = 1.0  # multiplies every anchor size (R-CNNs); stage 2 halves them for its half-size images
     detector_kwargs: dict[str, Any] | None = None  # more arguments of the torchvision detector class
     levels: list[int] | None = None  # pyramid levels n_s..n_e; None: P2-P5 (R-CNNs) or P3-P5 (RetinaNet, FCOS)
     # generator G and discriminator D
@@ -59,6 +62,8 @@ class TrainConfig:
     generator_num_blocks: int | None = None
     # Start G's learned residual at zero, so G begins as bilinear (not in the paper; helps short schedules).
     generator_zero_init_residual: bool = False
+    generator_norm: str | None = None  # SRFUpsample's norm ("none" or "batch"); None: its default
+    generator_deconv_kernel: int | None = None  # SRFUpsample's deconv_kernel (paper variant); None: its default
     discriminator_hidden_channels: list[int] = field(default_factory=lambda: [512, 1024, 1024])
     adversarial_weight: float = 0.001  # lambda of Eq. (2) and (3)
     # optimisation (SGD, momentum 0.9, weight decay 1e-4)
@@ -73,6 +78,9 @@ class TrainConfig:
     batch_size: int = 16  # images per step, over all processes
     seed: int = 0
     device: str = "auto"
+    amp: str | None = None  # autocast dtype: "bf16" or "fp16" (with a grad scaler); None: float32
+    # evaluation on eval_ann_file every eval_every steps (eval.jsonl), and always at the end
+    eval_every: int | None = None
     # bookkeeping
     init: str | None = None  # output dir of the previous stage
     checkpoint_every: int = 5000
@@ -101,6 +109,12 @@ class Stage2Config(TrainConfig):
 
     stage: str = "stage2"
     warmup_iters: int = 1000  # Detectron2's default warm-up, which the paper keeps; lr 0.02 diverges without it
+    anchor_scale: float = 0.5  # I_lr is half-size: halved anchors keep each object on the anchors it has at full size
+    # M's parameters other than G: False = fresh (ImageNet body, the paper's text); True = the trained detector whose
+    # FPN is F (extractor_weights), as the authors' published setup does.
+    init_from_extractor: bool = False
+    # False: arm C of the protocol, the same pre-training (half-size images, L1 to F, L_DET) without G and D.
+    use_generator: bool = True
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,7 @@ class BaselineConfig(TrainConfig):
 
     stage: str = "baseline"
     warmup_iters: int = 1000
+    interpolation: str = "nearest"  # the FPN's own upsampling; "bilinear" is arm B of the protocol
 
 
 @dataclass(frozen=True)
@@ -186,8 +201,18 @@ def _validate(config: TrainConfig) -> None:
             raise ValueError(f"max_iters and batch_size must be positive, got {config.max_iters}, {config.batch_size}.")
     if config.degradation not in ("bilinear", "nearest", "bicubic"):
         raise ValueError(f"degradation must be bilinear, nearest or bicubic (Table 6), got {config.degradation!r}.")
-    if config.stage == "stage2" and not config.init:
+    if config.stage == "stage2" and config.use_generator and not config.init:
         raise ValueError("stage2 needs --init <stage-1 output dir> (its generator/ and discriminator/).")
+    if config.stage == "stage2" and config.init_from_extractor and not config.extractor_weights:
+        raise ValueError("init_from_extractor needs --extractor-weights (the trained detector M starts from).")
+    if config.amp not in (None, "bf16", "fp16"):
+        raise ValueError(f"amp must be bf16, fp16 or unset (float32), got {config.amp!r}.")
+    if config.eval_every is not None and config.eval_every <= 0:
+        raise ValueError(f"eval_every must be a positive number of steps, got {config.eval_every}.")
+    if config.num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {config.num_workers}.")
+    if config.anchor_scale <= 0:
+        raise ValueError(f"anchor_scale must be positive, got {config.anchor_scale}.")
     if config.stage == "stage3":
         if not config.init and not config.generator:
             raise ValueError("stage3 needs --init <stage-2 output dir> or --generator <folder or shipped name>.")

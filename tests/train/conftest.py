@@ -16,6 +16,7 @@ TINY = [
     "--batch-size", "2", "--device", "cpu", "--quiet", "--log-level", "WARNING",
     "--set", "generator_hidden_channels=8", "--set", "generator_num_blocks=1",
     "--set", "discriminator_hidden_channels=[8,8,8]", "--set", "warmup_iters=0", "--set", "milestones=[3]",
+    "--allow-untrained-extractor",  # F is a random FPN here; real runs pass --extractor-weights
 ]
 
 

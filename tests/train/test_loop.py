@@ -60,8 +60,10 @@ def test_stage_rejects_the_wrong_kind_of_checkpoint(stage_dirs, coco, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_result(stage_dirs, coco, tmp_path):
-    # Pins bit-identical resume: 2 steps, "killed", 2 more steps == 4 uninterrupted steps (weights, D, momentum).
-    common = ["stage2", *data_args(coco), *TINY, "--max-iters", "4", "--init", str(stage_dirs / "s1")]
+    # Pins bit-identical resume: 2 steps, "killed", 2 more steps == 4 uninterrupted steps (weights, D, momentum),
+    # with images decoded by DataLoader workers.
+    common = ["stage2", *data_args(coco), *TINY, "--max-iters", "4", "--init", str(stage_dirs / "s1"),
+              "--num-workers", "2"]  # decoding in worker processes must not change the data order
     assert main([*common, "--output-dir", str(tmp_path / "a"), "--stop-after", "2"]) == 0
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["finished"] is False
     assert main([*common, "--output-dir", str(tmp_path / "a")]) == 0
@@ -125,7 +127,7 @@ def test_data_errors_are_clear(tmp_path, coco):
 
 def test_boxes_and_masks_follow_resize_and_flip(coco):
     from srf_upsample.train.data import CocoDetectionDataset, scale_targets
-    from srf_upsample.train.features import downsample_images
+    from srf_upsample.train.pyramid import downsample_images
 
     plain = CocoDetectionDataset(*coco, use_masks=True)
     image, target = CocoDetectionDataset(*coco, min_size=96, max_size=200, use_masks=True)[(0, True)]

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torchvision import models
 
-from srf_upsample.train.features import build_detector, extract_levels, level_keys, prepare_batch
+from srf_upsample.train.models import build_detector, level_keys
+from srf_upsample.train.pyramid import extract_levels, prepare_batch
 
 
 def test_mobilenet_v2_backbone_loads_local_imagenet_weights_strictly(tmp_path):

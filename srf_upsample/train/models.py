@@ -1,12 +1,11 @@
-"""Detectors by name, their multi-scale feature extractor F, and the plumbing that feeds them fixed-size tensors."""
+"""torchvision FPN detectors by name: building them offline, patching G into them, rebuilding trained ones."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,29 +18,26 @@ from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from ..hub import load_state_dict_strict, read_safetensors
+from ..upsample import SRFUpsample
+from .checkpoint import CHECKPOINT_NAME, INIT_STAGES, read_manifest, strip_prefix
 
 __all__ = [
     "BACKBONES",
     "DETECTORS",
-    "IMAGE_MEAN",
-    "IMAGE_STD",
-    "FeaturePyramidHook",
+    "DEFAULT_ANCHOR_SIZES",
+    "FixedInterpolation",
     "build_detector",
-    "downsample_images",
     "detector_first_level",
     "disable_detector_resize",
     "enable_detector_resize",
-    "extract_levels",
     "level_keys",
+    "load_trained_detector",
     "load_weights_file",
-    "prepare_batch",
+    "patch_generator",
+    "set_fpn_interpolation",
 ]
 
 logger = logging.getLogger(__name__)
-
-# torchvision's detectors normalise with the ImageNet statistics; F must see the same input as the detector.
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
 
 DETECTORS = {"fasterrcnn": FasterRCNN, "maskrcnn": MaskRCNN, "retinanet": RetinaNet, "fcos": FCOS}
 BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
@@ -49,9 +45,8 @@ BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
 _P3_DETECTORS = ("retinanet", "fcos")
 # mobilenet_v2().features: the last block at strides 4, 8, 16, 32 and its output channels.
 _MOBILENET_V2_LAYERS = {3: 24, 6: 32, 13: 96, 18: 1280}
-# The whole pipeline pads to a multiple of 2 * 32: the half-size image then pads to a multiple of 32 too, so every
-# level of P_lr is exactly half of the same level of P_tr.
-PAD_MULTIPLE = 64
+# torchvision's R-CNN anchors, one size per FPN output P2-P6.
+DEFAULT_ANCHOR_SIZES = (32, 64, 128, 256, 512)
 
 
 def detector_first_level(detector: str) -> int:
@@ -154,6 +149,7 @@ def build_detector(
     detector_weights: str | None = None,
     trainable_backbone_layers: int | None = None,
     anchor_sizes: Sequence[int] | None = None,
+    anchor_scale: float = 1.0,
     frozen_batchnorm: bool | None = None,
     detector_kwargs: dict | None = None,
 ) -> nn.Module:
@@ -189,17 +185,22 @@ def build_detector(
         frozen_batchnorm = bool(backbone_weights)
     body = _build_backbone(backbone, detector, backbone_weights, trainable_backbone_layers, frozen_batchnorm)
     kwargs: dict = {"min_size": min_size, "max_size": max_size, **(detector_kwargs or {})}
-    if anchor_sizes:
+    if anchor_scale <= 0:
+        raise ValueError(f"anchor_scale must be positive, got {anchor_scale!r}.")
+    if anchor_sizes or anchor_scale != 1.0:
         if detector in _P3_DETECTORS:
-            raise ValueError("anchor_sizes is supported for fasterrcnn and maskrcnn only.")
-        if len(anchor_sizes) != 5:
-            raise ValueError(f"anchor_sizes needs one size per FPN output (5: P2-P6), got {list(anchor_sizes)}.")
-        kwargs["rpn_anchor_generator"] = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
+            raise ValueError(f"anchor_sizes and anchor_scale are supported for fasterrcnn and maskrcnn only, not "
+                             f"{detector!r}; leave them unset (anchor_scale=1).")
+        sizes = list(anchor_sizes or DEFAULT_ANCHOR_SIZES)
+        if len(sizes) != 5:
+            raise ValueError(f"anchor_sizes needs one size per FPN output (5: P2-P6), got {sizes}.")
+        kwargs["rpn_anchor_generator"] = AnchorGenerator(tuple((max(1, round(s * anchor_scale)),) for s in sizes),
+                                                         ((0.5, 1.0, 2.0),) * 5)
     model = DETECTORS[detector](body, num_classes=num_classes, **kwargs)
     if detector_weights:
         state = load_weights_file(detector_weights)
         if any(key.startswith("detector.") for key in state):
-            state = {key[len("detector."):]: value for key, value in state.items() if key.startswith("detector.")}
+            state = strip_prefix(state, "detector.")
         load_state_dict_strict(model, state, source=f"detector weights from {detector_weights!r}")
     return model
 
@@ -219,63 +220,66 @@ def enable_detector_resize(model: nn.Module) -> None:
         del model.transform.resize
 
 
-def prepare_batch(images: Sequence[torch.Tensor], multiple: int = PAD_MULTIPLE,
-                  size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Normalise images like the detector and pad them bottom-right into one ``(N, 3, H, W)`` batch.
 
-    ``H`` and ``W`` are rounded up to ``multiple`` (64), so the half-size batch is an exact 2x downsample whose
-    pyramid levels are exactly half of the full-size ones. ``size`` fixes the padded size instead.
+
+def patch_generator(model: nn.Module, generator: nn.Module) -> nn.Module:
+    """Put ``generator`` in place of every F.interpolate of the detector's FPN (one G shared), via ``patch_fpn``."""
+    from ..patch import patch_fpn
+
+    _, report = patch_fpn(model, upsampler=generator, share=True, strict=True)
+    logger.info("patched the FPN: %s", report)
+    return model
+
+
+def load_trained_detector(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the detector saved by a ``baseline``, ``stage2`` or ``stage3`` run (G patched in where it had one).
+
+    Returns:
+        ``(detector, manifest)``, the detector in eval mode.
     """
-    if size is None:
-        height = math.ceil(max(img.shape[-2] for img in images) / multiple) * multiple
-        width = math.ceil(max(img.shape[-1] for img in images) / multiple) * multiple
-    else:
-        height, width = size
-    first = images[0]
-    batch = first.new_zeros((len(images), 3, height, width))
-    mean = torch.tensor(IMAGE_MEAN, dtype=first.dtype, device=first.device)[:, None, None]
-    std = torch.tensor(IMAGE_STD, dtype=first.dtype, device=first.device)[:, None, None]
-    for index, img in enumerate(images):
-        batch[index, :, : img.shape[-2], : img.shape[-1]] = (img - mean) / std
-    return batch
+    manifest = read_manifest(directory, INIT_STAGES["evaluate"])
+    config = manifest["config"]
+    # The weights come from the checkpoint: the files used to initialise training are neither loaded nor required.
+    detector = build_detector(
+        config["detector"], config["backbone"], len(manifest["category_ids"]) + 1,
+        min_size=config["min_size"], max_size=config["max_size"],
+        trainable_backbone_layers=config.get("trainable_backbone_layers"), anchor_sizes=config.get("anchor_sizes"),
+        anchor_scale=config.get("anchor_scale", 1.0), frozen_batchnorm=bool(config.get("backbone_weights")),
+        detector_kwargs=config.get("detector_kwargs"),
+    )
+    if config.get("interpolation", "nearest") != "nearest":
+        set_fpn_interpolation(detector, config["interpolation"])
+    if manifest.get("has_generator"):
+        patch_generator(detector, SRFUpsample.from_pretrained(str(Path(directory) / "generator")))
+    state = read_safetensors(Path(directory) / CHECKPOINT_NAME)
+    load_state_dict_strict(detector, strip_prefix(state, "detector."),
+                           source=f"the {manifest['stage']} checkpoint in {str(directory)!r}")
+    return detector.to(device).eval(), manifest
 
 
-def downsample_images(x: torch.Tensor | Sequence[torch.Tensor], mode: str, scale: float = 0.5):
-    """I_lr = degradation of I_tr by ``scale``: a batch or a list of ``(3, H, W)`` images, sizes floored."""
-    align = False if mode in ("bilinear", "bicubic") else None
-    if isinstance(x, torch.Tensor):
-        return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=align)
-    out = []
-    for img in x:
-        size = (max(1, math.floor(img.shape[-2] * scale)), max(1, math.floor(img.shape[-1] * scale)))
-        low = F.interpolate(img[None], size=size, mode=mode, align_corners=align)[0]
-        out.append(low.clamp(0, 1) if mode == "bicubic" else low)
-    return out
+def set_fpn_interpolation(detector: nn.Module, mode: str) -> None:
+    """Arm B of the protocol: the FPN's nearest upsampling replaced by ``mode`` interpolation, nothing learned."""
+    from ..patch import patch_fpn
+
+    patch_fpn(detector, upsampler=FixedInterpolation(mode), share=True, strict=True)
 
 
-def extract_levels(backbone: nn.Module, x: torch.Tensor, keys: Sequence[str]) -> list[torch.Tensor]:
-    """Run the FPN backbone (body + fpn) on a prepared batch and return the levels named by ``keys``."""
-    feats = backbone(x)
-    return [feats[key] for key in keys]
+class FixedInterpolation(nn.Module):
+    """``F.interpolate`` with a fixed mode, called like :class:`~srf_upsample.SRFUpsample` (no parameters)."""
 
+    def __init__(self, mode: str = "bilinear") -> None:
+        super().__init__()
+        if mode not in ("nearest", "bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be nearest, bilinear or bicubic, got {mode!r}.")
+        self.mode = mode
 
-class FeaturePyramidHook:
-    """Keeps the FPN outputs of ``model.backbone`` from the last forward (for Eq. (3) in the same pass as L_DET)."""
+    def forward(self, x: torch.Tensor, size: Sequence[int] | None = None,
+                scale_factor: float | Sequence[float] | None = None) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``, as ``F.interpolate(x, size, scale_factor, mode)``."""
+        align = False if self.mode in ("bilinear", "bicubic") else None
+        return F.interpolate(x, size=size, scale_factor=scale_factor, mode=self.mode,
+                                               align_corners=align)
 
-    def __init__(self, backbone: nn.Module) -> None:
-        self.features: OrderedDict[str, torch.Tensor] | None = None
-        self.handle = backbone.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args, output) -> None:
-        self.features = output
-
-    def pop(self, keys: Sequence[str]) -> list[torch.Tensor]:
-        """Return and forget the captured levels named by ``keys``."""
-        if self.features is None:
-            raise RuntimeError("No FPN features captured; the detector's backbone did not run.")
-        feats, self.features = self.features, None
-        return [feats[key] for key in keys]
-
-    def remove(self) -> None:
-        """Detach the hook from the backbone."""
-        self.handle.remove()
+    def extra_repr(self) -> str:
+        """The mode."""
+        return f"mode={self.mode!r}"
