@@ -25,14 +25,31 @@ def _seed() -> None:
 
 
 class NearestReference(nn.Module):
-    """Exactly what torchvision's FPN computes at each merge, behind SRFUpsample's call signature."""
+    """Exactly what torchvision's FPN computes at each merge, behind SRFUpsample's call signature.
+
+    It records each call's input size, the ``size`` it was given and its output size, so a test can check that the
+    patched model really calls it (equal outputs alone would also come from a site left unpatched).
+    """
 
     def __init__(self, in_channels: int | None = None) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.calls: list[tuple[tuple[int, int], object, tuple[int, int]]] = []
 
     def forward(self, x: torch.Tensor, size=None, scale_factor=None) -> torch.Tensor:
-        return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
+        out = F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
+        self.calls.append((tuple(x.shape[-2:]), size, tuple(out.shape[-2:])))
+        return out
+
+
+def reference_calls(model: nn.Module) -> list[tuple[tuple[int, int], object, tuple[int, int]]]:
+    """The calls recorded by every NearestReference in ``model`` since the last clear, then clear them."""
+    calls = []
+    for module in model.modules():
+        if isinstance(module, NearestReference):
+            calls += module.calls
+            module.calls.clear()
+    return calls
 
 
 def level_size(length: int, stride: int) -> int:
@@ -80,8 +97,12 @@ def test_backbone_with_fpn_at_odd_feature_sizes(resnet18_fpn, image_size, patch_
     assert patched is model
     assert len(report.replaced) == 3
     assert all(site.module_path == "fpn" and site.is_size_dynamic for site in report.replaced)
+    reference_calls(patched)
     with torch.no_grad():
         assert_outputs_equal(patched(images), expected)
+    # Each merge called the reference with the lateral map's size: P5 -> P4 -> P3 -> P2, odd sizes met exactly.
+    steps = [(sizes[level + 1], sizes[level], sizes[level]) for level in (2, 1, 0)]
+    assert [(before, tuple(size), after) for before, size, after in reference_calls(patched)] == steps
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,5 +136,11 @@ def test_detector_outputs_unchanged_at_odd_feature_sizes(name) -> None:
     # The merges really are at odd sizes: P5 3x4 -> P4 5x7 -> P3 9x13 (-> P2 18x26), never twice the input.
     steps = [(site.input_shape[-2:], site.output_shape[-2:]) for site in report.replaced]
     assert steps[:2] == [((3, 4), (5, 7)), ((5, 7), (9, 13))]
+    reference_calls(model)
     with torch.no_grad():
         assert_outputs_equal(model(images), expected)
+    # The patched merges ran through the reference, each given the lateral map's size.
+    calls = reference_calls(model)
+    assert [(before, tuple(size), after) for before, size, after in calls] == [
+        (before, after, after) for before, after in steps
+    ]
