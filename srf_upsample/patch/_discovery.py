@@ -43,6 +43,7 @@ class _Call:
     arguments: dict[str, Any]
     input_shape: tuple[int, ...] | None
     output_shape: tuple[int, ...] | None
+    is_parameter: bool = False  # the input is an nn.Parameter (a position embedding resized), not a feature map
     frame: tuple[str | None, str] = (None, "?")  # innermost model module running Python code (methods too), file:line
     owner: int = -1  # index into stack of the module whose code makes the call
 
@@ -88,6 +89,7 @@ class _Recorder(TorchFunctionMode):
                     modules=tuple(entry[2] for entry in self.stack),
                     arguments={k: v for k, v in arguments.items() if k != "input"},
                     input_shape=tuple(x.shape) if isinstance(x, torch.Tensor) else None,
+                    is_parameter=isinstance(x, nn.Parameter),
                     output_shape=tuple(out.shape) if isinstance(out, torch.Tensor) else None,
                     frame=self._frame_owner(),
                 )
@@ -254,7 +256,7 @@ def _group_runtime_sites(sites: list[PatchSite]) -> tuple[PatchSite, ...]:
     """Merge run-time calls of one code location (e.g. mask pasting, once per detection) into one site."""
     groups: dict[tuple, list[PatchSite]] = {}
     for site in sites:
-        key = (site.module_path, site.node, site.kind, site.target, site.action, site.reason)
+        key = (site.module_path, site.node, site.kind, site.target, site.action, site.reason, site.upsampler)
         groups.setdefault(key, []).append(site)
     return tuple(dataclasses.replace(group[0], num_calls=len(group)) for group in groups.values())
 

@@ -17,7 +17,7 @@ from torch.utils import _pytree as pytree
 from ..upsample import SRFUpsample
 from ._discovery import _plain
 from ._report import ALREADY_PATCHED, FX, REPLACED, SKIPPED, PatchSite
-from ._upsamplers import UpsamplerProvider, direction, enlarge_or_interpolate, is_upsampler
+from ._upsamplers import PARAMETER_REASON, UpsamplerProvider, direction, enlarge_or_interpolate, is_upsampler
 
 __all__ = [
     "DEFAULT_LEAF_MODULES",
@@ -373,6 +373,7 @@ def trace_owner(
     positional, built_args = _bind_inputs(module, args, kwargs)
     if concrete_args:
         built_args = {**(built_args or {}), **concrete_args}
+        positional = _with_fixed_values(module, args, kwargs, concrete_args) or positional
     errors: list[Exception] = []
     # First trace through every submodule (as users expect); if a helper cannot be traced, retry with every
     # submodule that does not upsample as a leaf (it needs no rewriting).
@@ -398,6 +399,17 @@ def trace_owner(
         return gm, ""
     error = errors[-1]
     return None, f"torch.fx cannot trace it ({type(error).__name__}: {_first_line(error)})"
+
+
+def _with_fixed_values(module: nn.Module, args: tuple, kwargs: dict, fixed: dict[str, Any]) -> list[Any] | None:
+    """The example's forward arguments with the caller's fixed ``concrete_args`` values put in (for ShapeProp)."""
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    bound.apply_defaults()
+    values = {name: value for name, value in fixed.items() if not any(v is fx.PH for v in pytree.tree_leaves(value))}
+    return [values.get(name, value) for name, value in bound.arguments.items()]
 
 
 def _first_line(error: Exception) -> str:
@@ -449,6 +461,8 @@ def rewrite_owner(
             sites.append(PatchSite(**record, action=ALREADY_PATCHED, reason="", upsampler=arguments["target"]))
             continue
         reason = direction(input_shape, output_shape)
+        if not reason and isinstance(x, fx.Node) and x.op == "get_attr":
+            reason = PARAMETER_REASON
         if not reason and not (input_meta.dtype.is_floating_point):
             reason = f"not a floating point feature map ({input_meta.dtype})"
         if not reason:

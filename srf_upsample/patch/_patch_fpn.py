@@ -23,7 +23,7 @@ from ._fx_rewrite import leaf_types as _leaf_types
 from ._fx_rewrite import rewrite_owner, trace_owner
 from ._report import ALREADY_PATCHED, MODULE, SKIPPED, PatchReport, PatchSite
 from ._runtime import RuntimePlan, plan_runtime
-from ._upsamplers import Upsampler, UpsamplerProvider, direction, is_upsampler
+from ._upsamplers import PARAMETER_REASON, Upsampler, UpsamplerProvider, direction, is_upsampler
 
 __all__ = ["DEFAULT_EXCLUDE", "patch_fpn"]
 
@@ -134,7 +134,7 @@ def patch_fpn(
                 continue
             path = call.stack[call.owner][0]
             inner = call.modules[call.owner + 1] if call.owner + 1 < len(call.modules) else None
-            reason = direction(call.input_shape, call.output_shape)
+            reason = PARAMETER_REASON if call.is_parameter else direction(call.input_shape, call.output_shape)
             if inner is not None and is_upsampler(inner):
                 runtime_sites.append((index, _runtime_site(call, index, ALREADY_PATCHED, "")))
             elif _excluded(path, exclude) or (call.frame[0] is not None and _excluded(call.frame[0], exclude)):

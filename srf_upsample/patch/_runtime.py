@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._discovery import _Call, _excluded, _runtime_site
 from ._report import ALREADY_PATCHED, MODULE, REPLACED, RUNTIME, SKIPPED, PatchSite
-from ._upsamplers import UpsamplerProvider, direction, enlarge_or_interpolate, is_upsampler
+from ._upsamplers import PARAMETER_REASON, UpsamplerProvider, direction, enlarge_or_interpolate, is_upsampler
 
 __all__ = ["RuntimePlan", "RuntimeRouter", "UpsampleSite", "plan_runtime"]
 
@@ -151,7 +151,8 @@ class _RouteMode(TorchFunctionMode):
         bound = _INTERPOLATE_SIGNATURE.bind(*args, **kwargs)
         bound.apply_defaults()
         x = bound.arguments.pop("input")
-        name = self.router.name_for(int(x.shape[1]), index) if x.dim() == 4 else None
+        is_feature_map = x.dim() == 4 and not isinstance(x, nn.Parameter)
+        name = self.router.name_for(int(x.shape[1]), index) if is_feature_map else None
         if name is None:
             return func(*args, **kwargs)
         # The mode is off inside this handler, so the upsampler's own F.interpolate calls are not routed again.
@@ -248,7 +249,7 @@ def plan_runtime(
                 pause_paths.add(excluded)
             continue
         routed.append(call)
-        why = direction(call.input_shape, call.output_shape)
+        why = PARAMETER_REASON if call.is_parameter else direction(call.input_shape, call.output_shape)
         if not why:
             why = provider.mismatch(call.input_shape[1])
         decisions.append((call, REPLACED if not why else SKIPPED, why))

@@ -14,7 +14,9 @@ from torch import nn
 
 from ..upsample import SRFUpsample
 
-__all__ = ["Upsampler", "UpsamplerProvider", "direction", "enlarge_or_interpolate", "is_upsampler"]
+PARAMETER_REASON = "resizes a parameter (e.g. a position embedding), not a feature map"
+
+__all__ = ["PARAMETER_REASON", "Upsampler", "UpsamplerProvider", "direction", "enlarge_or_interpolate", "is_upsampler"]
 
 Upsampler = nn.Module | Callable[[int], nn.Module]
 
