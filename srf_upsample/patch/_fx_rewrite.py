@@ -107,6 +107,10 @@ def _bind_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[list[Any
     bound.apply_defaults()
     concrete: dict[str, Any] = {}
     for name, value in bound.arguments.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # Numbers (a target height, a scale) stay graph inputs: fixing them would pin the traced module to the
+            # example's sizes. A neck with control flow on them is not traceable and gets the run-time fallback.
+            continue
         if not isinstance(value, torch.Tensor):
             # Containers of tensors become placeholders per leaf; flags and None are fixed at their example value.
             concrete[name] = _placeholders(value)
@@ -385,6 +389,9 @@ def trace_owner(
         except Exception as error:  # noqa: BLE001 - fx raises many types; all mean "not traceable this way"
             errors.append(error)
             continue
+        dropped = [name for name in _dropped_parameters(module, gm) if name not in (concrete_args or {})]
+        if dropped:
+            return None, f"fx's graph no longer takes forward argument(s) {dropped} (fixed at their example value)"
         # Trace again in train mode: a graph freezes `if self.training:` to one side, so fx is used only if the two
         # graphs agree (tracing runs no module, so BatchNorm statistics are untouched).
         module.train()
@@ -410,6 +417,18 @@ def _with_fixed_values(module: nn.Module, args: tuple, kwargs: dict, fixed: dict
     bound.apply_defaults()
     values = {name: value for name, value in fixed.items() if not any(v is fx.PH for v in pytree.tree_leaves(value))}
     return [values.get(name, value) for name, value in bound.arguments.items()]
+
+
+def _dropped_parameters(module: nn.Module, gm: fx.GraphModule) -> list[str]:
+    """Names of ``module.forward`` parameters the traced forward cannot take (callers may pass them by keyword)."""
+    try:
+        original = inspect.signature(module.forward).parameters
+        traced = inspect.signature(gm.forward).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in traced.values()):
+        return []
+    return [name for name, p in original.items() if p.kind is not p.VAR_POSITIONAL and name not in traced]
 
 
 def _first_line(error: Exception) -> str:
