@@ -9,9 +9,10 @@ __all__ = ["main"]
 _USAGE = """usage: srf-upsample <command> [options]
 
 commands:
-  train    run a training stage of the paper (srf-upsample train --help)
-  export   export a generator to ONNX (srf-upsample export --help)
-  list     list the shipped pretrained generators
+  train       run a training stage of the paper (srf-upsample train --help)
+  experiment  the fair protocol: every arm, one schedule, seeds, a results table (srf-upsample experiment --help)
+  export      export a generator to ONNX (srf-upsample export --help)
+  list        list the shipped pretrained generators
 """
 
 
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         from .train.cli import main as train_main
 
         return train_main(rest)
+    if command == "experiment":
+        from .train.experiment import main as experiment_main
+
+        return experiment_main(rest)
     if command == "export":
         from .export import main as export_main
 

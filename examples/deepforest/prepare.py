@@ -5,8 +5,9 @@ tree-crown boxes in VOC XML under ``deepforest/data/``. We fetch the wheel with 
 folder (its own dependencies are not installed), read the XML and write COCO JSON that torchvision and pycocotools read.
 
 Split (spatial, no overlap between train and val tiles):
-- ``2019_YELL_2_528000_4978000_image_crop2.png`` (2299x2472): rows ``y < VAL_TOP`` are train (tiles with overlap),
-  rows ``y >= VAL_TOP`` are validation (tiles without overlap). No train tile reaches ``VAL_TOP``.
+- ``2019_YELL_2_528000_4978000_image_crop2.png`` (2299x2472), fold 0: rows ``y < VAL_TOP`` are train (tiles with
+  overlap), rows ``y >= VAL_TOP`` (the bottom 800) are validation (tiles without overlap). Fold 1 swaps the areas:
+  the top 800 rows are validation, rows ``y >= VAL_ROWS`` train. No train tile reaches the validation area.
 - ``2019_YELL_2_541000_4977000_image_crop.png``, ``OSBS_029.png``, ``SOAP_061.png``: train.
 Boxes are clipped to each tile and dropped when less than ``MIN_VISIBLE`` of their area is inside it (slivers).
 
@@ -34,7 +35,8 @@ SOURCES = {
 }
 TILE = 400
 TRAIN_STRIDE = 300
-VAL_TOP = 1672  # the bottom 800 rows of the large crop are held out
+VAL_ROWS = 800  # rows of the large crop held out for validation
+VAL_TOP = 2472 - VAL_ROWS  # fold 0: the bottom rows
 MIN_VISIBLE = 0.5
 CATEGORY = {"id": 1, "name": "tree", "supercategory": "vegetation"}
 
@@ -99,8 +101,13 @@ def clip_boxes(boxes, x0: int, y0: int) -> list[list[float]]:
     return kept
 
 
-def prepare(out_dir: Path, cache_dir: Path) -> dict[str, dict[str, int]]:
-    """Write ``out_dir/{train,val}/`` tiles and ``out_dir/annotations/instances_{train,val}.json``; returns counts."""
+def prepare(out_dir: Path, cache_dir: Path, fold: int = 0) -> dict[str, dict[str, int]]:
+    """Write ``out_dir/{train,val}/`` tiles and ``out_dir/annotations/instances_{train,val}.json``; returns counts.
+
+    ``fold`` 0 holds out the bottom ``VAL_ROWS`` rows of the large crop, fold 1 the top ones.
+    """
+    if fold not in (0, 1):
+        raise ValueError(f"fold must be 0 (bottom rows held out) or 1 (top rows held out), got {fold!r}.")
     data_dir = fetch_deepforest_data(cache_dir)
     coco = {split: {"images": [], "annotations": [], "categories": [CATEGORY]} for split in ("train", "val")}
     for name, role in SOURCES.items():
@@ -108,7 +115,10 @@ def prepare(out_dir: Path, cache_dir: Path) -> dict[str, dict[str, int]]:
         boxes = read_voc_boxes(data_dir / f"{name}.xml")
         width, height = image.size
         if role == "split":
-            regions = [("train", 0, VAL_TOP, TRAIN_STRIDE), ("val", VAL_TOP, height, TILE)]
+            if fold == 0:
+                regions = [("train", 0, height - VAL_ROWS, TRAIN_STRIDE), ("val", height - VAL_ROWS, height, TILE)]
+            else:
+                regions = [("val", 0, VAL_ROWS, TILE), ("train", VAL_ROWS, height, TRAIN_STRIDE)]
         else:
             regions = [("train", 0, height, TRAIN_STRIDE)]
         for split, top, bottom, stride in regions:
@@ -149,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/deepforest"))
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "srf_upsample" / "deepforest")
+    parser.add_argument("--fold", type=int, default=0, choices=[0, 1])
     args = parser.parse_args(argv)
-    counts = prepare(args.out, args.cache_dir)
+    counts = prepare(args.out, args.cache_dir, args.fold)
     print(json.dumps(counts, indent=2))
     return 0
 

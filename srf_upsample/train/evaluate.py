@@ -34,7 +34,7 @@ def _to_coco_results(outputs: Sequence[dict], targets: Sequence[dict], category_
     boxes_out, masks_out = [], []
     for output, target in zip(outputs, targets, strict=True):
         image_id = int(target["image_id"])
-        boxes = output["boxes"].detach().cpu()
+        boxes = output["boxes"].detach().cpu().clone()  # converted in place below; leave the output alone
         if boxes.numel():
             boxes[:, 2:] -= boxes[:, :2]  # COCO boxes are x, y, width, height
         scores = output["scores"].detach().cpu().tolist()

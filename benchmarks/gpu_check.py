@@ -1,0 +1,179 @@
+"""On a CUDA machine: every trainer stage and evaluation for a few iterations (float32, bf16 and fp16 autocast) at
+real image sizes, then detector latency with and without SRF. Prints a short report; at most a few minutes.
+
+Training check: a synthetic COCO-format set of odd-sized images (533x640, 193x290, ...) resized to 800 as the
+paper configs do; Mask R-CNN R50-FPN with random weights (``allow_untrained_extractor``: this checks the machinery,
+not accuracy); stage 1 -> stage 2 -> stage 3 -> evaluate, 3 iterations each, batch 2.
+
+Latency: batch 1 at 800x1216, Mask R-CNN R50-FPN, unpatched / lite-patched / paper-patched (fused generators),
+float32 and fp16 autocast, CUDA-synchronised wall time, median of ``--repeats`` interleaved rounds:
+- backbone + FPN: the only part the patch changes;
+- the whole detector with fixed-work heads: random weights with ``box_score_thresh=1.01``, so the box head scores all
+  1000 proposals and keeps none, whatever the features (the heads' work does not depend on the upsampler).
+
+Usage: ``python benchmarks/gpu_check.py [--skip-training] [--skip-latency] [--repeats 20]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import format_table, time_interleaved  # noqa: E402
+
+from srf_upsample import SRFUpsample, patch_fpn  # noqa: E402
+from srf_upsample.train.cli import main as train_main  # noqa: E402
+
+SIZES = [(533, 640), (193, 290), (682, 1024), (480, 640)]
+TINY_G = ["--set", "discriminator_hidden_channels=[64,64,64]"]
+
+
+def make_coco(root: Path) -> tuple[Path, Path]:
+    """Four random images of real, odd sizes with two boxes (and polygon masks) each."""
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for index, (height, width) in enumerate(SIZES):
+        Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(root / "images" / f"{index}.png")
+        images.append({"id": index + 1, "file_name": f"{index}.png", "height": height, "width": width})
+        for _ in range(2):
+            w, h = float(rng.integers(20, width // 3)), float(rng.integers(20, height // 3))
+            x, y = float(rng.integers(0, width - w)), float(rng.integers(0, height - h))
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": 1,
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
+                                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+    ann = root / "instances.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations,
+                               "categories": [{"id": 1, "name": "thing"}]}))
+    return root / "images", ann
+
+
+def check_training(work: Path, device: str = "cuda", detector: str = "maskrcnn", backbone: str = "resnet50",
+                   min_size: int = 800) -> list[list[str]]:
+    """Stage 1 -> 2 -> 3 -> evaluate for each precision; one row per (precision, stage)."""
+    cuda = device == "cuda"
+    image_dir, ann = make_coco(work / "coco")
+    data = ["--data-root", str(image_dir), "--ann-file", str(ann), "--eval-data-root", str(image_dir),
+            "--eval-ann-file", str(ann)]
+    common = [*data, "--detector", detector, "--backbone", backbone, "--min-size", str(min_size), "--max-size", "1333",
+              "--batch-size", "2", "--max-iters", "3", "--device", device, "--quiet", "--log-level", "WARNING",
+              "--allow-untrained-extractor", "--set", "warmup_iters=0", "--set", "milestones=[2]",
+              "--num-workers", "2", *TINY_G]
+    rows = []
+    for amp in (None, "bf16", "fp16"):
+        name = amp or "fp32"
+        amp_args = ["--amp", amp] if amp else []
+        out = work / name
+        chain = [
+            ("stage1", ["--set", "generator_variant=lite"]),
+            ("stage2", ["--init", str(out / "stage1")]),
+            ("stage3", ["--init", str(out / "stage2"), "--reuse", "extractor"]),
+        ]
+        for stage, extra in chain:
+            started = time.perf_counter()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            code = train_main([stage, *common, *amp_args, *extra, "--output-dir", str(out / stage)])
+            seconds = time.perf_counter() - started
+            log = [json.loads(line) for line in (out / stage / "log.jsonl").read_text().splitlines()] if code == 0 else []
+            losses = log[-1]["losses"] if log else {}
+            finite = all(np.isfinite(v) for v in losses.values()) if losses else False
+            main_loss = losses.get("loss_g", losses.get("loss_int", losses.get("loss", float("nan"))))
+            rows.append([name, stage, "ok" if code == 0 and finite else f"FAILED (exit {code})", f"{seconds:.1f}",
+                         f"{main_loss:.3f}", f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if cuda else ""])
+        started = time.perf_counter()
+        code = train_main(["evaluate", "--init", str(out / "stage3"), *data[4:], "--device", device, "--quiet",
+                           "--log-level", "WARNING"])
+        metrics = json.loads((out / "stage3" / "metrics.json").read_text()) if code == 0 else {}
+        expected = "segm" if detector == "maskrcnn" else "bbox"
+        rows.append([name, "evaluate", "ok" if code == 0 and expected in metrics else f"FAILED (exit {code})",
+                     f"{time.perf_counter() - started:.1f}", f"AP {metrics.get('bbox', {}).get('AP', float('nan')):.3f}",
+                     ""])
+    return rows
+
+
+def _detector(upsampler: str) -> torch.nn.Module:
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=1.01)
+    if upsampler != "nearest":
+        generator = SRFUpsample(256, variant=upsampler).eval().fuse()
+        patch_fpn(model, upsampler=generator, share=True, strict=True)
+    return model.cuda().eval()
+
+
+def check_latency(repeats: int) -> list[list[str]]:
+    """Paired latency ratios to the unpatched detector: backbone + FPN and the fixed-work whole detector."""
+    torch.manual_seed(0)
+    image = torch.rand(3, 800, 1216, device="cuda")
+    batch = torch.rand(1, 3, 800, 1216, device="cuda")
+    models = {name: _detector(name) for name in ("nearest", "lite", "paper")}
+    rows = []
+    for precision in ("fp32", "fp16"):
+        def autocast():
+            return torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16")
+
+        def backbone_fn(model):
+            def run():
+                with torch.no_grad(), autocast():
+                    model.backbone(batch)
+            return run
+
+        def detector_fn(model):
+            def run():
+                with torch.no_grad(), autocast():
+                    model([image])
+            return run
+
+        for part, make in (("backbone + FPN", backbone_fn), ("whole detector (fixed-work heads)", detector_fn)):
+            timings = time_interleaved({name: make(model) for name, model in models.items()}, warmup=3,
+                                       repeats=repeats, device="cuda", baseline="nearest")
+            for name in models:
+                rows.append([precision, part, name, f"{1000 * timings[name]['median_s']:.2f}",
+                             f"{timings[name]['ratio']:.2f}x"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="run the training check on the CPU with a small detector (tests this script)")
+    args = parser.parse_args(argv)
+    if args.cpu_smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = check_training(Path(tmp), "cpu", "fasterrcnn", "resnet18", 160)
+        print(format_table(["precision", "stage", "result", "seconds", "last loss / AP", "peak GiB"], rows))
+        return 1 if any(row[2] != "ok" for row in rows) else 0
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; nothing to check.", file=sys.stderr)
+        return 2
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    failed = False
+    if not args.skip_training:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = check_training(Path(tmp))
+        print("\nTraining stages on CUDA (Mask R-CNN R50-FPN, images resized to 800, 3 iterations each, batch 2):\n")
+        print(format_table(["precision", "stage", "result", "seconds", "last loss / AP", "peak GiB"], rows))
+        failed = any(row[2] != "ok" for row in rows)
+    if not args.skip_latency:
+        rows = check_latency(args.repeats)
+        print(f"\nLatency, batch 1 at 800x1216, median of {args.repeats} interleaved rounds (ratio: paired, to "
+              "the unpatched detector):\n")
+        print(format_table(["precision", "part", "upsampler", "median ms", "ratio"], rows))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
