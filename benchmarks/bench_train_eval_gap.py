@@ -1,0 +1,83 @@
+"""How much a generator's learned residual changes between training and evaluation mode, level by level.
+
+One G serves every FPN level. With BatchNorm (``norm="batch"``, the paper's text) training normalises each call with
+that level's batch statistics, while evaluation uses running statistics mixed over all levels; with ``norm="none"``
+(our default, the authors' code) nothing depends on the mode. For each held-out image and level i:
+``r_mode = G(P_lr_i) - bilinear(P_lr_i)`` in train and in eval mode (same input, G's running statistics not updated),
+and we report ``|r_train - r_eval|_1 / |r_eval|_1`` averaged over images.
+
+Usage: ``python benchmarks/bench_train_eval_gap.py [--generator NAME_OR_DIR ...] [--detector DIR] [--images DIR]``
+(default: the shipped generators against the shipped detector's FPN, on the held-out tile committed with the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, environment_lines, format_table, write_section  # noqa: E402
+from bench_fidelity import load_images  # noqa: E402
+
+from srf_upsample import SRFUpsample, list_shipped  # noqa: E402
+from srf_upsample.train.fidelity import feature_pairs  # noqa: E402
+from srf_upsample.train.shipped import DEFAULT_DETECTOR, load_shipped_extractor  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LEVELS = ("P2", "P3", "P4", "P5")
+
+
+def residual(generator: SRFUpsample, x: torch.Tensor, size: tuple[int, int], train: bool) -> torch.Tensor:
+    """G's output minus its bilinear shortcut, computed in train or eval mode without changing G."""
+    model = copy.deepcopy(generator).train(train)  # a copy: train mode would update the running statistics
+    return model(x, size=size) - F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def gaps(generator: SRFUpsample, low: list[torch.Tensor], target: list[torch.Tensor]) -> list[float]:
+    """Per upsampled level (P_lr_i -> size of P_tr_i): the relative L1 gap between train- and eval-mode residuals."""
+    out = []
+    for x, y in zip(low, target, strict=True):
+        size = tuple(y.shape[-2:])
+        in_train, in_eval = residual(generator, x, size, True), residual(generator, x, size, False)
+        out.append(((in_train - in_eval).abs().sum() / in_eval.abs().sum().clamp_min(1e-12)).item())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generator", nargs="+", default=None, help="shipped names or from_pretrained folders")
+    parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="shipped detector name or folder (F)")
+    parser.add_argument("--images", type=Path, default=REPO / "tests" / "data")
+    parser.add_argument("--write", action="store_true", help="update this section of benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    extractor = load_shipped_extractor(args.detector)
+    images = load_images(args.images, None)
+    pairs = [feature_pairs(extractor, image, ["0", "1", "2", "3"]) for image in images]
+    rows = []
+    for name in args.generator or list_shipped():
+        generator = SRFUpsample.from_pretrained(name)
+        per_image = [gaps(generator, low, target) for low, target in pairs]
+        per_level = [statistics.mean(values) for values in zip(*per_image, strict=True)]
+        rows.append([Path(name).name if Path(name).exists() else name, generator.norm,
+                     *[f"{100 * gap:.1f} %" for gap in per_level], f"{100 * max(per_level):.1f} %"])
+    text = "\n".join([
+        f"Command: `{command_line()}`; F: {args.detector}; {len(images)} held-out image(s).",
+        *environment_lines("cpu"),
+        "",
+        format_table(["generator", "norm", *[f"{level} (x2)" for level in LEVELS], "max"], rows),
+    ])
+    print(text)
+    if args.write:
+        write_section("train-eval-gap", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
