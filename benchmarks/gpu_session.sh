@@ -3,22 +3,28 @@
 # packing the small outputs (manifests, logs, eval curves, lite generators) into $OUT every 30 s, so that a run cut
 # off by the deadline still returns everything finished so far (every run resumes from its checkpoint elsewhere).
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh SECONDS_FOR_EVERYTHING [data cache dir] [extra run.py args]
+# Environment: GPU_CHECK_ARGS (default "--repeats 15"); GPU_CHECK_PARALLEL=1 runs gpu_check beside the grid instead
+# of before it; SEED_WORK=DIR copies finished runs (manifests, generators) of an earlier session into the work dir.
 set -u
 budget=${1:-540}; cache=${2:-.gpu/cache}; shift 2 || true
 start=$(date +%s)
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 MPLBACKEND=Agg
 work=/tmp/deepforest_grid
 mkdir -p "$OUT" "$work"
+if [ -n "${SEED_WORK:-}" ]; then cp -r "$SEED_WORK/." "$work/"; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_check.txt"
-timeout 200 python3 benchmarks/gpu_check.py --repeats 15 >>"$OUT/gpu_check.txt" 2>&1
-echo "gpu_check exit $? after $(( $(date +%s) - start )) s" >>"$OUT/gpu_check.txt"
+check() {
+    timeout 200 python3 benchmarks/gpu_check.py ${GPU_CHECK_ARGS:---repeats 15} >>"$OUT/gpu_check.txt" 2>&1
+    echo "gpu_check exit $? after $(( $(date +%s) - start )) s" >>"$OUT/gpu_check.txt"
+}
+if [ "${GPU_CHECK_PARALLEL:-0}" = 1 ]; then check & else check; fi
 
 pack() {
     tar czf "$OUT/grid.tgz.tmp" -C "$work" --exclude='data' --exclude='checkpoint.safetensors' \
         --exclude='trainer_state.pt' --exclude='rng_state_*' --exclude='discriminator' \
         --exclude='*paper*/generator' --exclude='*paper*/generator/*' . 2>/dev/null && mv "$OUT/grid.tgz.tmp" "$OUT/grid.tgz"
 }
-( while sleep 30; do pack; done ) &
+( while sleep "${PACK_EVERY:-30}"; do pack; done ) &
 packer=$!
 left=$(( budget - ($(date +%s) - start) - 45 ))
 echo "grid: $left s" >"$work/grid.log"
@@ -26,6 +32,7 @@ timeout "$left" python3 examples/deepforest/run.py --work-dir "$work" --cache-di
     >>"$work/grid.log" 2>&1
 echo "grid exit $? after $(( $(date +%s) - start )) s" >>"$work/grid.log"
 kill $packer 2>/dev/null
+wait
 pack
 # The converged A1 detector and the stage-1 paper generator of seed 0, in float16, split under the 16 MiB file limit.
 python3 - "$work" "$OUT" <<'PY'

@@ -89,7 +89,7 @@ def fetch_mobilenet_weights(cache_dir: Path) -> Path:
 
 
 def experiment_values(data: Path, weights: Path, *, quick: bool, variants: list[str], paper_seeds: list[int] | None,
-                      run: dict) -> dict:
+                      run: dict, arms: list[str] | None = None) -> dict:
     """The experiment config of ``srf-upsample experiment`` for the prepared tiles in ``data``."""
     chosen = QUICK if quick else {"schedule": SCHEDULE, "stage1": STAGE1, "stage2": STAGE2, "detector": DETECTOR}
     return {
@@ -102,6 +102,7 @@ def experiment_values(data: Path, weights: Path, *, quick: bool, variants: list[
         "stage1": chosen["stage1"],
         "stage2": chosen["stage2"],
         "variants": variants,
+        "arms": arms or ["A1", "B", "A5", "C", "A2", "A5g"],
         "variant_seeds": {"paper": paper_seeds} if paper_seeds is not None else {},
         "run": {"checkpoint_every": 1 if quick else 100, "quiet": True, **run},
     }
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=["lite", "paper"], choices=["lite", "paper"])
     parser.add_argument("--paper-seeds", type=int, nargs="*", default=None,
                         help="seeds of the paper generator's arms (default: all seeds)")
+    parser.add_argument("--arms", nargs="+", default=["A1", "B", "A5", "C", "A2", "A5g"],
+                        help="arms to run (A1 always runs: every other arm needs it)")
     parser.add_argument("--fold", type=int, default=0, choices=[0, 1])
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     parser.add_argument("--num-workers", type=int, default=0)
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = fetch_mobilenet_weights(args.cache_dir / "mobilenet")
         values = experiment_values(data, weights, quick=args.quick, variants=args.variants,
                                    paper_seeds=args.paper_seeds,
-                                   run={"num_workers": args.num_workers, "device": args.device})
+                                   run={"num_workers": args.num_workers, "device": args.device}, arms=args.arms)
         (work / "experiment_config.json").write_text(json.dumps(values, indent=2))
     config = load_experiment(values)
     jobs = plan_jobs(config, seeds, work)
