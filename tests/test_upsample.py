@@ -350,28 +350,60 @@ def test_repr_shows_the_config():
 
 
 # Backward compatibility of saved generators ---------------------------------------------------------------------
-# Generators saved before deconv_kernel and norm existed (the shipped ones included) are a 4x4 deconvolution with BN.
+# Generators saved before deconv_kernel and norm existed are a 4x4 deconvolution with BN; their config.json lacks both.
+
+
+def _old_format_folder(tmp_path, variant: str):
+    """A generator as an earlier version saved it: 4x4 deconvolution, BN, config.json without the two fields."""
+    old = SRFUpsample(256, variant=variant, deconv_kernel=4, norm="batch", hidden_channels=16, num_blocks=1)
+    with torch.no_grad():
+        for module in old.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):  # trained-looking running statistics
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    folder = tmp_path / f"old-{variant}"
+    old.save_pretrained(folder)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    del config["deconv_kernel"], config["norm"]
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    return old.eval(), folder
+
+
+@pytest.mark.parametrize("variant", ["paper", "lite"])
+def test_config_without_the_new_fields_loads_as_the_old_architecture(tmp_path, variant):
+    # Missing fields read as 4 and "batch" (the behaviour of that version), not as today's defaults, and the weights
+    # load strictly into them with the same outputs.
+    old, folder = _old_format_folder(tmp_path, variant)
+    loaded = SRFUpsample.from_pretrained(folder)
+    assert (loaded.deconv_kernel, loaded.norm) == (4, "batch")
+    x = torch.randn(2, 256, 6, 9)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, size=(11, 17)), old(x, size=(11, 17)))
+        assert torch.equal(loaded(x, scale_factor=4), old(x, scale_factor=4))
+    # Saving it again writes the fields explicitly, with the old values.
+    loaded.save_pretrained(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / CONFIG_NAME).read_text())
+    assert (again["deconv_kernel"], again["norm"]) == (4, "batch")
 
 
 @pytest.mark.parametrize("name", [PAPER_SHIPPED, LITE_SHIPPED])
-def test_shipped_configs_say_the_old_architecture(name):
+def test_shipped_configs_say_their_architecture(name):
     config = json.loads((shipped_weights_dir() / name / CONFIG_NAME).read_text())
-    assert config["deconv_kernel"] == 4 and config["norm"] == "batch"
+    assert config["norm"] == "none" and config.get("deconv_kernel", 6) == 6
     generator = SRFUpsample.from_pretrained(name)  # strict: every key and shape of model.safetensors matches
-    assert generator.deconv_kernel == 4 and generator.norm == "batch"
-    assert num_parameters(generator) == {PAPER_SHIPPED: 8_198_144, LITE_SHIPPED: 68_928}[name]
+    assert num_parameters(generator) == {PAPER_SHIPPED: 9_506_304, LITE_SHIPPED: 68_672}[name]
 
 
-# Pinned from the shipped generators with the code before deconv_kernel and norm existed (float64 sums of the float32
-# output for a seeded 5x7 input upsampled to 9x13): the sum of |G(x) - bilinear(x)| and three output values.
+# Pinned from the shipped generators (float64 sums of the float32 output for a seeded 5x7 input upsampled to 9x13):
+# the sum of |G(x) - bilinear(x)| and three output values. A regression guard for loading and computing them.
 SHIPPED_REFERENCE = {
-    PAPER_SHIPPED: (2036.701202651413, [-1.5868234634399414, -0.34218069911003113, 0.3753598630428314]),
-    LITE_SHIPPED: (2265.9123447758466, [-1.5037087202072144, -0.37997323274612427, 0.4294000566005707]),
+    PAPER_SHIPPED: (2365.0567591510335, [-1.6715847253799438, -0.22267033159732819, 0.5233649015426636]),
+    LITE_SHIPPED: (1860.5806392922677, [-1.6644036769866943, -0.25567713379859924, 0.42151278257369995]),
 }
 
 
 @pytest.mark.parametrize("name", [PAPER_SHIPPED, LITE_SHIPPED])
-def test_shipped_generators_give_the_same_outputs_as_before(name):
+def test_shipped_generators_give_the_pinned_outputs(name):
     generator = SRFUpsample.from_pretrained(name)
     x = torch.randn(1, 256, 5, 7, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -382,28 +414,6 @@ def test_shipped_generators_give_the_same_outputs_as_before(name):
     # ~1e-6 relative). A changed architecture or computation moves these by 1e-2 or more.
     torch.testing.assert_close(residual.abs().sum().item(), residual_l1, rtol=1e-5, atol=0)
     torch.testing.assert_close(y[0, :3, 4, 6].tolist(), values, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", [PAPER_SHIPPED, LITE_SHIPPED])
-def test_config_without_the_new_fields_loads_as_the_old_architecture(tmp_path, name):
-    # A folder saved by an earlier version has no deconv_kernel or norm in config.json; they read as 4 and "batch"
-    # (the behaviour of that version), not as today's defaults, and the weights load strictly into them.
-    shutil.copytree(shipped_weights_dir() / name, tmp_path / name)
-    config_path = tmp_path / name / CONFIG_NAME
-    config = json.loads(config_path.read_text())
-    del config["deconv_kernel"], config["norm"]
-    config_path.write_text(json.dumps(config))
-    old = SRFUpsample.from_pretrained(tmp_path / name)
-    shipped = SRFUpsample.from_pretrained(name)
-    assert (old.deconv_kernel, old.norm) == (4, "batch")
-    x = torch.randn(2, 256, 6, 9)
-    with torch.no_grad():
-        assert torch.equal(old(x, size=(11, 17)), shipped(x, size=(11, 17)))
-        assert torch.equal(old(x, scale_factor=4), shipped(x, scale_factor=4))
-    # Saving it again writes the fields explicitly, with the old values.
-    old.save_pretrained(tmp_path / "again")
-    again = json.loads((tmp_path / "again" / CONFIG_NAME).read_text())
-    assert (again["deconv_kernel"], again["norm"]) == (4, "batch")
 
 
 def test_new_saves_write_the_new_fields(tmp_path):
