@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generator", nargs="+", default=None, help="shipped names or from_pretrained folders")
     parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="shipped detector name or folder (F)")
     parser.add_argument("--images", type=Path, default=REPO / "tests" / "data")
-    parser.add_argument("--write", action="store_true", help="update this section of benchmarks/RESULTS.md")
+    parser.add_argument("--write", action="store_true", help="update this benchmark's section of RESULTS.md")
+    parser.add_argument("--section", default="train-eval-gap", help="name of that section")
     args = parser.parse_args(argv)
     extractor = load_shipped_extractor(args.detector)
     images = load_images(args.images, None)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(text)
     if args.write:
-        write_section("train-eval-gap", text)
+        write_section(args.section, text)
     return 0
 
 
