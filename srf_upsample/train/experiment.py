@@ -298,9 +298,11 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         row: dict[str, Any] = {"seeds": sorted(seeds)}
         for name in METRICS:
             row[name] = _mean_sd([seeds[s][name] for s in sorted(seeds)])
-        paired = {s: seeds[s]["AP"] - per_seed["A1"][s]["AP"] for s in sorted(seeds) if s in per_seed.get("A1", {})}
-        if arm != "A1" and paired:
-            row["AP_minus_A1"] = {"per_seed": paired, "mean_sd": _mean_sd(list(paired.values()))}
+        for reference in ("A1", "B"):
+            paired = {s: seeds[s]["AP"] - per_seed[reference][s]["AP"]
+                      for s in sorted(seeds) if s in per_seed.get(reference, {})}
+            if arm not in ("A1", reference) and paired:
+                row[f"AP_minus_{reference}"] = {"per_seed": paired, "mean_sd": _mean_sd(list(paired.values()))}
         table[arm] = row
     return {"schedule": schedule, "per_seed": per_seed, "table": table, "curves": curves, "not_run": missing}
 
@@ -312,15 +314,17 @@ def _arm_order(arm: str) -> tuple[int, str]:
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """The results table as Markdown: mean +- sd over seeds, and the paired AP difference to A1."""
-    lines = ["| arm | seeds | " + " | ".join(METRICS) + " | AP - A1 (paired, mean ± sd) | AP - A1 per seed |",
-             "|---|---|" + "---|" * (len(METRICS) + 2)]
+    lines = ["| arm | seeds | " + " | ".join(METRICS) + " | AP - A1 (paired, mean ± sd) | AP - A1 per seed "
+             "| AP - B (paired, mean ± sd) | AP - B per seed |",
+             "|---|---|" + "---|" * (len(METRICS) + 4)]
     for arm in sorted(summary["table"], key=_arm_order):
         row = summary["table"][arm]
         cells = [f"{row[name][0]:.1f} ± {row[name][1]:.1f}" for name in METRICS]
-        paired = row.get("AP_minus_A1")
-        diff = f"{paired['mean_sd'][0]:+.1f} ± {paired['mean_sd'][1]:.1f}" if paired else ""
-        per = ", ".join(f"{v:+.1f}" for v in paired["per_seed"].values()) if paired else ""
-        lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + f" | {diff} | {per} |")
+        for reference in ("A1", "B"):
+            paired = row.get(f"AP_minus_{reference}")
+            cells.append(f"{paired['mean_sd'][0]:+.1f} ± {paired['mean_sd'][1]:.1f}" if paired else "")
+            cells.append(", ".join(f"{v:+.1f}" for v in paired["per_seed"].values()) if paired else "")
+        lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     not_run = summary.get("not_run") or {}
     if not_run:
         listed = "; ".join(f"{arm} (seeds {', '.join(map(str, seeds))})"
