@@ -1,0 +1,81 @@
+"""The protocol runner's plan and table, without training: one schedule for every target detector, paired seeds."""
+
+import json
+
+import pytest
+
+from srf_upsample.train.experiment import load_experiment, markdown_table, plan_jobs, summarize
+
+SCHEDULE = {"max_iters": 4, "lr": 0.01, "milestones": [3], "warmup_iters": 1, "batch_size": 2, "eval_every": 2}
+
+
+def _config(**overrides):
+    values = {
+        "train_data_root": "train", "train_ann_file": "train.json", "val_data_root": "val", "val_ann_file": "val.json",
+        "detector": {"detector": "fasterrcnn", "backbone": "resnet18", "min_size": 64, "max_size": 64},
+        "schedule": SCHEDULE, "stage1": {"max_iters": 2, "lr": 0.5}, "stage2": {"max_iters": 3, "lr": 0.7},
+        "variants": ["lite", "paper"], "variant_seeds": {"paper": [0]},
+    }
+    values.update(overrides)
+    return load_experiment(values)
+
+
+def test_every_target_detector_gets_the_one_schedule(tmp_path):
+    jobs = plan_jobs(_config(), [0, 1], tmp_path)
+    names = {job.name for job in jobs}
+    assert {"seed0/A5-paper", "seed0/A2-paper", "seed1/A5-lite", "seed1/C"} <= names
+    assert not any(name.startswith("seed1/") and "paper" in name for name in names)  # variant_seeds
+    targets = [job for job in jobs if job.arm is not None]
+    assert {job.arm for job in targets} == {"A1", "B", "A2-lite", "A5-lite", "A5g-lite", "C", "A2-paper",
+                                           "A5-paper", "A5g-paper"}
+    for job in targets:
+        assert {key: job.values[key] for key in SCHEDULE} == SCHEDULE, job.name
+        assert job.stage in ("baseline", "stage3")
+    pre = {job.name: job for job in jobs if job.arm is None}
+    assert pre["seed0/stage1-lite"].values["lr"] == 0.5 and pre["seed0/stage2-C"].values["lr"] == 0.7
+    assert pre["seed0/stage2-C"].values["use_generator"] is False
+    # Stages 1 and 2 learn against the trained A1 of the same seed; A1 runs before anything that needs it.
+    assert pre["seed1/stage1-lite"].values["extractor_weights"].endswith("seed1/A1/checkpoint.safetensors")
+    order = [job.name for job in jobs]
+    for job in jobs:
+        assert all(order.index(need) < order.index(job.name) for need in job.needs), job.name
+    # Budget order: the first tier (A1, B, A5 and C of the first variant) comes before A2 / A5g and the paper arms.
+    assert max(order.index(f"seed{s}/C") for s in (0, 1)) < min(order.index(f"seed{s}/A2-lite") for s in (0, 1))
+
+
+def test_schedule_keys_cannot_hide_in_other_sections():
+    with pytest.raises(ValueError, match="belong to 'schedule'"):
+        _config(run={"max_iters": 10})
+    with pytest.raises(ValueError, match="Unknown arms"):
+        _config(arms=["A1", "A9"])
+
+
+def _finish(job, ap_by_step, schedule=SCHEDULE):
+    job.output_dir.mkdir(parents=True, exist_ok=True)
+    config = {**job.values, **schedule}
+    (job.output_dir / "manifest.json").write_text(json.dumps({"finished": True, "config": config}))
+    records = [{"step": step, "bbox": dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm"), ap)}
+               for step, ap in ap_by_step]
+    (job.output_dir / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_table_pairs_seeds_and_lists_what_did_not_run(tmp_path):
+    config = _config(variants=["lite"], variant_seeds={})
+    jobs = {job.name: job for job in plan_jobs(config, [0, 1, 2], tmp_path)}
+    finals = {"A1": [0.20, 0.10, 0.30], "B": [0.25, 0.10, 0.20], "A2-lite": [0.22, 0.16, 0.31]}
+    for arm, values in finals.items():
+        for seed, ap in enumerate(values):
+            _finish(jobs[f"seed{seed}/{arm}"], [(2, ap / 2), (4, ap)])
+    summary = summarize(list(jobs.values()), config)
+    row = summary["table"]["A2-lite"]
+    assert row["AP"][0] == pytest.approx(100 * sum(finals["A2-lite"]) / 3)
+    assert row["AP_minus_A1"]["per_seed"] == pytest.approx({0: 2.0, 1: 6.0, 2: 1.0})
+    assert row["AP_minus_B"]["per_seed"] == pytest.approx({0: -3.0, 1: 6.0, 2: 11.0})
+    assert summary["curves"]["A1"][1] == [(2, pytest.approx(5.0)), (4, pytest.approx(10.0))]
+    assert summary["not_run"]["C"] == [0, 1, 2]
+    text = markdown_table(summary)
+    assert "| A2-lite | 3 |" in text and "Planned but not finished" in text and "A5-lite (seeds 0, 1, 2)" in text
+    # A run trained on another schedule is refused, not averaged in.
+    _finish(jobs["seed0/C"], [(4, 0.5)], schedule={**SCHEDULE, "lr": 0.02})
+    with pytest.raises(ValueError, match="another schedule"):
+        summarize(list(jobs.values()), config)
