@@ -66,14 +66,22 @@ def main(argv: list[str] | None = None) -> int:
         generator = SRFUpsample.from_pretrained(name)
         per_image = [gaps(generator, low, target) for low, target in pairs]
         per_level = [statistics.mean(values) for values in zip(*per_image, strict=True)]
-        rows.append([Path(name).name if Path(name).exists() else name, generator.norm,
-                     *[f"{100 * gap:.1f} %" for gap in per_level], f"{100 * max(per_level):.1f} %"])
-    text = "\n".join([
-        f"Command: `{command_line()}`; F: {args.detector}; {len(images)} held-out image(s).",
-        *environment_lines("cpu"),
-        "",
-        format_table(["generator", "norm", *[f"{level} (x2)" for level in LEVELS], "max"], rows),
-    ])
+        rows.append(
+            [
+                Path(name).name if Path(name).exists() else name,
+                generator.norm,
+                *[f"{100 * gap:.1f} %" for gap in per_level],
+                f"{100 * max(per_level):.1f} %",
+            ]
+        )
+    text = "\n".join(
+        [
+            f"Command: `{command_line()}`; F: {args.detector}; {len(images)} held-out image(s).",
+            *environment_lines("cpu"),
+            "",
+            format_table(["generator", "norm", *[f"{level} (x2)" for level in LEVELS], "max"], rows),
+        ]
+    )
     print(text)
     if args.write:
         write_section(args.section, text)

@@ -48,28 +48,71 @@ def make_coco(root: Path) -> tuple[Path, Path]:
         for _ in range(2):
             w, h = float(rng.integers(20, width // 3)), float(rng.integers(20, height // 3))
             x, y = float(rng.integers(0, width - w)), float(rng.integers(0, height - h))
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": 1,
-                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
-                                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": index + 1,
+                    "category_id": 1,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                }
+            )
     ann = root / "instances.json"
-    ann.write_text(json.dumps({"images": images, "annotations": annotations,
-                               "categories": [{"id": 1, "name": "thing"}]}))
+    ann.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]})
+    )
     return root / "images", ann
 
 
-def check_training(work: Path, device: str = "cuda", detector: str = "maskrcnn", backbone: str = "resnet50",
-                   min_size: int = 800) -> list[list[str]]:
+def check_training(
+    work: Path, device: str = "cuda", detector: str = "maskrcnn", backbone: str = "resnet50", min_size: int = 800
+) -> list[list[str]]:
     """Stage 1 -> 2 -> 3 -> evaluate for each precision; one row per (precision, stage)."""
     cuda = device == "cuda"
     image_dir, ann = make_coco(work / "coco")
-    data = ["--data-root", str(image_dir), "--ann-file", str(ann), "--eval-data-root", str(image_dir),
-            "--eval-ann-file", str(ann)]
-    common = [*data, "--detector", detector, "--backbone", backbone, "--min-size", str(min_size), "--max-size", "1333",
-              "--batch-size", "2", "--max-iters", "3", "--device", device, "--quiet", "--log-level", "WARNING",
-              "--allow-untrained-extractor", "--set", "warmup_iters=0", "--set", "milestones=[2]",
-              # the paper's lr 0.02 is for 16 images; 2 images and no warm-up diverge on random weights
-              "--lr", "0.0025",
-              "--num-workers", "2", *TINY_G]
+    data = [
+        "--data-root",
+        str(image_dir),
+        "--ann-file",
+        str(ann),
+        "--eval-data-root",
+        str(image_dir),
+        "--eval-ann-file",
+        str(ann),
+    ]
+    common = [
+        *data,
+        "--detector",
+        detector,
+        "--backbone",
+        backbone,
+        "--min-size",
+        str(min_size),
+        "--max-size",
+        "1333",
+        "--batch-size",
+        "2",
+        "--max-iters",
+        "3",
+        "--device",
+        device,
+        "--quiet",
+        "--log-level",
+        "WARNING",
+        "--allow-untrained-extractor",
+        "--set",
+        "warmup_iters=0",
+        "--set",
+        "milestones=[2]",
+        # the paper's lr 0.02 is for 16 images; 2 images and no warm-up diverge on random weights
+        "--lr",
+        "0.0025",
+        "--num-workers",
+        "2",
+        *TINY_G,
+    ]
     rows = []
     for amp in (None, "bf16", "fp16"):
         name = amp or "fp32"
@@ -90,24 +133,52 @@ def check_training(work: Path, device: str = "cuda", detector: str = "maskrcnn",
                 print(f"{name} {stage}: {type(error).__name__}: {error}", file=sys.stderr)
                 code = type(error).__name__
             seconds = time.perf_counter() - started
-            log = [json.loads(line) for line in (out / stage / "log.jsonl").read_text().splitlines()] if code == 0 else []
+            log = (
+                [json.loads(line) for line in (out / stage / "log.jsonl").read_text().splitlines()] if code == 0 else []
+            )
             losses = log[-1]["losses"] if log else {}
             finite = all(np.isfinite(v) for v in losses.values()) if losses else False
             main_loss = losses.get("loss_g", losses.get("loss_int", losses.get("loss", float("nan"))))
-            rows.append([name, stage, "ok" if code == 0 and finite else f"FAILED (exit {code})", f"{seconds:.1f}",
-                         f"{main_loss:.3f}", f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if cuda else ""])
+            rows.append(
+                [
+                    name,
+                    stage,
+                    "ok" if code == 0 and finite else f"FAILED (exit {code})",
+                    f"{seconds:.1f}",
+                    f"{main_loss:.3f}",
+                    f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if cuda else "",
+                ]
+            )
         started = time.perf_counter()
         try:
-            code = train_main(["evaluate", "--init", str(out / "stage3"), *data[4:], "--device", device, "--quiet",
-                               "--log-level", "WARNING"])
+            code = train_main(
+                [
+                    "evaluate",
+                    "--init",
+                    str(out / "stage3"),
+                    *data[4:],
+                    "--device",
+                    device,
+                    "--quiet",
+                    "--log-level",
+                    "WARNING",
+                ]
+            )
         except Exception as error:
             print(f"{name} evaluate: {type(error).__name__}: {error}", file=sys.stderr)
             code = type(error).__name__
         metrics = json.loads((out / "stage3" / "metrics.json").read_text()) if code == 0 else {}
         expected = "segm" if detector == "maskrcnn" else "bbox"
-        rows.append([name, "evaluate", "ok" if code == 0 and expected in metrics else f"FAILED (exit {code})",
-                     f"{time.perf_counter() - started:.1f}", f"AP {metrics.get('bbox', {}).get('AP', float('nan')):.3f}",
-                     ""])
+        rows.append(
+            [
+                name,
+                "evaluate",
+                "ok" if code == 0 and expected in metrics else f"FAILED (exit {code})",
+                f"{time.perf_counter() - started:.1f}",
+                f"AP {metrics.get('bbox', {}).get('AP', float('nan')):.3f}",
+                "",
+            ]
+        )
     return rows
 
 
@@ -129,27 +200,36 @@ def check_latency(repeats: int) -> list[list[str]]:
     models = {name: _detector(name) for name in ("nearest", "lite", "paper")}
     rows = []
     for precision in ("fp32", "fp16"):
-        def autocast():
+
+        def autocast(precision=precision):
             return torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16")
 
         def backbone_fn(model):
             def run():
                 with torch.no_grad(), autocast():
                     model.backbone(batch)
+
             return run
 
         def detector_fn(model):
             def run():
                 with torch.no_grad(), autocast():
                     model([image])
+
             return run
 
         for part, make in (("backbone + FPN", backbone_fn), ("whole detector (fixed-work heads)", detector_fn)):
-            timings = time_interleaved({name: make(model) for name, model in models.items()}, warmup=3,
-                                       repeats=repeats, device="cuda", baseline="nearest")
+            timings = time_interleaved(
+                {name: make(model) for name, model in models.items()},
+                warmup=3,
+                repeats=repeats,
+                device="cuda",
+                baseline="nearest",
+            )
             for name in models:
-                rows.append([precision, part, name, f"{1000 * timings[name]['median_s']:.2f}",
-                             f"{timings[name]['ratio']:.2f}x"])
+                rows.append(
+                    [precision, part, name, f"{1000 * timings[name]['median_s']:.2f}", f"{timings[name]['ratio']:.2f}x"]
+                )
     return rows
 
 
@@ -158,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--cpu-smoke", action="store_true",
-                        help="run the training check on the CPU with a small detector (tests this script)")
+    parser.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="run the training check on the CPU with a small detector (tests this script)",
+    )
     args = parser.parse_args(argv)
     if args.cpu_smoke:
         with tempfile.TemporaryDirectory() as tmp:
@@ -179,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         failed = any(row[2] != "ok" for row in rows)
     if not args.skip_latency:
         rows = check_latency(args.repeats)
-        print(f"\nLatency, batch 1 at 800x1216, median of {args.repeats} interleaved rounds (ratio: paired, to "
-              "the unpatched detector):\n")
+        print(
+            f"\nLatency, batch 1 at 800x1216, median of {args.repeats} interleaved rounds (ratio: paired, to "
+            "the unpatched detector):\n"
+        )
         print(format_table(["precision", "part", "upsampler", "median ms", "ratio"], rows))
     return 1 if failed else 0
 

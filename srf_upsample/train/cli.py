@@ -27,45 +27,87 @@ stages:
 Values: defaults (the paper's schedule) < --config FILE < --set key=value < explicit flags.
 Shipped configs: paper_stage1, paper_stage2, paper_stage3, paper_baseline (3x: 270k iterations), paper_stage2_1x,
 paper_stage3_1x, paper_baseline_1x (1x: 90k), cpu_stage1, cpu_stage2, cpu_stage3, cpu_baseline (--config cpu_stage1).
-Stages 1 and 2 need a trained F: train the baseline first and pass --extractor-weights <baseline>/checkpoint.safetensors.
+Stages 1 and 2 need a trained F: train the baseline first, then pass
+--extractor-weights <baseline>/checkpoint.safetensors.
 """
 
 # Explicit flags: (flag, config key, type). Booleans are handled separately.
 _FLAGS = [
-    ("--data-root", "data_root", str), ("--ann-file", "ann_file", str), ("--output-dir", "output_dir", str),
-    ("--eval-data-root", "eval_data_root", str), ("--eval-ann-file", "eval_ann_file", str),
-    ("--detector", "detector", str), ("--backbone", "backbone", str),
-    ("--backbone-weights", "backbone_weights", str), ("--detector-weights", "detector_weights", str),
+    ("--data-root", "data_root", str),
+    ("--ann-file", "ann_file", str),
+    ("--output-dir", "output_dir", str),
+    ("--eval-data-root", "eval_data_root", str),
+    ("--eval-ann-file", "eval_ann_file", str),
+    ("--detector", "detector", str),
+    ("--backbone", "backbone", str),
+    ("--backbone-weights", "backbone_weights", str),
+    ("--detector-weights", "detector_weights", str),
     ("--extractor-weights", "extractor_weights", str),
-    ("--init", "init", str), ("--generator", "generator", str), ("--reuse", "reuse", str),
-    ("--max-iters", "max_iters", int), ("--batch-size", "batch_size", int), ("--lr", "lr", float),
-    ("--min-size", "min_size", int), ("--max-size", "max_size", int), ("--degradation", "degradation", str),
-    ("--device", "device", str), ("--seed", "seed", int), ("--num-workers", "num_workers", int),
-    ("--checkpoint-every", "checkpoint_every", int), ("--stop-after", "stop_after", int),
-    ("--amp", "amp", str), ("--eval-every", "eval_every", int),
+    ("--init", "init", str),
+    ("--generator", "generator", str),
+    ("--reuse", "reuse", str),
+    ("--max-iters", "max_iters", int),
+    ("--batch-size", "batch_size", int),
+    ("--lr", "lr", float),
+    ("--min-size", "min_size", int),
+    ("--max-size", "max_size", int),
+    ("--degradation", "degradation", str),
+    ("--device", "device", str),
+    ("--seed", "seed", int),
+    ("--num-workers", "num_workers", int),
+    ("--checkpoint-every", "checkpoint_every", int),
+    ("--stop-after", "stop_after", int),
+    ("--amp", "amp", str),
+    ("--eval-every", "eval_every", int),
 ]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="srf-upsample train", description=_DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="srf-upsample train", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("stage", choices=list(STAGES))
     parser.add_argument("--config", help="JSON config file or shipped name (e.g. cpu_stage1)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key; VALUE is JSON (e.g. levels=[3,4,5]) or a plain string")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key; VALUE is JSON (e.g. levels=[3,4,5]) or a plain string",
+    )
     for flag, key, kind in _FLAGS:
         parser.add_argument(flag, dest=key, type=kind, default=None)
-    parser.add_argument("--levels", type=lambda s: [int(v) for v in s.split(",")], default=None,
-                        help="pyramid levels, e.g. 2,3,4,5 (P2-P5) or 3,4,5")
-    parser.add_argument("--freeze-generator", dest="freeze_generator", action="store_const", const=True, default=None,
-                        help="stage3: keep G fixed (ablation A4)")
-    parser.add_argument("--allow-untrained-extractor", dest="allow_untrained_extractor", action="store_const",
-                        const=True, default=None,
-                        help="stages 1-2: accept an F without trained weights (smoke tests only)")
-    parser.add_argument("--no-resume", dest="resume", action="store_const", const=False, default=None,
-                        help="start over even if --output-dir holds a checkpoint")
-    parser.add_argument("--quiet", dest="quiet", action="store_const", const=True, default=None,
-                        help="no progress bar")
+    parser.add_argument(
+        "--levels",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=None,
+        help="pyramid levels, e.g. 2,3,4,5 (P2-P5) or 3,4,5",
+    )
+    parser.add_argument(
+        "--freeze-generator",
+        dest="freeze_generator",
+        action="store_const",
+        const=True,
+        default=None,
+        help="stage3: keep G fixed (ablation A4)",
+    )
+    parser.add_argument(
+        "--allow-untrained-extractor",
+        dest="allow_untrained_extractor",
+        action="store_const",
+        const=True,
+        default=None,
+        help="stages 1-2: accept an F without trained weights (smoke tests only)",
+    )
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_const",
+        const=False,
+        default=None,
+        help="start over even if --output-dir holds a checkpoint",
+    )
+    parser.add_argument("--quiet", dest="quiet", action="store_const", const=True, default=None, help="no progress bar")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -89,7 +131,13 @@ def parse_config(argv: list[str]):
         key, text = item.split("=", 1)
         values[key.strip().replace("-", "_")] = _parse_value(text)
     names = {f.name for f in dataclasses.fields(STAGES[args.stage])}
-    for key in [key for _, key, _ in _FLAGS] + ["levels", "freeze_generator", "allow_untrained_extractor", "resume", "quiet"]:
+    for key in [key for _, key, _ in _FLAGS] + [
+        "levels",
+        "freeze_generator",
+        "allow_untrained_extractor",
+        "resume",
+        "quiet",
+    ]:
         value = getattr(args, key)
         if value is not None:
             if key not in names:
@@ -123,8 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"srf-upsample train: error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({"stage": config.stage, "step": result.step, "losses": result.losses,
-                      "metrics": result.metrics, "skipped_images": result.skipped_images}))
+    print(
+        json.dumps(
+            {
+                "stage": config.stage,
+                "step": result.step,
+                "losses": result.losses,
+                "metrics": result.metrics,
+                "skipped_images": result.skipped_images,
+            }
+        )
+    )
     return 0
 
 
@@ -134,15 +191,24 @@ def _evaluate(config) -> int:
     from .evaluate import evaluate_detector
     from .models import load_trained_detector
 
-    device = "cuda" if config.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if config.device == "auto" else config.device)
+    device = (
+        "cuda"
+        if config.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if config.device == "auto" else config.device)
+    )
     detector, manifest = load_trained_detector(config.init, device)
     train_config = manifest["config"]
     metrics = evaluate_detector(
-        detector, config.eval_data_root or config.data_root or train_config["data_root"], config.eval_ann_file,
-        category_ids=manifest["category_ids"], output_dir=config.output_dir or config.init,
-        min_size=train_config["min_size"], max_size=train_config["max_size"], batch_size=config.batch_size,
-        device=device, quiet=bool(config.quiet),
+        detector,
+        config.eval_data_root or config.data_root or train_config["data_root"],
+        config.eval_ann_file,
+        category_ids=manifest["category_ids"],
+        output_dir=config.output_dir or config.init,
+        min_size=train_config["min_size"],
+        max_size=train_config["max_size"],
+        batch_size=config.batch_size,
+        device=device,
+        quiet=bool(config.quiet),
     )
     print(json.dumps(metrics))
     return 0

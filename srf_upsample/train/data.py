@@ -124,8 +124,11 @@ class CocoDetectionDataset(CocoDetection):
             return None
         width, height = pil.size
         image = _pil_to_tensor(pil)
-        anns = [ann for ann in self._load_target(image_id) if not ann.get("iscrowd", 0) and ann["category_id"]
-                in self.label_of]
+        anns = [
+            ann
+            for ann in self._load_target(image_id)
+            if not ann.get("iscrowd", 0) and ann["category_id"] in self.label_of
+        ]
         boxes = torch.tensor([ann["bbox"] for ann in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         target = {
@@ -135,8 +138,9 @@ class CocoDetectionDataset(CocoDetection):
         }
         if self.use_masks:
             masks = [torch.from_numpy(self.coco.annToMask(ann)) for ann in anns]
-            target["masks"] = tv_tensors.Mask(torch.stack(masks) if masks else torch.zeros(0, height, width,
-                                                                                          dtype=torch.uint8))
+            target["masks"] = tv_tensors.Mask(
+                torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.uint8)
+            )
         image = tv_tensors.Image(image)
         if self.min_size is not None:
             # The detectors' rule: shorter side to min_size unless the longer side would pass max_size.
@@ -145,12 +149,16 @@ class CocoDetectionDataset(CocoDetection):
                 scale = min(scale, self.max_size / max(height, width))
             size = [max(1, round(height * scale)), max(1, round(width * scale))]
             image = v2.functional.resize(image, size)
-            target = {k: v2.functional.resize(v, size) if isinstance(v, (tv_tensors.BoundingBoxes, tv_tensors.Mask))
-                      else v for k, v in target.items()}
+            target = {
+                k: v2.functional.resize(v, size) if isinstance(v, (tv_tensors.BoundingBoxes, tv_tensors.Mask)) else v
+                for k, v in target.items()
+            }
         if flip:
             image = v2.functional.horizontal_flip(image)
-            target = {k: v2.functional.horizontal_flip(v) if isinstance(v, (tv_tensors.BoundingBoxes, tv_tensors.Mask))
-                      else v for k, v in target.items()}
+            target = {
+                k: v2.functional.horizontal_flip(v) if isinstance(v, (tv_tensors.BoundingBoxes, tv_tensors.Mask)) else v
+                for k, v in target.items()
+            }
         image, target = self.sanitize(image, target)
         target["orig_size"] = (height, width)
         return image.as_subclass(torch.Tensor), {
@@ -178,8 +186,17 @@ def collate(items: Sequence) -> Batch:
     return Batch([image for image, _ in good], [target for _, target in good], len(items) - len(good))
 
 
-def epoch_batches(num_items: int, batch_size: int, *, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
-                  shuffle: bool = True, flip: bool = True) -> list[list[tuple[int, bool]]]:
+def epoch_batches(
+    num_items: int,
+    batch_size: int,
+    *,
+    epoch: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = True,
+    flip: bool = True,
+) -> list[list[tuple[int, bool]]]:
     """The batches of one epoch for one rank: ``(index, flip)`` keys, a pure function of seed and epoch.
 
     Follows DistributedSampler (padded to a multiple of ``world_size``, rank ``r`` takes every ``world_size``-th
@@ -193,11 +210,12 @@ def epoch_batches(num_items: int, batch_size: int, *, epoch: int, seed: int, ran
     order = (order * math.ceil(total / num_items))[:total]
     mine = order[rank::world_size]
     keys = [(index, bool(flips[index])) for index in mine]
-    return [keys[start:start + batch_size] for start in range(0, len(keys), batch_size)]
+    return [keys[start : start + batch_size] for start in range(0, len(keys), batch_size)]
 
 
-def scale_targets(targets: Sequence[dict], images: Sequence[torch.Tensor], low_images: Sequence[torch.Tensor]
-                  ) -> list[dict]:
+def scale_targets(
+    targets: Sequence[dict], images: Sequence[torch.Tensor], low_images: Sequence[torch.Tensor]
+) -> list[dict]:
     """Ground truth fitted to the low-resolution images: boxes scaled per axis, masks resized (nearest)."""
     out = []
     for target, image, low in zip(targets, images, low_images, strict=True):

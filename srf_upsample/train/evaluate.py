@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def _to_coco_results(outputs: Sequence[dict], targets: Sequence[dict], category_ids: Sequence[int]
-                      ) -> tuple[list, list]:
+def _to_coco_results(
+    outputs: Sequence[dict], targets: Sequence[dict], category_ids: Sequence[int]
+) -> tuple[list, list]:
     from pycocotools import mask as mask_utils
 
     boxes_out, masks_out = [], []
@@ -40,15 +41,22 @@ def _to_coco_results(outputs: Sequence[dict], targets: Sequence[dict], category_
         scores = output["scores"].detach().cpu().tolist()
         labels = output["labels"].detach().cpu().tolist()
         for box, score, label in zip(boxes.tolist(), scores, labels, strict=True):
-            boxes_out.append({"image_id": image_id, "category_id": int(category_ids[label - 1]), "bbox": box,
-                              "score": float(score)})
+            boxes_out.append(
+                {"image_id": image_id, "category_id": int(category_ids[label - 1]), "bbox": box, "score": float(score)}
+            )
         if "masks" in output:
             binary = (output["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
             for mask, score, label in zip(binary, scores, labels, strict=True):
                 rle = mask_utils.encode(np.asfortranarray(mask))
                 rle = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-                masks_out.append({"image_id": image_id, "category_id": int(category_ids[label - 1]),
-                                  "segmentation": rle, "score": float(score)})
+                masks_out.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": int(category_ids[label - 1]),
+                        "segmentation": rle,
+                        "score": float(score),
+                    }
+                )
     return boxes_out, masks_out
 
 
@@ -116,7 +124,7 @@ def evaluate_detector(
 
         indices = list(range(len(dataset)))
         for start in tqdm(range(0, len(indices), batch_size), desc="evaluate", disable=quiet):
-            batch = collate([dataset[i] for i in indices[start:start + batch_size]])
+            batch = collate([dataset[i] for i in indices[start : start + batch_size]])
             skipped += batch.num_skipped
             if not batch.images:
                 continue
@@ -149,6 +157,7 @@ def evaluate_detector(
                 json.dump(masks, f)
         with open(output_dir / "metrics.json", "w", encoding="utf-8") as f:
             json.dump(metrics, f, indent=2)
-    logger.info("COCO bbox AP %.4f AP50 %.4f AP75 %.4f", metrics["bbox"]["AP"], metrics["bbox"]["AP50"],
-                metrics["bbox"]["AP75"])
+    logger.info(
+        "COCO bbox AP %.4f AP50 %.4f AP75 %.4f", metrics["bbox"]["AP"], metrics["bbox"]["AP50"], metrics["bbox"]["AP75"]
+    )
     return metrics

@@ -56,8 +56,19 @@ ARM_QUESTIONS = {
 }
 # The order arms are started in when the budget is short (EXPERIMENT.md): tier, then seed.
 _TIERS = {"A1": 0, "B": 0, "A5": 0, "C": 0, "A2": 1, "A5g": 1}
-_SCHEDULE_KEYS = ("max_iters", "lr", "warmup_iters", "warmup_factor", "milestones", "gamma", "momentum",
-                  "weight_decay", "batch_size", "use_flip", "eval_every")
+_SCHEDULE_KEYS = (
+    "max_iters",
+    "lr",
+    "warmup_iters",
+    "warmup_factor",
+    "milestones",
+    "gamma",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+    "use_flip",
+    "eval_every",
+)
 
 
 @dataclass(frozen=True)
@@ -139,8 +150,9 @@ def load_experiment(source: str | os.PathLike | dict[str, Any]) -> ExperimentCon
         raise ValueError(f"Unknown generator variants {bad_variants}; choose from ['lite', 'paper'].")
     clash = sorted(set(_SCHEDULE_KEYS) & (set(config.detector) | set(config.run)))
     if clash:
-        raise ValueError(f"{clash} belong to 'schedule' (one schedule for every target detector), not to "
-                         "'detector' or 'run'.")
+        raise ValueError(
+            f"{clash} belong to 'schedule' (one schedule for every target detector), not to 'detector' or 'run'."
+        )
     return config
 
 
@@ -162,18 +174,32 @@ def plan_jobs(config: ExperimentConfig, seeds: Sequence[int], work_dir: str | os
     """Every run of the experiment for ``seeds``, with dependencies, in the order the budget favours."""
     work = Path(work_dir)
     base = {
-        **config.detector, **config.run,
-        "data_root": config.train_data_root, "ann_file": config.train_ann_file,
-        "eval_data_root": config.val_data_root, "eval_ann_file": config.val_ann_file,
+        **config.detector,
+        **config.run,
+        "data_root": config.train_data_root,
+        "ann_file": config.train_ann_file,
+        "eval_data_root": config.val_data_root,
+        "eval_ann_file": config.val_ann_file,
     }
     target = {**base, **config.schedule.values()}  # the schedule goes last: no arm can override it
     jobs: list[Job] = []
 
-    def add(name: str, seed: int, stage: str, values: dict[str, Any], needs: list[str], tier: int,
-            arm: str | None = None) -> None:
+    def add(
+        name: str, seed: int, stage: str, values: dict[str, Any], needs: list[str], tier: int, arm: str | None = None
+    ) -> None:
         folder = work / f"seed{seed}" / name
-        jobs.append(Job(f"seed{seed}/{name}", stage, folder, {**values, "seed": seed, "output_dir": str(folder)},
-                        [f"seed{seed}/{need}" for need in needs], (tier, seed, len(jobs)), arm, seed))
+        jobs.append(
+            Job(
+                f"seed{seed}/{name}",
+                stage,
+                folder,
+                {**values, "seed": seed, "output_dir": str(folder)},
+                [f"seed{seed}/{need}" for need in needs],
+                (tier, seed, len(jobs)),
+                arm,
+                seed,
+            )
+        )
 
     for seed in seeds:
         a1 = str(work / f"seed{seed}" / "A1" / "checkpoint.safetensors")
@@ -190,25 +216,59 @@ def plan_jobs(config: ExperimentConfig, seeds: Sequence[int], work_dir: str | os
             srf_arms = [arm for arm in ("A2", "A5", "A5g") if arm in config.arms]
             if not srf_arms:
                 continue
-            add(f"stage1-{variant}", seed, "stage1", {**pre, "eval_ann_file": None, **config.stage1, **generator},
-                ["A1"], tier)
+            add(
+                f"stage1-{variant}",
+                seed,
+                "stage1",
+                {**pre, "eval_ann_file": None, **config.stage1, **generator},
+                ["A1"],
+                tier,
+            )
             s1 = str(work / f"seed{seed}" / f"stage1-{variant}")
             if "A5" in srf_arms or "A5g" in srf_arms:
                 add(f"stage2-{variant}", seed, "stage2", {**stage2, "init": s1}, [f"stage1-{variant}"], tier)
                 s2 = str(work / f"seed{seed}" / f"stage2-{variant}")
                 if "A5" in srf_arms:
-                    add(f"A5-{variant}", seed, "stage3", {**target, "init": s2, "reuse": "extractor"},
-                        [f"stage2-{variant}"], tier, f"A5-{variant}")
+                    add(
+                        f"A5-{variant}",
+                        seed,
+                        "stage3",
+                        {**target, "init": s2, "reuse": "extractor"},
+                        [f"stage2-{variant}"],
+                        tier,
+                        f"A5-{variant}",
+                    )
                 if "A5g" in srf_arms:
-                    add(f"A5g-{variant}", seed, "stage3", {**target, "init": s2, "reuse": "generator"},
-                        [f"stage2-{variant}"], max(tier, _TIERS["A5g"]), f"A5g-{variant}")
+                    add(
+                        f"A5g-{variant}",
+                        seed,
+                        "stage3",
+                        {**target, "init": s2, "reuse": "generator"},
+                        [f"stage2-{variant}"],
+                        max(tier, _TIERS["A5g"]),
+                        f"A5g-{variant}",
+                    )
             if "A2" in srf_arms:
-                add(f"A2-{variant}", seed, "stage3", {**target, "generator": str(Path(s1) / "generator")},
-                    [f"stage1-{variant}"], max(tier, _TIERS["A2"]), f"A2-{variant}")
+                add(
+                    f"A2-{variant}",
+                    seed,
+                    "stage3",
+                    {**target, "generator": str(Path(s1) / "generator")},
+                    [f"stage1-{variant}"],
+                    max(tier, _TIERS["A2"]),
+                    f"A2-{variant}",
+                )
         if "C" in config.arms:
             add("stage2-C", seed, "stage2", {**stage2, "use_generator": False}, ["A1"], 0)
-            add("C", seed, "stage3", {**target, "init": str(work / f"seed{seed}" / "stage2-C"),
-                                      "reuse": "extractor"}, ["stage2-C"], 0, "C")
+            add(
+                "C",
+                seed,
+                "stage3",
+                {**target, "init": str(work / f"seed{seed}" / "stage2-C"), "reuse": "extractor"},
+                ["stage2-C"],
+                0,
+                "C",
+            )
     return sorted(jobs, key=lambda job: job.priority)
 
 
@@ -239,8 +299,9 @@ def run_jobs(jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float 
                 state[name] = "done" if ok else "failed"
                 logger.info("%s %s", name, state[name])
                 if not ok:
-                    logger.error("%s failed (exit %s); see %s", name, process.returncode,
-                                 by_name[name].output_dir / "train.log")
+                    logger.error(
+                        "%s failed (exit %s); see %s", name, process.returncode, by_name[name].output_dir / "train.log"
+                    )
         for job in jobs:
             if state[job.name] != "pending":
                 continue
@@ -269,8 +330,10 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
-    """The results table: per arm, mean +- sd over seeds of each metric (in AP points, x100), the paired difference
-    to A1 per seed, and each run's validation curve. Checks that every target run trained on the one schedule.
+    """The results table: per arm, mean +- sd over seeds of each metric, paired differences and validation curves.
+
+    Metrics are in AP points (x100); the paired differences are to A1 and to B, per seed. Checks that every target
+    run trained on the one schedule (a ValueError otherwise); arms planned but not finished are listed.
     """
     schedule = config.schedule.values()
     per_seed: dict[str, dict[int, dict[str, float]]] = {}
@@ -299,8 +362,11 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         for name in METRICS:
             row[name] = _mean_sd([seeds[s][name] for s in sorted(seeds)])
         for reference in ("A1", "B"):
-            paired = {s: seeds[s]["AP"] - per_seed[reference][s]["AP"]
-                      for s in sorted(seeds) if s in per_seed.get(reference, {})}
+            paired = {
+                s: seeds[s]["AP"] - per_seed[reference][s]["AP"]
+                for s in sorted(seeds)
+                if s in per_seed.get(reference, {})
+            }
             if arm not in ("A1", reference) and paired:
                 row[f"AP_minus_{reference}"] = {"per_seed": paired, "mean_sd": _mean_sd(list(paired.values()))}
         table[arm] = row
@@ -314,9 +380,11 @@ def _arm_order(arm: str) -> tuple[int, str]:
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """The results table as Markdown: mean +- sd over seeds, and the paired AP difference to A1."""
-    lines = ["| arm | seeds | " + " | ".join(METRICS) + " | AP - A1 (paired, mean ± sd) | AP - A1 per seed "
-             "| AP - B (paired, mean ± sd) | AP - B per seed |",
-             "|---|---|" + "---|" * (len(METRICS) + 4)]
+    lines = [
+        "| arm | seeds | " + " | ".join(METRICS) + " | AP - A1 (paired, mean ± sd) | AP - A1 per seed "
+        "| AP - B (paired, mean ± sd) | AP - B per seed |",
+        "|---|---|" + "---|" * (len(METRICS) + 4),
+    ]
     for arm in sorted(summary["table"], key=_arm_order):
         row = summary["table"][arm]
         cells = [f"{row[name][0]:.1f} ± {row[name][1]:.1f}" for name in METRICS]
@@ -327,8 +395,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     not_run = summary.get("not_run") or {}
     if not_run:
-        listed = "; ".join(f"{arm} (seeds {', '.join(map(str, seeds))})"
-                           for arm, seeds in sorted(not_run.items(), key=lambda item: _arm_order(item[0])))
+        listed = "; ".join(
+            f"{arm} (seeds {', '.join(map(str, seeds))})"
+            for arm, seeds in sorted(not_run.items(), key=lambda item: _arm_order(item[0]))
+        )
         lines += ["", f"Planned but not finished: {listed}."]
     return "\n".join(lines)
 

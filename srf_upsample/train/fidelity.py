@@ -70,9 +70,11 @@ def fidelity(
         out = upsample(x, tuple(y.shape[-2:])).float()
         mse = F.mse_loss(out, y).item()
         peak = y.abs().max().item()
-        rows.append({
-            "L1": F.l1_loss(out, y).item(),
-            "PSNR": 10 * math.log10(peak**2 / mse) if mse > 0 else math.inf,
-            "cosine": F.cosine_similarity(out, y, dim=1).mean().item(),
-        })
+        rows.append(
+            {
+                "L1": F.l1_loss(out, y).item(),
+                "PSNR": 10 * math.log10(peak**2 / mse) if mse > 0 else math.inf,
+                "cosine": F.cosine_similarity(out, y, dim=1).mean().item(),
+            }
+        )
     return rows

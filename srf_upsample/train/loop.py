@@ -121,14 +121,21 @@ def _levels(config: TrainConfig) -> list[int]:
     return list(range(detector_first_level(config.detector), 6))
 
 
-def _detector(config: TrainConfig, num_classes: int, *, detector_weights: str | None = None,
-              anchor_scale: float = 1.0) -> nn.Module:
+def _detector(
+    config: TrainConfig, num_classes: int, *, detector_weights: str | None = None, anchor_scale: float = 1.0
+) -> nn.Module:
     return build_detector(
-        config.detector, config.backbone, num_classes,
-        min_size=config.min_size, max_size=config.max_size,
-        backbone_weights=config.backbone_weights, detector_weights=detector_weights or config.detector_weights,
-        trainable_backbone_layers=config.trainable_backbone_layers, anchor_sizes=config.anchor_sizes,
-        anchor_scale=anchor_scale, detector_kwargs=config.detector_kwargs,
+        config.detector,
+        config.backbone,
+        num_classes,
+        min_size=config.min_size,
+        max_size=config.max_size,
+        backbone_weights=config.backbone_weights,
+        detector_weights=detector_weights or config.detector_weights,
+        trainable_backbone_layers=config.trainable_backbone_layers,
+        anchor_sizes=config.anchor_sizes,
+        anchor_scale=anchor_scale,
+        detector_kwargs=config.detector_kwargs,
     )
 
 
@@ -153,9 +160,14 @@ def _frozen_extractor(config: TrainConfig, num_classes: int) -> nn.Module:
 
 def _new_generator(config: TrainConfig) -> SRFUpsample:
     options = {"norm": config.generator_norm, "deconv_kernel": config.generator_deconv_kernel}
-    return SRFUpsample(256, hidden_channels=config.generator_hidden_channels, num_blocks=config.generator_num_blocks,
-                       zero_init_residual=config.generator_zero_init_residual, variant=config.generator_variant,
-                       **{name: value for name, value in options.items() if value is not None})
+    return SRFUpsample(
+        256,
+        hidden_channels=config.generator_hidden_channels,
+        num_blocks=config.generator_num_blocks,
+        zero_init_residual=config.generator_zero_init_residual,
+        variant=config.generator_variant,
+        **{name: value for name, value in options.items() if value is not None},
+    )
 
 
 # ----------------------------------------------------------------------------------------------- schedule
@@ -186,13 +198,18 @@ class _Trainer:
         self.rank, self.world_size, self.device = _init_distributed(config.device)
         self.is_main = self.rank == 0
         if config.batch_size % self.world_size:
-            raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the number of processes "
-                             f"({self.world_size}); it is the total over all of them.")
+            raise ValueError(
+                f"batch_size ({config.batch_size}) must be divisible by the number of processes "
+                f"({self.world_size}); it is the total over all of them."
+            )
         self.output_dir = Path(config.output_dir)
         self.levels = _levels(config)
         self.keys = level_keys(config.detector, self.levels)
         self.dataset = CocoDetectionDataset(
-            config.data_root, config.ann_file, min_size=config.min_size, max_size=config.max_size,
+            config.data_root,
+            config.ann_file,
+            min_size=config.min_size,
+            max_size=config.max_size,
             use_masks=config.detector == "maskrcnn",
         )
         self.modules: dict[str, nn.Module] = {}
@@ -220,7 +237,7 @@ class _Trainer:
             self.modules = {"generator": self.generator, "discriminator": self.discriminator}
         elif stage == "stage2":
             self.extractor = _frozen_extractor(config, num_classes).to(self.device)
-            # M: the paper's text initialises it afresh (ImageNet body); init_from_extractor starts it from F's detector.
+            # M: fresh (ImageNet body) in the paper's text; init_from_extractor starts it from F's detector.
             m_weights = config.extractor_weights if config.init_from_extractor else None
             detector = _detector(config, num_classes, detector_weights=m_weights, anchor_scale=config.anchor_scale)
             if config.use_generator:
@@ -236,16 +253,21 @@ class _Trainer:
             manifest = read_manifest(config.init, INIT_STAGES["stage3"]) if config.init else {"has_generator": True}
             detector = _detector(config, num_classes)
             if not manifest.get("has_generator", True) and config.reuse != "extractor":
-                raise ValueError(f"{config.init!r} is a stage-2 run without a generator (use_generator=false): "
-                                 "stage 3 can only reuse its extractor (--reuse extractor).")
+                raise ValueError(
+                    f"{config.init!r} is a stage-2 run without a generator (use_generator=false): "
+                    "stage 3 can only reuse its extractor (--reuse extractor)."
+                )
             if manifest.get("has_generator", True):
                 source = config.generator or str(Path(config.init) / "generator")
                 self.generator = SRFUpsample.from_pretrained(source).train()
                 patch_generator(detector, self.generator)
             if config.reuse == "extractor":
                 state = read_safetensors(Path(config.init) / CHECKPOINT_NAME)
-                load_state_dict_strict(detector.backbone, strip_prefix(state, "detector.backbone."),
-                                       source=f"the stage-2 extractor of {config.init!r}")
+                load_state_dict_strict(
+                    detector.backbone,
+                    strip_prefix(state, "detector.backbone."),
+                    source=f"the stage-2 extractor of {config.init!r}",
+                )
             if config.freeze_generator and self.generator is not None:
                 self.generator.requires_grad_(False)
             self.modules = {"detector": detector}
@@ -261,17 +283,21 @@ class _Trainer:
         for module in self.modules.values():
             module.to(self.device).train()
         if stage == "stage1":
-            self.optimizers = {"generator": _sgd(self.generator.parameters(), config),
-                               "discriminator": _sgd(self.discriminator.parameters(), config)}
+            self.optimizers = {
+                "generator": _sgd(self.generator.parameters(), config),
+                "discriminator": _sgd(self.discriminator.parameters(), config),
+            }
         else:
             self.optimizers = {"detector": _sgd(self.modules["detector"].parameters(), config)}
             if self.discriminator is not None:
                 self.optimizers["discriminator"] = _sgd(self.discriminator.parameters(), config)
-        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
-                           for name, opt in self.optimizers.items()}
+        self.schedulers = {
+            name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config)) for name, opt in self.optimizers.items()
+        }
 
     def wrap(self) -> None:
         """Wrap what trains in DDP; forward passes go through the wrappers, so gradients are all-reduced."""
+
         def ddp(module: nn.Module, find_unused: bool = False) -> nn.Module:
             if self.world_size == 1:
                 return module
@@ -322,8 +348,11 @@ class _Trainer:
         logger.info("resumed %s from step %d in %s", self.config.stage, self.step, self.output_dir)
 
     def save(self, finished: bool) -> None:
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
         # Each rank keeps its own RNG stream (RPN/ROI sampling), so a resumed DDP run continues every stream.
         torch.save(rng, self.output_dir / f"rng_state_{self.rank}.pt")
         if not self.is_main:
@@ -336,7 +365,9 @@ class _Trainer:
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "step": self.step, "batch_cursor": self.batch_cursor, "skipped_images": self.skipped_images,
+            "step": self.step,
+            "batch_cursor": self.batch_cursor,
+            "skipped_images": self.skipped_images,
         }
         torch.save(trainer_state, self.output_dir / (STATE_NAME + ".tmp"))
         os.replace(self.output_dir / (STATE_NAME + ".tmp"), self.output_dir / STATE_NAME)
@@ -352,11 +383,17 @@ class _Trainer:
         if manifest_path.is_file():
             with open(manifest_path, encoding="utf-8") as f:
                 manifest = json.load(f)
-        manifest.update({
-            "stage": self.config.stage, "step": self.step, "finished": finished,
-            "category_ids": self.dataset.category_ids, "levels": self.levels,
-            "has_generator": self.generator is not None, "config": self.config.to_dict(),
-        })
+        manifest.update(
+            {
+                "stage": self.config.stage,
+                "step": self.step,
+                "finished": finished,
+                "category_ids": self.dataset.category_ids,
+                "levels": self.levels,
+                "has_generator": self.generator is not None,
+                "config": self.config.to_dict(),
+            }
+        )
         manifest.update(extra)
         write_json(manifest_path, manifest)
 
@@ -403,7 +440,7 @@ class _Trainer:
         with self._autocast():
             logits = self.discriminator_levels(list(real) + [feat.detach() for feat in fake])
         logits = [logit.float() for logit in logits]
-        loss = discriminator_loss(logits[: len(real)], logits[len(real):])
+        loss = discriminator_loss(logits[: len(real)], logits[len(real) :])
         self._backward_and_step("loss_d", loss)
         return loss.detach()
 
@@ -424,8 +461,9 @@ class _Trainer:
         with torch.no_grad(), self._autocast():
             # I_tr padded to twice the detector's padded I_lr batch, so P_tr level i is exactly 2x M's level i.
             size = target_batch_size(low_images, self.modules["detector"].transform.size_divisible)
-            target_feats = [feat.float() for feat in
-                            extract_levels(self.extractor, prepare_batch(images, size=size), self.keys)]
+            target_feats = [
+                feat.float() for feat in extract_levels(self.extractor, prepare_batch(images, size=size), self.keys)
+            ]
         with self._autocast():
             detection = self.detector(low_images, low_targets)
         sr = [feat.float() for feat in self.hook.pop(self.keys)]
@@ -434,8 +472,9 @@ class _Trainer:
             real = downsample_targets(target_feats, [feat.shape[-2:] for feat in sr])
             out["loss_d"] = self._discriminator_step(real, sr)
             self.optimizers["detector"].zero_grad(set_to_none=True)
-            srf = srf_extractor_loss(sr, target_feats, self._fake_logits(sr),
-                                     adversarial_weight=self.config.adversarial_weight)
+            srf = srf_extractor_loss(
+                sr, target_feats, self._fake_logits(sr), adversarial_weight=self.config.adversarial_weight
+            )
         else:
             # Arm C of the protocol: the same pre-training without G and D, i.e. the L1 term of Eq. (3) alone.
             self.optimizers["detector"].zero_grad(set_to_none=True)
@@ -458,16 +497,25 @@ class _Trainer:
 
     # ---- data
     def _batches_of_epoch(self, epoch: int):
-        return epoch_batches(len(self.dataset), self.config.batch_size // self.world_size, epoch=epoch,
-                             seed=self.config.seed, rank=self.rank, world_size=self.world_size,
-                             flip=self.config.use_flip)
+        return epoch_batches(
+            len(self.dataset),
+            self.config.batch_size // self.world_size,
+            epoch=epoch,
+            seed=self.config.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            flip=self.config.use_flip,
+        )
 
     def _loader(self) -> torch.utils.data.DataLoader:
         """Batches from ``batch_cursor`` on; workers decode images, the sampler alone decides the order."""
         workers = self.config.num_workers
         return torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=KeyBatchSampler(self._batches_of_epoch, self.batch_cursor),
-            num_workers=workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
+            self.dataset,
+            batch_sampler=KeyBatchSampler(self._batches_of_epoch, self.batch_cursor),
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
             prefetch_factor=2 if workers else None,
             # Its own generator: creating the iterator must not draw from the global RNG that resume restores.
             generator=torch.Generator().manual_seed(self.config.seed),
@@ -487,9 +535,15 @@ class _Trainer:
 
         config = self.config
         metrics = evaluate_detector(
-            self.modules["detector"], config.eval_data_root or config.data_root, config.eval_ann_file,
-            category_ids=self.dataset.category_ids, output_dir=self.output_dir, min_size=config.min_size,
-            max_size=config.max_size, device=self.device, quiet=True,
+            self.modules["detector"],
+            config.eval_data_root or config.data_root,
+            config.eval_ann_file,
+            category_ids=self.dataset.category_ids,
+            output_dir=self.output_dir,
+            min_size=config.min_size,
+            max_size=config.max_size,
+            device=self.device,
+            quiet=True,
         )
         with open(self.output_dir / EVAL_LOG_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -527,18 +581,24 @@ class _Trainer:
                 self.batch_cursor += 1
                 if batch.num_skipped:
                     self.skipped_images += batch.num_skipped
-                    logger.warning("skipped %d unreadable image(s) (%d so far)", batch.num_skipped,
-                                   self.skipped_images)
+                    logger.warning("skipped %d unreadable image(s) (%d so far)", batch.num_skipped, self.skipped_images)
                 if not self._all_ranks_have_data(bool(batch.images)):
                     empty_in_a_row += 1
                     if empty_in_a_row > batches_per_epoch:
-                        raise ValueError(f"No readable image in a whole epoch of {config.ann_file!r} "
-                                         f"({self.skipped_images} unreadable); refusing to train on nothing.")
+                        raise ValueError(
+                            f"No readable image in a whole epoch of {config.ann_file!r} "
+                            f"({self.skipped_images} unreadable); refusing to train on nothing."
+                        )
                     continue
                 empty_in_a_row = 0
                 images = [image.to(self.device, non_blocking=True) for image in batch.images]
-                targets = [{k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                            for k, v in t.items()} for t in batch.targets]
+                targets = [
+                    {
+                        k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                        for k, v in t.items()
+                    }
+                    for t in batch.targets
+                ]
                 step_losses = step_fn(images, targets)
                 self.scaler.update()
                 for scheduler in self.schedulers.values():
@@ -546,9 +606,13 @@ class _Trainer:
                 self.step += 1
                 losses = {name: float(value) for name, value in step_losses.items()}
                 if log_file is not None:
-                    record = {"step": self.step, "losses": losses, "lr": self.schedulers[next(iter(self.schedulers))]
-                              .get_last_lr()[0], "time": round(time.perf_counter() - started, 4),
-                              "skipped_images": self.skipped_images}
+                    record = {
+                        "step": self.step,
+                        "losses": losses,
+                        "lr": self.schedulers[next(iter(self.schedulers))].get_last_lr()[0],
+                        "time": round(time.perf_counter() - started, 4),
+                        "skipped_images": self.skipped_images,
+                    }
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                 progress.update(1)
@@ -586,8 +650,10 @@ class _Trainer:
         gathered: list[str] = [""] * self.world_size
         dist.all_gather_object(gathered, digest)
         if len(set(gathered)) != 1:
-            raise RuntimeError(f"Parameters differ across ranks after training ({gathered}); gradients were not "
-                               "all-reduced (call the DDP wrapper, not .module).")
+            raise RuntimeError(
+                f"Parameters differ across ranks after training ({gathered}); gradients were not "
+                "all-reduced (call the DDP wrapper, not .module)."
+            )
         return gathered
 
 

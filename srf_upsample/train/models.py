@@ -110,8 +110,9 @@ def _classifier(backbone: str, backbone_weights: str | None, frozen_batchnorm: b
     return model
 
 
-def _build_backbone(backbone: str, detector: str, backbone_weights: str | None, trainable_layers: int | None,
-                    frozen_batchnorm: bool) -> BackboneWithFPN:
+def _build_backbone(
+    backbone: str, detector: str, backbone_weights: str | None, trainable_layers: int | None, frozen_batchnorm: bool
+) -> BackboneWithFPN:
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}.")
     is_p3 = detector in _P3_DETECTORS
@@ -169,6 +170,8 @@ def build_detector(
             ``backbone_weights``, else all).
         anchor_sizes: one anchor size per FPN output (R-CNNs: 5, P2-P6), e.g. ``[8, 16, 32, 64, 128]`` for small
             objects; default torchvision's.
+        anchor_scale: multiplies every anchor size (stage 2 trains on half-size images: 0.5 keeps each object
+            matched to the anchors it has at full size). R-CNNs only.
         frozen_batchnorm: use FrozenBatchNorm2d in the backbone; default: when ``backbone_weights`` is given
             (torchvision's rule). Rebuilding a trained detector without its ImageNet file passes ``True``.
         detector_kwargs: more keyword arguments of the torchvision detector class, e.g.
@@ -189,13 +192,16 @@ def build_detector(
         raise ValueError(f"anchor_scale must be positive, got {anchor_scale!r}.")
     if anchor_sizes or anchor_scale != 1.0:
         if detector in _P3_DETECTORS:
-            raise ValueError(f"anchor_sizes and anchor_scale are supported for fasterrcnn and maskrcnn only, not "
-                             f"{detector!r}; leave them unset (anchor_scale=1).")
+            raise ValueError(
+                f"anchor_sizes and anchor_scale are supported for fasterrcnn and maskrcnn only, not "
+                f"{detector!r}; leave them unset (anchor_scale=1)."
+            )
         sizes = list(anchor_sizes or DEFAULT_ANCHOR_SIZES)
         if len(sizes) != 5:
             raise ValueError(f"anchor_sizes needs one size per FPN output (5: P2-P6), got {sizes}.")
-        kwargs["rpn_anchor_generator"] = AnchorGenerator(tuple((max(1, round(s * anchor_scale)),) for s in sizes),
-                                                         ((0.5, 1.0, 2.0),) * 5)
+        kwargs["rpn_anchor_generator"] = AnchorGenerator(
+            tuple((max(1, round(s * anchor_scale)),) for s in sizes), ((0.5, 1.0, 2.0),) * 5
+        )
     model = DETECTORS[detector](body, num_classes=num_classes, **kwargs)
     if detector_weights:
         state = load_weights_file(detector_weights)
@@ -220,8 +226,6 @@ def enable_detector_resize(model: nn.Module) -> None:
         del model.transform.resize
 
 
-
-
 def patch_generator(model: nn.Module, generator: nn.Module) -> nn.Module:
     """Put ``generator`` in place of every F.interpolate of the detector's FPN (one G shared), via ``patch_fpn``."""
     from ..patch import patch_fpn
@@ -241,10 +245,15 @@ def load_trained_detector(directory: str | os.PathLike, device: torch.device | s
     config = manifest["config"]
     # The weights come from the checkpoint: the files used to initialise training are neither loaded nor required.
     detector = build_detector(
-        config["detector"], config["backbone"], len(manifest["category_ids"]) + 1,
-        min_size=config["min_size"], max_size=config["max_size"],
-        trainable_backbone_layers=config.get("trainable_backbone_layers"), anchor_sizes=config.get("anchor_sizes"),
-        anchor_scale=config.get("anchor_scale", 1.0), frozen_batchnorm=bool(config.get("backbone_weights")),
+        config["detector"],
+        config["backbone"],
+        len(manifest["category_ids"]) + 1,
+        min_size=config["min_size"],
+        max_size=config["max_size"],
+        trainable_backbone_layers=config.get("trainable_backbone_layers"),
+        anchor_sizes=config.get("anchor_sizes"),
+        anchor_scale=config.get("anchor_scale", 1.0),
+        frozen_batchnorm=bool(config.get("backbone_weights")),
         detector_kwargs=config.get("detector_kwargs"),
     )
     if config.get("interpolation", "nearest") != "nearest":
@@ -252,8 +261,9 @@ def load_trained_detector(directory: str | os.PathLike, device: torch.device | s
     if manifest.get("has_generator"):
         patch_generator(detector, SRFUpsample.from_pretrained(str(Path(directory) / "generator")))
     state = read_safetensors(Path(directory) / CHECKPOINT_NAME)
-    load_state_dict_strict(detector, strip_prefix(state, "detector."),
-                           source=f"the {manifest['stage']} checkpoint in {str(directory)!r}")
+    load_state_dict_strict(
+        detector, strip_prefix(state, "detector."), source=f"the {manifest['stage']} checkpoint in {str(directory)!r}"
+    )
     return detector.to(device).eval(), manifest
 
 
@@ -273,12 +283,12 @@ class FixedInterpolation(nn.Module):
             raise ValueError(f"interpolation must be nearest, bilinear or bicubic, got {mode!r}.")
         self.mode = mode
 
-    def forward(self, x: torch.Tensor, size: Sequence[int] | None = None,
-                scale_factor: float | Sequence[float] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, size: Sequence[int] | None = None, scale_factor: float | Sequence[float] | None = None
+    ) -> torch.Tensor:
         """``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``, as ``F.interpolate(x, size, scale_factor, mode)``."""
         align = False if self.mode in ("bilinear", "bicubic") else None
-        return F.interpolate(x, size=size, scale_factor=scale_factor, mode=self.mode,
-                                               align_corners=align)
+        return F.interpolate(x, size=size, scale_factor=scale_factor, mode=self.mode, align_corners=align)
 
     def extra_repr(self) -> str:
         """The mode."""

@@ -29,8 +29,9 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 PAD_MULTIPLE = 64
 
 
-def prepare_batch(images: Sequence[torch.Tensor], multiple: int = PAD_MULTIPLE,
-                  size: tuple[int, int] | None = None) -> torch.Tensor:
+def prepare_batch(
+    images: Sequence[torch.Tensor], multiple: int = PAD_MULTIPLE, size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Normalise ``(3, H_k, W_k)`` images like the detector and pad them bottom-right into one ``(N, 3, H, W)`` batch.
 
     ``H`` and ``W`` are the largest image sides rounded up to ``multiple`` (64), so the half-size batch is an exact 2x
@@ -66,7 +67,7 @@ def target_batch_size(low_images: Sequence[torch.Tensor], size_divisible: int = 
 
 
 def downsample_images(x: torch.Tensor | Sequence[torch.Tensor], mode: str, scale: float = 0.5):
-    """I_lr = degradation of I_tr by ``scale``: a ``(N, 3, H, W)`` batch or a list of ``(3, H, W)`` images, sizes floored."""
+    """I_lr = degradation of I_tr by ``scale``: an ``(N, 3, H, W)`` batch or a list of ``(3, H, W)`` images."""
     align = False if mode in ("bilinear", "bicubic") else None
     if isinstance(x, torch.Tensor):
         return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=align)

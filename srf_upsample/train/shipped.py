@@ -13,8 +13,14 @@ from ..hub import load_state_dict_strict, read_safetensors, shipped_weights_dir
 from .checkpoint import strip_prefix
 from .models import build_detector
 
-__all__ = ["DEFAULT_DETECTOR", "DETECTOR_SPEC_NAME", "DETECTOR_WEIGHTS_NAME", "load_shipped_detector",
-           "load_shipped_extractor", "save_detector_folder"]
+__all__ = [
+    "DEFAULT_DETECTOR",
+    "DETECTOR_SPEC_NAME",
+    "DETECTOR_WEIGHTS_NAME",
+    "load_shipped_detector",
+    "load_shipped_extractor",
+    "save_detector_folder",
+]
 
 DEFAULT_DETECTOR = "fasterrcnn-mobilenetv2-fpn-deepforest"
 DETECTOR_SPEC_NAME = "detector.json"
@@ -54,8 +60,9 @@ def load_shipped_extractor(name_or_dir: str | os.PathLike = DEFAULT_DETECTOR) ->
     return model.backbone.eval().requires_grad_(False)
 
 
-def save_detector_folder(checkpoint: str | os.PathLike, folder: str | os.PathLike, spec: dict[str, Any], *,
-                         half: bool = True) -> Path:
+def save_detector_folder(
+    checkpoint: str | os.PathLike, folder: str | os.PathLike, spec: dict[str, Any], *, half: bool = True
+) -> Path:
     """Write a trainer checkpoint's ``detector.`` weights and its spec as a folder ``load_shipped_detector`` reads."""
     from safetensors.torch import save_file
 
@@ -73,4 +80,3 @@ def save_detector_folder(checkpoint: str | os.PathLike, folder: str | os.PathLik
     save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / DETECTOR_WEIGHTS_NAME))
     (folder / DETECTOR_SPEC_NAME).write_text(json.dumps(spec, indent=2) + "\n")
     return folder
-

@@ -12,10 +12,31 @@ from PIL import Image
 
 # Tiny everything: 64x64 images, R18-FPN, an 8-channel one-block generator, an 8-channel discriminator.
 TINY = [
-    "--detector", "fasterrcnn", "--backbone", "resnet18", "--min-size", "64", "--max-size", "64",
-    "--batch-size", "2", "--device", "cpu", "--quiet", "--log-level", "WARNING",
-    "--set", "generator_hidden_channels=8", "--set", "generator_num_blocks=1",
-    "--set", "discriminator_hidden_channels=[8,8,8]", "--set", "warmup_iters=0", "--set", "milestones=[3]",
+    "--detector",
+    "fasterrcnn",
+    "--backbone",
+    "resnet18",
+    "--min-size",
+    "64",
+    "--max-size",
+    "64",
+    "--batch-size",
+    "2",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--log-level",
+    "WARNING",
+    "--set",
+    "generator_hidden_channels=8",
+    "--set",
+    "generator_num_blocks=1",
+    "--set",
+    "discriminator_hidden_channels=[8,8,8]",
+    "--set",
+    "warmup_iters=0",
+    "--set",
+    "milestones=[3]",
     "--allow-untrained-extractor",  # F is a random FPN here; real runs pass --extractor-weights
 ]
 
@@ -35,16 +56,27 @@ def make_coco(root: Path, num_images: int = 4, size: tuple[int, int] = (64, 64),
         for box_index in range(1 + index % 2):
             x, y = float(rng.integers(2, width // 2)), float(rng.integers(2, height // 2))
             w, h = float(rng.integers(8, width // 2 - 2)), float(rng.integers(8, height // 2 - 2))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": index + 1, "category_id": 1 + (index + box_index) % 2 * 2,
-                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
-                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": index + 1,
+                    "category_id": 1 + (index + box_index) % 2 * 2,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                }
+            )
     ann_file = root / "instances.json"
-    ann_file.write_text(json.dumps({
-        "images": images, "annotations": annotations,
-        "categories": [{"id": 1, "name": "a"}, {"id": 3, "name": "b"}],
-    }))
+    ann_file.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "a"}, {"id": 3, "name": "b"}],
+            }
+        )
+    )
     return image_dir, ann_file
 
 

@@ -19,8 +19,23 @@ def test_ranks_get_different_images():
 
 def test_two_process_ddp_keeps_ranks_in_sync(coco, tmp_path):
     worker = Path(__file__).with_name("_ddp_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               str(worker), str(tmp_path), *data_args(coco), *TINY, "--max-iters", "2", "--batch-size", "4"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(worker),
+        str(tmp_path),
+        *data_args(coco),
+        *TINY,
+        "--max-iters",
+        "2",
+        "--batch-size",
+        "4",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

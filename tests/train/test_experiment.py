@@ -11,10 +11,16 @@ SCHEDULE = {"max_iters": 4, "lr": 0.01, "milestones": [3], "warmup_iters": 1, "b
 
 def _config(**overrides):
     values = {
-        "train_data_root": "train", "train_ann_file": "train.json", "val_data_root": "val", "val_ann_file": "val.json",
+        "train_data_root": "train",
+        "train_ann_file": "train.json",
+        "val_data_root": "val",
+        "val_ann_file": "val.json",
         "detector": {"detector": "fasterrcnn", "backbone": "resnet18", "min_size": 64, "max_size": 64},
-        "schedule": SCHEDULE, "stage1": {"max_iters": 2, "lr": 0.5}, "stage2": {"max_iters": 3, "lr": 0.7},
-        "variants": ["lite", "paper"], "variant_seeds": {"paper": [0]},
+        "schedule": SCHEDULE,
+        "stage1": {"max_iters": 2, "lr": 0.5},
+        "stage2": {"max_iters": 3, "lr": 0.7},
+        "variants": ["lite", "paper"],
+        "variant_seeds": {"paper": [0]},
     }
     values.update(overrides)
     return load_experiment(values)
@@ -26,8 +32,17 @@ def test_every_target_detector_gets_the_one_schedule(tmp_path):
     assert {"seed0/A5-paper", "seed0/A2-paper", "seed1/A5-lite", "seed1/C"} <= names
     assert not any(name.startswith("seed1/") and "paper" in name for name in names)  # variant_seeds
     targets = [job for job in jobs if job.arm is not None]
-    assert {job.arm for job in targets} == {"A1", "B", "A2-lite", "A5-lite", "A5g-lite", "C", "A2-paper",
-                                           "A5-paper", "A5g-paper"}
+    assert {job.arm for job in targets} == {
+        "A1",
+        "B",
+        "A2-lite",
+        "A5-lite",
+        "A5g-lite",
+        "C",
+        "A2-paper",
+        "A5-paper",
+        "A5g-paper",
+    }
     for job in targets:
         assert {key: job.values[key] for key in SCHEDULE} == SCHEDULE, job.name
         assert job.stage in ("baseline", "stage3")
@@ -54,8 +69,9 @@ def _finish(job, ap_by_step, schedule=SCHEDULE):
     job.output_dir.mkdir(parents=True, exist_ok=True)
     config = {**job.values, **schedule}
     (job.output_dir / "manifest.json").write_text(json.dumps({"finished": True, "config": config}))
-    records = [{"step": step, "bbox": dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm"), ap)}
-               for step, ap in ap_by_step]
+    records = [
+        {"step": step, "bbox": dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm"), ap)} for step, ap in ap_by_step
+    ]
     (job.output_dir / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 

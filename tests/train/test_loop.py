@@ -16,12 +16,31 @@ def stage_dirs(coco, tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     data = data_args(coco)
     assert main(["stage1", *data, *TINY, "--max-iters", "2", "--output-dir", str(root / "s1")]) == 0
-    assert main(["stage2", *data, *TINY, "--max-iters", "2", "--init", str(root / "s1"),
-                 "--output-dir", str(root / "s2")]) == 0
+    assert (
+        main(["stage2", *data, *TINY, "--max-iters", "2", "--init", str(root / "s1"), "--output-dir", str(root / "s2")])
+        == 0
+    )
     tiny_mask = [*TINY, "--detector", "maskrcnn"]  # later flags win: G comes from stage 2 whatever the detector
-    assert main(["stage3", *data, *tiny_mask, "--max-iters", "2", "--init", str(root / "s2"),
-                 "--output-dir", str(root / "s3"), "--eval-ann-file", str(coco[1]),
-                 "--eval-data-root", str(coco[0])]) == 0
+    assert (
+        main(
+            [
+                "stage3",
+                *data,
+                *tiny_mask,
+                "--max-iters",
+                "2",
+                "--init",
+                str(root / "s2"),
+                "--output-dir",
+                str(root / "s3"),
+                "--eval-ann-file",
+                str(coco[1]),
+                "--eval-data-root",
+                str(coco[0]),
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -43,18 +62,45 @@ def test_stage3_evaluates_boxes_and_masks(stage_dirs, coco):
     metrics = json.loads((stage_dirs / "s3" / "metrics.json").read_text())
     for kind in ("bbox", "segm"):
         assert set(metrics[kind]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-    assert main(["evaluate", "--init", str(stage_dirs / "s3"), "--eval-ann-file", str(coco[1]),
-                 "--eval-data-root", str(coco[0]), "--quiet", "--log-level", "WARNING"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--init",
+                str(stage_dirs / "s3"),
+                "--eval-ann-file",
+                str(coco[1]),
+                "--eval-data-root",
+                str(coco[0]),
+                "--quiet",
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
 
 
 def test_stage_rejects_the_wrong_kind_of_checkpoint(stage_dirs, coco, tmp_path):
-    config, _ = parse_config(["stage3", *data_args(coco), *TINY, "--max-iters", "1", "--init",
-                              str(stage_dirs / "s1"), "--output-dir", str(tmp_path / "x")])
+    config, _ = parse_config(
+        [
+            "stage3",
+            *data_args(coco),
+            *TINY,
+            "--max-iters",
+            "1",
+            "--init",
+            str(stage_dirs / "s1"),
+            "--output-dir",
+            str(tmp_path / "x"),
+        ]
+    )
     with pytest.raises(ValueError, match="'stage1' checkpoint, but a stage2 one is expected"):
         fit(config)
     # Resuming into an output dir written by another stage is refused too.
-    config, _ = parse_config(["baseline", *data_args(coco), *TINY, "--max-iters", "1",
-                              "--output-dir", str(stage_dirs / "s2")])
+    config, _ = parse_config(
+        ["baseline", *data_args(coco), *TINY, "--max-iters", "1", "--output-dir", str(stage_dirs / "s2")]
+    )
     with pytest.raises(ValueError, match="'stage2' checkpoint, but a baseline one"):
         fit(config)
 
@@ -62,8 +108,17 @@ def test_stage_rejects_the_wrong_kind_of_checkpoint(stage_dirs, coco, tmp_path):
 def test_killed_run_resumes_to_the_same_result(stage_dirs, coco, tmp_path):
     # Pins bit-identical resume: 2 steps, "killed", 2 more steps == 4 uninterrupted steps (weights, D, momentum),
     # with images decoded by DataLoader workers.
-    common = ["stage2", *data_args(coco), *TINY, "--max-iters", "4", "--init", str(stage_dirs / "s1"),
-              "--num-workers", "2"]  # decoding in worker processes must not change the data order
+    common = [
+        "stage2",
+        *data_args(coco),
+        *TINY,
+        "--max-iters",
+        "4",
+        "--init",
+        str(stage_dirs / "s1"),
+        "--num-workers",
+        "2",
+    ]  # decoding in worker processes must not change the data order
     assert main([*common, "--output-dir", str(tmp_path / "a"), "--stop-after", "2"]) == 0
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["finished"] is False
     assert main([*common, "--output-dir", str(tmp_path / "a")]) == 0
@@ -95,8 +150,18 @@ def test_adversarial_gradient_reaches_the_generator():
 def test_corrupt_images_are_skipped_and_counted(tmp_path):
     image_dir, ann_file = make_coco(tmp_path, num_images=4)
     (image_dir / "img_1.png").write_bytes(b"not a png")
-    args = ["baseline", "--data-root", str(image_dir), "--ann-file", str(ann_file), *TINY, "--max-iters", "2",
-            "--output-dir", str(tmp_path / "out")]
+    args = [
+        "baseline",
+        "--data-root",
+        str(image_dir),
+        "--ann-file",
+        str(ann_file),
+        *TINY,
+        "--max-iters",
+        "2",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     result = fit(parse_config(args)[0])
     assert result.step == 2 and result.skipped_images >= 1
     last = json.loads((tmp_path / "out" / "log.jsonl").read_text().splitlines()[-1])
@@ -121,8 +186,21 @@ def test_data_errors_are_clear(tmp_path, coco):
     (image_dir / "img_2.png").unlink()
     with pytest.raises(ValueError, match=r"1 of 3 images .* missing .*img_2.png"):
         CocoDetectionDataset(image_dir, ann_file)
-    assert main(["stage1", "--data-root", str(coco[0]), "--ann-file", str(tmp_path / "nope.json"),
-                 "--output-dir", str(tmp_path / "o"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "stage1",
+                "--data-root",
+                str(coco[0]),
+                "--ann-file",
+                str(tmp_path / "nope.json"),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
 
 
 def test_boxes_and_masks_follow_resize_and_flip(coco):
@@ -142,14 +220,27 @@ def test_boxes_and_masks_follow_resize_and_flip(coco):
 
 
 def test_shipped_configs_load_and_flags_override(coco, tmp_path):
-    config, _ = parse_config(["stage1", "--config", "paper_stage1", *data_args(coco), "--output-dir", str(tmp_path),
-                              "--set", "lr=0.5", "--max-iters", "7"])
+    config, _ = parse_config(
+        [
+            "stage1",
+            "--config",
+            "paper_stage1",
+            *data_args(coco),
+            "--output-dir",
+            str(tmp_path),
+            "--set",
+            "lr=0.5",
+            "--max-iters",
+            "7",
+        ]
+    )
     assert (config.lr, config.max_iters, config.milestones, config.momentum) == (0.5, 7, [120000], 0.9)
     for name in ("paper_stage2", "paper_stage3", "cpu_stage1", "cpu_stage2", "cpu_stage3", "cpu_baseline"):
         stage = name.split("_")[1]
         extra = ["--init", str(tmp_path)] if stage in ("stage2", "stage3") else []
-        config, _ = parse_config([stage, "--config", name, *data_args(coco), "--output-dir", str(tmp_path / "o"),
-                                  *extra])
+        config, _ = parse_config(
+            [stage, "--config", name, *data_args(coco), "--output-dir", str(tmp_path / "o"), *extra]
+        )
         assert config.stage == stage
     with pytest.raises(ValueError, match="Unknown config keys"):
         parse_config(["stage1", *data_args(coco), "--output-dir", str(tmp_path), "--set", "lrr=1"])

@@ -42,19 +42,55 @@ def test_stage1_to_evaluate_at_an_odd_size(tmp_path):
     data = ["--data-root", str(image_dir), "--ann-file", str(ann_file)]
     sizes = ["--min-size", "129", "--max-size", "195"]
     assert main(["stage1", *data, *TINY, *sizes, "--max-iters", "1", "--output-dir", str(tmp_path / "s1")]) == 0
-    assert main(["stage2", *data, *TINY, *sizes, "--max-iters", "1", "--init", str(tmp_path / "s1"),
-                 "--output-dir", str(tmp_path / "s2")]) == 0
-    assert main(["stage3", *data, *TINY, *sizes, "--max-iters", "1", "--init", str(tmp_path / "s2"),
-                 "--output-dir", str(tmp_path / "s3"), "--eval-ann-file", str(ann_file),
-                 "--eval-data-root", str(image_dir)]) == 0
+    assert (
+        main(
+            [
+                "stage2",
+                *data,
+                *TINY,
+                *sizes,
+                "--max-iters",
+                "1",
+                "--init",
+                str(tmp_path / "s1"),
+                "--output-dir",
+                str(tmp_path / "s2"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "stage3",
+                *data,
+                *TINY,
+                *sizes,
+                "--max-iters",
+                "1",
+                "--init",
+                str(tmp_path / "s2"),
+                "--output-dir",
+                str(tmp_path / "s3"),
+                "--eval-ann-file",
+                str(ann_file),
+                "--eval-data-root",
+                str(image_dir),
+            ]
+        )
+        == 0
+    )
 
 
 def test_data_and_loss_helpers_stay_on_the_input_device():
     # The meta device stands in for CUDA: any CPU tensor created inside these helpers raises a device mismatch.
     meta = torch.device("meta")
     image = torch.empty(3, 65, 97, device=meta)
-    target = {"boxes": torch.empty(2, 4, device=meta), "labels": torch.empty(2, dtype=torch.int64, device=meta),
-              "masks": torch.empty(2, 65, 97, dtype=torch.uint8, device=meta)}
+    target = {
+        "boxes": torch.empty(2, 4, device=meta),
+        "labels": torch.empty(2, dtype=torch.int64, device=meta),
+        "masks": torch.empty(2, 65, 97, dtype=torch.uint8, device=meta),
+    }
     low = downsample_images([image], "bilinear")
     assert low[0].device == meta and low[0].shape[-2:] == (32, 48)
     scaled = scale_targets([target], [image], low)[0]
@@ -64,16 +100,29 @@ def test_data_and_loss_helpers_stay_on_the_input_device():
     sr = [torch.empty(2, 8, 4, 6, device=meta, requires_grad=True)]
     full = [torch.empty(2, 8, 8, 12, device=meta)]
     logits = [torch.empty(2, 1, 4, 6, device=meta)]
-    for loss in (srf_loss(sr, [f[..., :4, :6] for f in full], logits), discriminator_loss(logits, logits),
-                 srf_extractor_loss(sr, full, logits), feature_l1_loss(sr, downsample_targets(full))):
+    for loss in (
+        srf_loss(sr, [f[..., :4, :6] for f in full], logits),
+        discriminator_loss(logits, logits),
+        srf_extractor_loss(sr, full, logits),
+        feature_l1_loss(sr, downsample_targets(full)),
+    ):
         assert loss.device == meta and loss.dim() == 0
 
 
 def test_training_against_an_untrained_extractor_is_refused(tmp_path):
     image_dir, ann_file = make_coco(tmp_path / "coco", num_images=2)
-    args = ["stage1", "--data-root", str(image_dir), "--ann-file", str(ann_file),
-            *[arg for arg in TINY if arg != "--allow-untrained-extractor"], "--max-iters", "1",
-            "--output-dir", str(tmp_path / "s1")]
+    args = [
+        "stage1",
+        "--data-root",
+        str(image_dir),
+        "--ann-file",
+        str(ann_file),
+        *[arg for arg in TINY if arg != "--allow-untrained-extractor"],
+        "--max-iters",
+        "1",
+        "--output-dir",
+        str(tmp_path / "s1"),
+    ]
     config, _ = parse_config(args)
     assert not config.allow_untrained_extractor
     with pytest.raises(ValueError, match="--extractor-weights"):

@@ -63,24 +63,89 @@ def test_control_arms_bilinear_baseline_and_pretraining_without_generator(coco, 
     data = data_args(coco)
     evaluation = ["--eval-ann-file", str(coco[1]), "--eval-data-root", str(coco[0])]
     # Arm B: bilinear FPN upsampling, trained in bf16 autocast, evaluated every step.
-    assert main(["baseline", *data, *TINY, *evaluation, "--max-iters", "2", "--set", "interpolation=bilinear",
-                 "--amp", "bf16", "--eval-every", "1", "--output-dir", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            [
+                "baseline",
+                *data,
+                *TINY,
+                *evaluation,
+                "--max-iters",
+                "2",
+                "--set",
+                "interpolation=bilinear",
+                "--amp",
+                "bf16",
+                "--eval-every",
+                "1",
+                "--output-dir",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     assert [record["step"] for record in read_jsonl(tmp_path / "b" / "eval.jsonl")] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["losses"]["loss"])) for r in read_jsonl(tmp_path / "b" / "log.jsonl"))
     detector, _ = load_trained_detector(tmp_path / "b")
     assert any(isinstance(m, FixedInterpolation) and m.mode == "bilinear" for m in detector.modules())
     # Arm C: stage-2 pre-training without G or D (M from the trained detector), then stage 3 reusing it.
     weights = str(tmp_path / "b" / "checkpoint.safetensors")
-    assert main(["stage2", *data, *TINY, "--max-iters", "1", "--set", "use_generator=false",
-                 "--set", "init_from_extractor=true", "--extractor-weights", weights,
-                 "--output-dir", str(tmp_path / "c2")]) == 0
+    assert (
+        main(
+            [
+                "stage2",
+                *data,
+                *TINY,
+                "--max-iters",
+                "1",
+                "--set",
+                "use_generator=false",
+                "--set",
+                "init_from_extractor=true",
+                "--extractor-weights",
+                weights,
+                "--output-dir",
+                str(tmp_path / "c2"),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((tmp_path / "c2" / "manifest.json").read_text())
     assert manifest["has_generator"] is False and manifest["config"]["anchor_scale"] == 0.5
     assert "loss_d" not in read_jsonl(tmp_path / "c2" / "log.jsonl")[0]["losses"]
-    assert main(["stage3", *data, *TINY, "--max-iters", "1", "--init", str(tmp_path / "c2"),
-                 "--reuse", "extractor", "--output-dir", str(tmp_path / "c3")]) == 0
+    assert (
+        main(
+            [
+                "stage3",
+                *data,
+                *TINY,
+                "--max-iters",
+                "1",
+                "--init",
+                str(tmp_path / "c2"),
+                "--reuse",
+                "extractor",
+                "--output-dir",
+                str(tmp_path / "c3"),
+            ]
+        )
+        == 0
+    )
     with pytest.raises(ValueError, match="--reuse extractor"):
         from srf_upsample.train.loop import fit
 
-        fit(parse_config(["stage3", *data, *TINY, "--max-iters", "1", "--init", str(tmp_path / "c2"),
-                          "--output-dir", str(tmp_path / "c3g")])[0])
+        fit(
+            parse_config(
+                [
+                    "stage3",
+                    *data,
+                    *TINY,
+                    "--max-iters",
+                    "1",
+                    "--init",
+                    str(tmp_path / "c2"),
+                    "--output-dir",
+                    str(tmp_path / "c3g"),
+                ]
+            )[0]
+        )
