@@ -19,6 +19,7 @@ import torch
 
 __all__ = [
     "RESULTS_PATH",
+    "MachineLoad",
     "command_line",
     "environment_lines",
     "format_table",
@@ -112,6 +113,96 @@ def environment_lines(device: torch.device | str, dtypes: Sequence[torch.dtype] 
     if dtypes:
         lines.append("- dtypes: " + ", ".join(str(dtype).replace("torch.", "") for dtype in dtypes))
     return lines
+
+
+def _busy_cpu_seconds() -> float | None:
+    # Busy time of all CPUs since boot (user + nice + system + irq + softirq + steal), from /proc/stat; None elsewhere.
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+def _other_running_processes() -> int | None:
+    # Processes other than this one that are running or runnable (state R) right now, from /proc/<pid>/stat.
+    if not Path("/proc").is_dir():
+        return None
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            if entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "R":
+                count += 1
+    return count
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class MachineLoad:
+    """Records how busy the machine was while a benchmark ran, measured, so the results say it instead of guessing.
+
+    Use as a context manager around the timed work; ``lines()`` then gives the load averages (``os.getloadavg``)
+    and the number of other running processes at the start and the end, and the CPU time that other processes used
+    meanwhile: the machine's busy CPU time (``/proc/stat``, which counts processes that came and went) minus this
+    process's own (threads and waited-for children). On a machine with ``os.cpu_count()`` cores, other processes
+    using ``x`` cores on average leave ``cpu_count - x`` to the benchmark.
+    """
+
+    def __init__(self) -> None:
+        self.start: dict[str, object] = {}
+        self.end: dict[str, object] = {}
+
+    @staticmethod
+    def _snapshot() -> dict[str, object]:
+        return {
+            "wall": time.perf_counter(),
+            "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "others_running": _other_running_processes(),
+            "busy_cpu": _busy_cpu_seconds(),
+            "own_cpu": _own_cpu_seconds(),
+        }
+
+    def __enter__(self) -> MachineLoad:
+        self.start = self._snapshot()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.end = self._snapshot()
+
+    def other_cores(self) -> float | None:
+        """Average number of cores that other processes kept busy between enter and exit (None where unknown)."""
+        if self.start.get("busy_cpu") is None or self.end.get("busy_cpu") is None:
+            return None
+        wall = self.end["wall"] - self.start["wall"]
+        own = self.end["own_cpu"] - self.start["own_cpu"]
+        others = self.end["busy_cpu"] - self.start["busy_cpu"] - own
+        return max(0.0, others / wall) if wall > 0 else None
+
+    def lines(self) -> list[str]:
+        """Markdown list items describing the measured load."""
+
+        def load(snapshot: dict[str, object]) -> str:
+            values = snapshot.get("loadavg")
+            return "n/a" if values is None else " / ".join(f"{v:.2f}" for v in values)
+
+        wall = self.end["wall"] - self.start["wall"]
+        lines = [
+            f"- machine load, measured by the script (1 / 5 / 15 min load average): {load(self.start)} at the start, "
+            f"{load(self.end)} at the end; other running processes: {self.start['others_running']} at the start, "
+            f"{self.end['others_running']} at the end"
+        ]
+        cores = self.other_cores()
+        if cores is not None:
+            lines.append(
+                f"- CPU time used by other processes during the {wall:.0f} s run: {cores * wall:.1f} s, "
+                f"{cores:.2f} of {os.cpu_count()} cores on average (/proc/stat busy time minus this process's own)"
+            )
+        return lines
 
 
 def command_line() -> str:

@@ -5,9 +5,13 @@ Run from the repository root:
     python benchmarks/bench_detectors.py --device cuda    # same on a GPU, in its own section of RESULTS.md
     python benchmarks/bench_detectors.py --quick          # tiny images, one round (CI smoke test)
 
-Detectors are torchvision's Faster R-CNN and Mask R-CNN R50-FPN with random weights (speed does not depend on them).
-Their image transform is set to keep the benchmark size (``min_size=H, max_size=W``), and ``box_score_thresh=0`` so
-that every variant keeps the same number of detections (the cap, 100) and the ROI/mask heads do equal work. A patched
+Detectors are torchvision's Faster R-CNN and Mask R-CNN R50-FPN with random weights. Their image transform is set to
+keep the benchmark size (``min_size=H, max_size=W``). With random weights the heads' work follows the features (NMS
+over 1000 proposals x 90 classes), so any change to the features would change the heads' time; the heads are given a
+fixed workload instead: ``rpn_nms_thresh=1.0`` (the RPN's NMS keeps every box, so the RPN passes its cap of 1000
+proposals) and ``box_score_thresh=1.01`` (the box head scores every proposal and keeps none, so there are 0
+detections and no mask head work), as ``benchmarks/gpu_check.py`` does on GPU. The cost of the FPN patch alone is
+timed by ``benchmarks/bench_backbone_fpn.py``. A patched
 model is a deep copy of the unpatched one whose ``backbone.fpn`` top-down ``F.interpolate`` calls are replaced by
 ``patch_fpn`` with one shared ``SRFUpsample(256, variant=...)``; for inference it is fused (``.eval().fuse()``).
 """
@@ -24,7 +28,6 @@ import os
 import resource
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     RESULTS_PATH,
+    MachineLoad,
     command_line,
     environment_lines,
     format_table,
@@ -41,7 +45,7 @@ from _common import (  # noqa: E402
     write_section,
 )
 
-from srf_upsample import SRFUpsample  # noqa: E402
+from srf_upsample import SRFUpsample, patch_fpn  # noqa: E402
 
 __all__ = ["main", "run"]
 
@@ -54,14 +58,6 @@ VARIANTS = ("lite", "lite-cl", "paper")
 FULL_SIZES = ((800, 1216), (512, 768))
 FULL_TRAIN_SIZE = (384, 576)
 QUICK_SIZE = (64, 96)
-
-
-def _patch_fpn() -> Callable:
-    try:
-        from srf_upsample import patch_fpn
-    except ImportError:  # patch_fpn not re-exported yet at the package root
-        from srf_upsample.patch import patch_fpn
-    return patch_fpn
 
 
 # Quick mode only: fewer proposals and detections, so the ROI heads (about 1000 proposals through two 1024-wide FC
@@ -92,7 +88,8 @@ def build(
             weights_backbone=None,
             min_size=min(size),
             max_size=max(size),
-            box_score_thresh=0.0,
+            rpn_nms_thresh=1.0,
+            box_score_thresh=1.01,
             **(QUICK_DETECTOR_KWARGS if is_quick else {}),
         )
         if variant is None:
@@ -102,7 +99,7 @@ def build(
     upsampler = SRFUpsample(256, variant=variant.removesuffix("-cl"))
     # Patch the backbone (FPN inside), not the detector: patch_fpn runs its example input through the module, and a
     # whole detector would first resize it to 800 pixels. Any image size works afterwards (sizes are run-time).
-    _patch_fpn()(model.backbone, upsampler=upsampler, example_inputs=(torch.randn(1, 3, 64, 96),), strict=True)
+    patch_fpn(model.backbone, upsampler=upsampler, example_inputs=(torch.randn(1, 3, 64, 96),), strict=True)
     return model
 
 
@@ -326,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- {warmup} warm-up + {repeats} interleaved timed rounds, median; inference under `torch.inference_mode()`; "
         "`x unpatched`: median over rounds of (time / unpatched time in the same round), for wall time and for the "
         "process's CPU time (steadier on a shared machine: it leaves out time spent waiting for a core)",
-        "- random weights, `box_score_thresh=0` so every model keeps 100 detections; transform keeps the image size; "
-        "`lite-cl`: the upsampler's weights in channels_last",
+        "- random weights with a fixed head workload: `rpn_nms_thresh=1.0` (the RPN keeps its cap of 1000 proposals) "
+        "and `box_score_thresh=1.01` (the box head scores them all and keeps none: 0 detections, no mask head work); "
+        "transform keeps the image size; `lite-cl`: the upsampler's weights in channels_last",
         f"- peak memory: {memory_note}",
     ]
     if train_size is not None:
@@ -335,26 +333,24 @@ def main(argv: list[str] | None = None) -> int:
             f"- training step at {train_size[0]}x{train_size[1]} (smaller than 800x1216 to keep the CPU run short), "
             "2 images with 4 random boxes each, upsampler unfused and trained with the detector"
         )
-    if device_type == "cpu":
-        header.append(
-            "- the machine was shared with other engineers' jobs while this ran: absolute ms are noisy, "
-            "ratios (paired per round) less so"
-        )
     for detector in args.detectors:
-        tables = run(
-            device=args.device,
-            detectors=(detector,),
-            variants=tuple(args.variants),
-            sizes=sizes,
-            train_size=train_size,
-            warmup=warmup,
-            repeats=repeats,
-            use_memory=not args.no_memory,
-            is_quick=args.quick,
-            quiet=args.quiet,
-        )
+        with MachineLoad() as load:
+            tables = run(
+                device=args.device,
+                detectors=(detector,),
+                variants=tuple(args.variants),
+                sizes=sizes,
+                train_size=train_size,
+                warmup=warmup,
+                repeats=repeats,
+                use_memory=not args.no_memory,
+                is_quick=args.quick,
+                quiet=args.quiet,
+            )
         title = f"## Whole detector: {detector} R50-FPN ({device_type})"
-        body = title + (" — QUICK MODE, not a measurement" if args.quick else "") + "\n" + "\n".join(header)
+        body = (
+            title + (" — QUICK MODE, not a measurement" if args.quick else "") + "\n" + "\n".join(header + load.lines())
+        )
         body += "\n\n" + tables
         print(body, flush=True)
         if not args.no_write:

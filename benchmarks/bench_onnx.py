@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     RESULTS_PATH,
+    MachineLoad,
     command_line,
     environment_lines,
     format_table,
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     operators_by_variant = {}
-    with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
+    with tempfile.TemporaryDirectory() as folder, torch.inference_mode(), MachineLoad() as load:
         for variant in args.variants:
             if args.quick:
                 module = SRFUpsample(8, hidden_channels=8, num_blocks=1, variant=variant)
@@ -130,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             "- rel error: max |ort - torch| / max |torch| on the timed input",
             "- operators: "
             + "; ".join(f"{variant}: {', '.join(ops)}" for variant, ops in operators_by_variant.items()),
-            "- the machine was shared with other engineers' jobs while this ran: absolute ms are noisy, ratios "
-            "(paired per round) less so",
+            *load.lines(),
             "",
             table,
         ]

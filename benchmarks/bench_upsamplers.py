@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     RESULTS_PATH,
+    MachineLoad,
     command_line,
     environment_lines,
     format_table,
@@ -143,15 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     image = QUICK_IMAGE if args.quick else FULL_IMAGE
     repeats, warmup = (1, 0) if args.quick else (args.repeats, args.warmup)
-    table = run(
-        device=args.device,
-        dtypes=tuple(args.dtypes),
-        image=image,
-        warmup=warmup,
-        repeats=repeats,
-        use_channels_last=not args.no_channels_last,
-        quiet=args.quiet,
-    )
+    with MachineLoad() as load:
+        table = run(
+            device=args.device,
+            dtypes=tuple(args.dtypes),
+            image=image,
+            warmup=warmup,
+            repeats=repeats,
+            use_channels_last=not args.no_channels_last,
+            quiet=args.quiet,
+        )
     device_type = torch.device(args.device).type
     header = [
         f"## Per-upsampler cost ({device_type}){' — QUICK MODE, not a measurement' if args.quick else ''}",
@@ -162,15 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         f"- image {image[0]}x{image[1]}, batch 1, FPN width 256; {warmup} warm-up + {repeats} interleaved timed "
         "rounds, median; learned upsamplers fused (`.eval().fuse()`), `torch.inference_mode()`",
         "- `x nearest`: median over rounds of (time / time of `F.interpolate(mode='nearest')` on the same input in "
-        "the same round), for wall time and for the process's CPU time (steadier on a shared machine). "
+        "the same round), for wall time and for the process's CPU time (it leaves out time spent waiting for a core). "
         "GFLOPs from `torch.utils.flop_counter` (convolutions only: interpolation counts 0). "
         "params: as shipped (unfused, BN included)",
+        *load.lines(),
     ]
-    if device_type == "cpu":
-        header.append(
-            "- the machine was shared with other engineers' jobs while this ran: absolute ms are noisy, "
-            "ratios (paired per round) less so"
-        )
     body = "\n".join(header) + "\n\n" + table
     print(body)
     if not args.no_write:

@@ -13,6 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import _common  # noqa: E402
+import bench_backbone_fpn  # noqa: E402
 import bench_detectors  # noqa: E402
 import bench_upsamplers  # noqa: E402
 
@@ -123,3 +124,24 @@ def test_bench_detectors_memory_child_reports_a_peak() -> None:
     # The peak-memory measurement runs in a fresh process; check that round trip once, on the smallest setting.
     memory = bench_detectors._memory("fasterrcnn", "lite", (64, 96), "cpu", True)
     assert memory["peak_mib"] >= memory["before_mib"] > 0
+
+
+def test_machine_load_measures_instead_of_asserting() -> None:
+    # The load written next to every table is measured by the script: the lines report numbers, not a claim.
+    with _common.MachineLoad() as load:
+        sum(range(10000))
+    lines = load.lines()
+    assert lines[0].startswith("- machine load, measured by the script")
+    assert "shared" not in " ".join(lines)
+    cores = load.other_cores()
+    assert cores is None or cores >= 0.0
+
+
+def test_bench_backbone_fpn_quick_writes_its_table(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    assert bench_backbone_fpn.main(["--quick", "--results", str(path)]) == 0
+    text = path.read_text()
+    assert "<!-- backbone-fpn-cpu:start -->" in text and "QUICK MODE" in text
+    assert "machine load, measured by the script" in text
+    labels = [row[0] for row in _table_rows(text)[1:]]
+    assert labels == ["unpatched", "lite (reference pass)", "lite", "paper"]

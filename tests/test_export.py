@@ -27,7 +27,7 @@ from srf_upsample.export import (
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-# Single-pass targets, odd and non-square included; 17x25 -> 33x49 is the example (residual 34x50 resized).
+# Single-pass targets, odd and non-square included; 17x25 -> 33x49 is the docstring's example (residual 34x50 resized).
 SIZES = (((17, 25), (33, 49)), ((16, 16), (32, 32)), ((5, 7), (9, 13)), ((6, 11), (12, 20)))
 
 # Every operator a generator or patched FPN backbone may use; all are in the default ONNX domain (docs/export.md).

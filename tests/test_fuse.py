@@ -131,3 +131,30 @@ def test_torch_compile_inductor_matches_eager() -> None:
     with torch.inference_mode():
         # Inductor fuses and reorders arithmetic, so allow float32 rounding differences.
         torch.testing.assert_close(compiled(x, size=(10, 14)), module(x, size=(10, 14)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+@pytest.mark.parametrize("size", [(5, 7), (8, 8)])
+def test_lite_fast_inference_pass_matches_the_reference_pass(norm: str, size: tuple[int, int]) -> None:
+    # Pins that the rearranged lite inference route (in-place GEMM tail, bias before the shortcut) computes the same
+    # function as the module-by-module pass, so generators trained with the lite architecture give the same outputs.
+    torch.manual_seed(0)
+    fast = SRFUpsample(8, variant="lite", hidden_channels=8, norm=norm)
+    with torch.no_grad():
+        for parameter in fast.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    fast = fast.eval().fuse()
+    reference = copy.deepcopy(fast)
+    reference._use_fast_lite_pass = False
+    x = torch.randn(2, 8, *size)
+    with torch.no_grad():
+        expected = reference(x)
+        assert fast._can_run_fast_lite_pass(x, (2 * size[0], 2 * size[1]))
+        torch.testing.assert_close(fast(x), expected)
+        # Targets other than an exact x2 take the reference route.
+        torch.testing.assert_close(
+            fast(x, size=(2 * size[0] - 1, 2 * size[1])), reference(x, size=(2 * size[0] - 1, 2 * size[1]))
+        )
+    # With autograd on, the reference route runs (the fast one works in place).
+    assert not fast._can_run_fast_lite_pass(x, (2 * size[0], 2 * size[1]))
+    torch.testing.assert_close(fast(x), expected)
