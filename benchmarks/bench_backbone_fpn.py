@@ -83,9 +83,11 @@ def patched_copy(module: nn.Module, variant: str, *, use_fast_pass: bool = True)
     # Patch the backbone (FPN inside), not the detector: patch_fpn runs its example input through the module.
     patch_fpn(backbone, upsampler=upsampler, example_inputs=(torch.randn(1, 3, 64, 96),), strict=True)
     module.eval()
-    upsampler.fuse()
-    if not use_fast_pass:
-        upsampler._use_fast_lite_pass = False
+    # patch_fpn may hold copies of the upsampler, so set every generator the patched module holds.
+    for generator in (m for m in module.modules() if isinstance(m, SRFUpsample)):
+        generator.fuse()
+        if not use_fast_pass:
+            generator._use_fast_lite_pass = False
     return module
 
 
