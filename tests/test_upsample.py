@@ -1,6 +1,5 @@
 import copy
 import json
-import shutil
 
 import pytest
 import torch
