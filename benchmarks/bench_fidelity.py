@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         images_label = str(args.images)
     command = "python benchmarks/bench_fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        "## Held-out feature fidelity of the shipped generators (issue 6)",
+        "## Held-out feature fidelity of the shipped generators",
         "",
         f"Command: `{command.strip()}`",
         "",

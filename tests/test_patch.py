@@ -344,7 +344,7 @@ class HoldsUntraceable(nn.Module):
 
 
 def test_untraceable_submodule_routed_at_run_time() -> None:
-    # Pins the fallback of issue 14: a submodule fx cannot trace is patched by run-time routing, not refused.
+    # Pins the run-time fallback: a submodule fx cannot trace is patched by run-time routing, not refused.
     model = HoldsUntraceable().eval()
     x = torch.rand(2, 3, 8, 8)
     expected = model(x)

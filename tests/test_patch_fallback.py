@@ -1,4 +1,4 @@
-"""patch_fpn on necks fx cannot use (issue 14): run-time routing, module swapping, train-only branches, guards."""
+"""patch_fpn on necks fx cannot use: run-time routing, module swapping, train-only branches, guards."""
 
 from __future__ import annotations
 
@@ -193,7 +193,6 @@ def test_varargs_neck_with_four_levels_and_share_false() -> None:
     assert_equal(patched(*three), reference(*three))  # fewer levels than on the example: still the original
 
 
-
 def test_runtime_routed_neck_pickles_deepcopies_and_patches_once() -> None:
     neck = VarargsNeck()
     patch_fpn(neck, SMALL_SRF, example_inputs=varargs_inputs())
@@ -268,7 +267,10 @@ def test_traced_graph_same_in_both_modes_stays_fx() -> None:
 
 def test_mobilenet_fpn_detector_runs_at_any_size_after_patching() -> None:
     model = detection.fasterrcnn_mobilenet_v3_large_fpn(
-        weights=None, weights_backbone=None, rpn_pre_nms_top_n_test=8, rpn_post_nms_top_n_test=8,
+        weights=None,
+        weights_backbone=None,
+        rpn_pre_nms_top_n_test=8,
+        rpn_post_nms_top_n_test=8,
         box_detections_per_img=2,
     ).eval()
     sizes = ((64, 96), (333, 500), (810, 1190))

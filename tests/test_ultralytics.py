@@ -44,8 +44,10 @@ def test_whole_model_patched_by_swapping_upsample_modules(config, training) -> N
     assert patched is network and network.training == training
     # The two top-down nn.Upsample layers of each neck; fx cannot trace the layer-routing forward, so they are swapped.
     assert len(report.replaced) == 2 and report.methods == {"": "module"}
-    assert all(isinstance(network.get_submodule(f"model.{site.target.split('.')[-1]}"), UpsampleSite)
-               for site in report.replaced)
+    assert all(
+        isinstance(network.get_submodule(f"model.{site.target.split('.')[-1]}"), UpsampleSite)
+        for site in report.replaced
+    )
     names = {site.upsampler for site in report.replaced}
     assert set(network.state_dict()) - keys == {
         key for name in names for key in network.get_submodule(name).state_dict(prefix=f"{name}.")
@@ -91,8 +93,18 @@ def test_train_one_epoch_reload_predict(tiny_dataset, tmp_path) -> None:
 
     model.add_callback("on_pretrain_routine_end", remember)
     model.train(
-        data=str(tiny_dataset), epochs=1, imgsz=64, batch=4, workers=0, device="cpu", plots=False, amp=False,
-        project=str(tmp_path / "runs"), name="srf", exist_ok=True, verbose=False,
+        data=str(tiny_dataset),
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        workers=0,
+        device="cpu",
+        plots=False,
+        amp=False,
+        project=str(tmp_path / "runs"),
+        name="srf",
+        exist_ok=True,
+        verbose=False,
     )
     last = tmp_path / "runs" / "srf" / "weights" / "last.pt"
     assert last.exists() and start

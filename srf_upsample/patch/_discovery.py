@@ -163,6 +163,7 @@ def _normalize_example_inputs(model: nn.Module, example_inputs: Any) -> tuple:
         f"{type(example_inputs).__name__}."
     )
 
+
 def _owner_index(call: _Call) -> int:
     """Index (in the call's module stack) of the module whose own code makes this upsampling call."""
     for index, module in enumerate(call.modules):
@@ -251,6 +252,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
     return value
+
 
 def _group_runtime_sites(sites: list[PatchSite]) -> tuple[PatchSite, ...]:
     """Merge run-time calls of one code location (e.g. mask pasting, once per detection) into one site."""

@@ -500,6 +500,3 @@ def rewrite_owner(
     _restore_defaults(gm, module)
     _restore_missing(module, gm)
     return gm, sites
-
-
-

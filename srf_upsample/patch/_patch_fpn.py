@@ -224,7 +224,7 @@ def _check_concrete_args(model: nn.Module, concrete_args: Mapping[str, Mapping[s
     if unknown:
         raise ValueError(
             f"concrete_args names submodules that {type(model).__name__} does not have: {unknown}. Use dotted paths "
-            "as in model.named_modules() (\"\" for the model itself); the report of a first patch_fpn call lists "
+            'as in model.named_modules() ("" for the model itself); the report of a first patch_fpn call lists '
             "the submodules that hold upsampling."
         )
     return {key: dict(value) for key, value in concrete_args.items()}

@@ -161,4 +161,3 @@ class UpsamplerProvider:
     def installed(self) -> None:
         """Mark every module handed out as an upsampler (see is_upsampler); call once the patch is swapped in."""
         _INSTALLED.update(self.handed_out)
-
