@@ -7,10 +7,11 @@ Run from the repository root:
 
 Detectors are torchvision's Faster R-CNN and Mask R-CNN R50-FPN with random weights. Their image transform is set to
 keep the benchmark size (``min_size=H, max_size=W``). With random weights the heads' work follows the features (NMS
-over 1000 proposals x 90 classes), so any change to the features would change the heads' time; the heads are given a
-fixed workload instead: ``rpn_nms_thresh=1.0`` (the RPN's NMS keeps every box, so the RPN passes its cap of 1000
-proposals) and ``box_score_thresh=1.01`` (the box head scores every proposal and keeps none, so there are 0
-detections and no mask head work), as ``benchmarks/gpu_check.py`` does on GPU. The cost of the FPN patch alone is
+over 1000 proposals x 90 classes), so any change to the features would change the heads' time; in inference the heads
+are given a fixed workload instead: the RPN runs its head convolutions on the features but passes on a fixed set of
+1000 seeded proposals per image (``FixedWorkRPN``: with random weights even ``rpn_nms_thresh=1.0`` left 904 to 1000
+proposals depending on the features, as degenerate boxes are dropped), and ``box_score_thresh=1.01`` makes the box
+head score every proposal and keep none (0 detections, no mask head work). The cost of the FPN patch alone is
 timed by ``benchmarks/bench_backbone_fpn.py``. A patched
 model is a deep copy of the unpatched one whose ``backbone.fpn`` top-down ``F.interpolate`` calls are replaced by
 ``patch_fpn`` with one shared ``SRFUpsample(256, variant=...)``; for inference it is fused (``.eval().fuse()``).
@@ -103,8 +104,31 @@ def build(
     return model
 
 
+class FixedWorkRPN(torch.nn.Module):
+    """The RPN's head convolutions on the features (their cost), then the same seeded proposals whatever they say."""
+
+    def __init__(self, rpn: torch.nn.Module, count: int = 1000) -> None:
+        super().__init__()
+        self.rpn = rpn
+        self.count = count
+
+    def forward(self, images, features, targets=None):
+        """``(proposals, {})`` like torchvision's RPN in eval mode: ``count`` boxes per image, fixed by a seed."""
+        feats = list(features.values())
+        self.rpn.head(feats)  # the convolutions run; their output is not used
+        generator = torch.Generator().manual_seed(0)
+        proposals = []
+        for height, width in images.image_sizes:
+            scale = torch.tensor([width, height], dtype=torch.float32)
+            corner = torch.rand(self.count, 2, generator=generator) * scale * 0.8
+            extent = torch.rand(self.count, 2, generator=generator) * scale * 0.2 + 8
+            proposals.append(torch.cat([corner, corner + extent], dim=1).to(feats[0].device))
+        return proposals, {}
+
+
 def _prepare_inference(model: torch.nn.Module, variant: str | None, device: str) -> torch.nn.Module:
     model = model.eval().to(device)
+    model.rpn = FixedWorkRPN(model.rpn)
     for module in model.modules():
         if isinstance(module, SRFUpsample):
             module.fuse()

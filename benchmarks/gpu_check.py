@@ -8,8 +8,9 @@ not accuracy); stage 1 -> stage 2 -> stage 3 -> evaluate, 3 iterations each, bat
 Latency: batch 1 at 800x1216, Mask R-CNN R50-FPN, unpatched / lite-patched / paper-patched (fused generators),
 float32 and fp16 autocast, CUDA-synchronised wall time, median of ``--repeats`` interleaved rounds:
 - backbone + FPN: the only part the patch changes;
-- the whole detector with fixed-work heads: random weights with ``box_score_thresh=1.01``, so the box head scores all
-  1000 proposals and keeps none, whatever the features (the heads' work does not depend on the upsampler).
+- the whole detector with fixed-work heads: random weights with ``rpn_nms_thresh=1.0`` (the RPN keeps its cap of 1000
+  proposals) and ``box_score_thresh=1.01`` (the box head scores every proposal and keeps none), so the heads' work
+  does not depend on the features, as in ``benchmarks/bench_detectors.py``.
 
 Usage: ``python benchmarks/gpu_check.py [--skip-training] [--skip-latency] [--repeats 20]``
 """
@@ -185,7 +186,7 @@ def check_training(
 def _detector(upsampler: str) -> torch.nn.Module:
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=1.01)
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, rpn_nms_thresh=1.0, box_score_thresh=1.01)
     if upsampler != "nearest":
         generator = SRFUpsample(256, variant=upsampler).eval().fuse()
         patch_fpn(model, upsampler=generator, share=True, strict=True)
