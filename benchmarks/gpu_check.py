@@ -8,9 +8,9 @@ not accuracy); stage 1 -> stage 2 -> stage 3 -> evaluate, 3 iterations each, bat
 Latency: batch 1 at 800x1216, Mask R-CNN R50-FPN, unpatched / lite-patched / paper-patched (fused generators),
 float32 and fp16 autocast, CUDA-synchronised wall time, median of ``--repeats`` interleaved rounds:
 - backbone + FPN: the only part the patch changes;
-- the whole detector with fixed-work heads: random weights with ``rpn_nms_thresh=1.0`` (the RPN keeps its cap of 1000
-  proposals) and ``box_score_thresh=1.01`` (the box head scores every proposal and keeps none), so the heads' work
-  does not depend on the features, as in ``benchmarks/bench_detectors.py``.
+- the whole detector with fixed-work heads, as in ``benchmarks/bench_detectors.py``: random weights, the RPN's
+  convolutions run but the same 1000 seeded proposals go to the box head (``FixedWorkRPN``), and
+  ``box_score_thresh=1.01`` keeps none of them, so the heads' work does not depend on the features.
 
 Usage: ``python benchmarks/gpu_check.py [--skip-training] [--skip-latency] [--repeats 20]``
 """
@@ -30,6 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import format_table, time_interleaved  # noqa: E402
+from bench_detectors import FixedWorkRPN  # noqa: E402
 
 from srf_upsample import SRFUpsample, patch_fpn  # noqa: E402
 from srf_upsample.train.cli import main as train_main  # noqa: E402
@@ -186,7 +187,8 @@ def check_training(
 def _detector(upsampler: str) -> torch.nn.Module:
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, rpn_nms_thresh=1.0, box_score_thresh=1.01)
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=1.01)
+    model.rpn = FixedWorkRPN(model.rpn)
     if upsampler != "nearest":
         generator = SRFUpsample(256, variant=upsampler).eval().fuse()
         patch_fpn(model, upsampler=generator, share=True, strict=True)
