@@ -1,8 +1,27 @@
 """Helpers shared by test modules (tests/ is on sys.path under pytest's default import mode)."""
 
+import functools
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from srf_upsample import SRFUpsample
+
+# A generator small enough for patching tests (8 hidden channels, one residual block), built per channel count.
+SMALL_SRF = functools.partial(SRFUpsample, hidden_channels=8, num_blocks=1)
+
+
+class NearestUpsample(nn.Module):
+    """Reference upsampler: exactly what a nearest-mode call site computes, so a patched model must be unchanged."""
+
+    def __init__(self, in_channels: int | None = None) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor, size=None, scale_factor=None) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``, as ``F.interpolate(..., mode="nearest")``."""
+        return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
 
 
 def trained_looking(variant: str, channels: int = 8, num_blocks: int = 1) -> SRFUpsample:

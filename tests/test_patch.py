@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from _helpers import SMALL_SRF, NearestUpsample
 from torch import fx, nn
 from torchvision.models import detection
 from torchvision.ops import FeaturePyramidNetwork
@@ -15,23 +15,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from srf_upsample import SRFUpsample
 from srf_upsample.patch import PatchReport, PatchSite, patch_fpn
 
-SMALL_SRF = functools.partial(SRFUpsample, hidden_channels=8, num_blocks=1)
-
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-class NearestUpsample(nn.Module):
-    """Reference upsampler: exactly what a nearest-mode call site computes, so a patched model must be unchanged."""
-
-    def __init__(self, in_channels: int | None = None) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-
-    def forward(self, x: torch.Tensor, size=None, scale_factor=None) -> torch.Tensor:
-        return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
 
 
 def assert_tree_equal(actual, expected) -> None:

@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 import copy
-import functools
 import io
 import pickle
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import SMALL_SRF, NearestUpsample
 from torch import nn
 from torchvision.models import detection
 
 from srf_upsample import SRFUpsample, patch_fpn
 from srf_upsample.patch import UpsampleSite
 
-SMALL_SRF = functools.partial(SRFUpsample, hidden_channels=8, num_blocks=1)
-
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-class NearestUpsample(nn.Module):
-    """Reference upsampler: what a nearest-mode site computes, so a patched neck must give the original outputs."""
-
-    def __init__(self, in_channels: int | None = None) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-
-    def forward(self, x: torch.Tensor, size=None, scale_factor=None) -> torch.Tensor:
-        return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
 
 
 def assert_equal(actual, expected) -> None:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
+from _helpers import SMALL_SRF
 
 from srf_upsample import SRFUpsample, patch_fpn
-
-SMALL_SRF = functools.partial(SRFUpsample, hidden_channels=8, num_blocks=1)
 
 
 @pytest.fixture(autouse=True)

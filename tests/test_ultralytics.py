@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 
@@ -16,14 +15,13 @@ os.environ.setdefault("YOLO_VERBOSE", "false")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo_config_"))
 ultralytics = pytest.importorskip("ultralytics")
 
+from _helpers import SMALL_SRF  # noqa: E402
 from PIL import Image  # noqa: E402  (ultralytics depends on Pillow)
 from ultralytics import RTDETR, YOLO  # noqa: E402
 
 from srf_upsample import SRFUpsample, patch_fpn  # noqa: E402
 from srf_upsample.integrations.ultralytics import use_srf  # noqa: E402
 from srf_upsample.patch import UpsampleSite  # noqa: E402
-
-SMALL_SRF = functools.partial(SRFUpsample, hidden_channels=8, num_blocks=1)
 
 
 @pytest.fixture(autouse=True)
