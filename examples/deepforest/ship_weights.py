@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from srf_upsample import SRFUpsample
+from srf_upsample.hub import read_safetensors
 from srf_upsample.train.data import read_image
 from srf_upsample.train.evaluate import evaluate_detector
 from srf_upsample.train.fidelity import INTERPOLATIONS, feature_pairs, fidelity
@@ -89,11 +90,12 @@ def write_generator_card(folder: Path, variant: str, manifest: dict, counts: dic
         )
     else:
         outcome = "No detector was trained from it yet."
-    dtype = next(iter(SRFUpsample.from_pretrained(folder).state_dict().values())).dtype
-    generator = SRFUpsample.from_pretrained(folder)
+    generator = SRFUpsample.from_pretrained(folder)  # float32, whatever the file stores
+    stored = {value.dtype for value in read_safetensors(folder / "model.safetensors").values()}
     architecture = f" `deconv_kernel={generator.deconv_kernel}`," if variant == "paper" else ""
-    storage = "float16 (the float32 original was not kept; it loads into float32)" if "16" in str(dtype) else "float32"
-    generator = SRFUpsample.from_pretrained(folder)
+    storage = (
+        "float16 (the float32 original was not kept; it loads into float32)" if torch.float16 in stored else "float32"
+    )
     params = sum(p.numel() for p in generator.parameters())
     card = f"""---
 library_name: srf_upsample
