@@ -413,11 +413,11 @@ class _Trainer:
                 "checkpoint."
             )
 
-    def _backward_and_step(self, name: str, loss: torch.Tensor) -> None:
-        """Check ``loss``, backpropagate it (scaled under float16 AMP) and step the optimizer ``name``."""
+    def _backward_and_step(self, name: str, loss: torch.Tensor, optimizer: str) -> None:
+        """Check ``loss`` (named ``name`` in errors), backpropagate it (scaled under fp16 AMP), step ``optimizer``."""
         self._check_finite(name, loss)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizers[_OPTIMIZER_OF_LOSS.get(name, "detector")])
+        self.scaler.step(self.optimizers[optimizer])
 
     def _stage1_step(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         with torch.no_grad(), self._autocast():
@@ -432,7 +432,7 @@ class _Trainer:
         # G step: D's output is not detached, so the adversarial gradient reaches G; only G's optimizer steps.
         self.optimizers["generator"].zero_grad(set_to_none=True)
         g_loss = srf_loss(sr, target_feats, self._fake_logits(sr), adversarial_weight=self.config.adversarial_weight)
-        self._backward_and_step("loss_g", g_loss)
+        self._backward_and_step("loss_g", g_loss, "generator")
         return {"loss_d": d_loss, "loss_g": g_loss.detach()}
 
     def _discriminator_step(self, real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
@@ -441,7 +441,7 @@ class _Trainer:
             logits = self.discriminator_levels(list(real) + [feat.detach() for feat in fake])
         logits = [logit.float() for logit in logits]
         loss = discriminator_loss(logits[: len(real)], logits[len(real) :])
-        self._backward_and_step("loss_d", loss)
+        self._backward_and_step("loss_d", loss, "discriminator")
         return loss.detach()
 
     def _fake_logits(self, sr: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -480,7 +480,7 @@ class _Trainer:
             self.optimizers["detector"].zero_grad(set_to_none=True)
             srf = feature_l1_loss(sr, downsample_targets(target_feats, [feat.shape[-2:] for feat in sr]))
         total = integral_loss(srf, {name: value.float() for name, value in detection.items()})
-        self._backward_and_step("loss_int", total)
+        self._backward_and_step("loss_int", total, "detector")
         out.update({"loss_int": total.detach(), "loss_srf": srf.detach()})
         out.update({name: value.detach() for name, value in detection.items()})
         return out
@@ -490,7 +490,7 @@ class _Trainer:
             detection = self.detector(images, targets)
         total = sum(value.float() for value in detection.values())
         self.optimizers["detector"].zero_grad(set_to_none=True)
-        self._backward_and_step("loss", total)
+        self._backward_and_step("loss", total, "detector")
         out = {"loss": total.detach()}
         out.update({name: value.detach() for name, value in detection.items()})
         return out
@@ -655,10 +655,6 @@ class _Trainer:
                 "all-reduced (call the DDP wrapper, not .module)."
             )
         return gathered
-
-
-# Which optimizer each loss steps.
-_OPTIMIZER_OF_LOSS = {"loss_g": "generator", "loss_d": "discriminator"}
 
 
 def _progress(config: TrainConfig, initial: int, disable: bool):
