@@ -136,6 +136,7 @@ def _detector(
         anchor_sizes=config.anchor_sizes,
         anchor_scale=anchor_scale,
         detector_kwargs=config.detector_kwargs,
+        fpn_channels=config.fpn_channels,
     )
 
 
@@ -161,7 +162,7 @@ def _frozen_extractor(config: TrainConfig, num_classes: int) -> nn.Module:
 def _new_generator(config: TrainConfig) -> SRFUpsample:
     options = {"norm": config.generator_norm, "deconv_kernel": config.generator_deconv_kernel}
     return SRFUpsample(
-        256,
+        config.fpn_channels,
         hidden_channels=config.generator_hidden_channels,
         num_blocks=config.generator_num_blocks,
         zero_init_residual=config.generator_zero_init_residual,
@@ -233,7 +234,9 @@ class _Trainer:
         if stage == "stage1":
             self.extractor = _frozen_extractor(config, num_classes).to(self.device)
             self.generator = _new_generator(config)
-            self.discriminator = FeaturePatchDiscriminator(256, hidden_channels=config.discriminator_hidden_channels)
+            self.discriminator = FeaturePatchDiscriminator(
+                config.fpn_channels, hidden_channels=config.discriminator_hidden_channels
+            )
             self.modules = {"generator": self.generator, "discriminator": self.discriminator}
         elif stage == "stage2":
             self.extractor = _frozen_extractor(config, num_classes).to(self.device)
@@ -245,6 +248,11 @@ class _Trainer:
                 read_manifest(init, INIT_STAGES["stage2"])
                 self.generator = SRFUpsample.from_pretrained(str(init / "generator")).train()
                 self.discriminator = FeaturePatchDiscriminator.from_pretrained(str(init / "discriminator")).train()
+                if self.discriminator.in_channels != config.fpn_channels:
+                    raise ValueError(
+                        f"The stage-1 discriminator in {str(init)!r} judges {self.discriminator.in_channels}-channel "
+                        f"features but fpn_channels is {config.fpn_channels}: use the stage-1 run's fpn_channels."
+                    )
                 patch_generator(detector, self.generator)
                 self.modules = {"detector": detector, "discriminator": self.discriminator}
             else:

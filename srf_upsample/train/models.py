@@ -15,7 +15,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.ops import misc as misc_ops
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from ..hub import load_state_dict_strict, read_safetensors
 from ..upsample import SRFUpsample
@@ -111,18 +111,28 @@ def _classifier(backbone: str, backbone_weights: str | None, frozen_batchnorm: b
 
 
 def _build_backbone(
-    backbone: str, detector: str, backbone_weights: str | None, trainable_layers: int | None, frozen_batchnorm: bool
+    backbone: str,
+    detector: str,
+    backbone_weights: str | None,
+    trainable_layers: int | None,
+    frozen_batchnorm: bool,
+    fpn_channels: int = 256,
 ) -> BackboneWithFPN:
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}.")
     is_p3 = detector in _P3_DETECTORS
-    extra_blocks = LastLevelP6P7(256, 256) if is_p3 else LastLevelMaxPool()
+    extra_blocks = LastLevelP6P7(fpn_channels, fpn_channels) if is_p3 else LastLevelMaxPool()
     model = _classifier(backbone, backbone_weights, frozen_batchnorm)
     if backbone in ("resnet50", "resnet18"):
         if trainable_layers is None:
             trainable_layers = 3 if backbone_weights else 5  # torchvision's defaults
         returned = [2, 3, 4] if is_p3 else [1, 2, 3, 4]
-        return _resnet_fpn_extractor(model, trainable_layers, returned_layers=returned, extra_blocks=extra_blocks)
+        body = _resnet_fpn_extractor(model, trainable_layers, returned_layers=returned, extra_blocks=extra_blocks)
+        if fpn_channels != 256:  # torchvision's helper always builds a 256-channel FPN
+            in_channels = [block[0].in_channels for block in body.fpn.inner_blocks]
+            body.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, extra_blocks=extra_blocks)
+            body.out_channels = fpn_channels
+        return body
     layer_ids = list(_MOBILENET_V2_LAYERS)[1:] if is_p3 else list(_MOBILENET_V2_LAYERS)
     features = model.features
     if trainable_layers is not None:
@@ -134,7 +144,7 @@ def _build_backbone(
         features,
         return_layers={str(index): str(position) for position, index in enumerate(layer_ids)},
         in_channels_list=[_MOBILENET_V2_LAYERS[index] for index in layer_ids],
-        out_channels=256,
+        out_channels=fpn_channels,
         extra_blocks=extra_blocks,
     )
 
@@ -153,6 +163,7 @@ def build_detector(
     anchor_scale: float = 1.0,
     frozen_batchnorm: bool | None = None,
     detector_kwargs: dict | None = None,
+    fpn_channels: int = 256,
 ) -> nn.Module:
     """Build a torchvision FPN detector by name, never downloading weights.
 
@@ -176,6 +187,8 @@ def build_detector(
             (torchvision's rule). Rebuilding a trained detector without its ImageNet file passes ``True``.
         detector_kwargs: more keyword arguments of the torchvision detector class, e.g.
             ``{"box_batch_size_per_image": 128}`` (JSON values only).
+        fpn_channels: channels of every FPN level (torchvision: 256); the RPN and box heads follow it, and G and D
+            must be built for it. Fewer channels make a CPU-sized detector (the FPN and RPN at P2 dominate its cost).
 
     Returns:
         The detector in train mode.
@@ -184,9 +197,13 @@ def build_detector(
         raise ValueError(f"detector must be one of {list(DETECTORS)}, got {detector!r}.")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2 (background + one class), got {num_classes}.")
+    if isinstance(fpn_channels, bool) or not isinstance(fpn_channels, int) or fpn_channels < 1:
+        raise ValueError(f"fpn_channels must be a positive integer (torchvision: 256), got {fpn_channels!r}.")
     if frozen_batchnorm is None:
         frozen_batchnorm = bool(backbone_weights)
-    body = _build_backbone(backbone, detector, backbone_weights, trainable_backbone_layers, frozen_batchnorm)
+    body = _build_backbone(
+        backbone, detector, backbone_weights, trainable_backbone_layers, frozen_batchnorm, fpn_channels
+    )
     kwargs: dict = {"min_size": min_size, "max_size": max_size, **(detector_kwargs or {})}
     if anchor_scale <= 0:
         raise ValueError(f"anchor_scale must be positive, got {anchor_scale!r}.")
@@ -230,6 +247,14 @@ def patch_generator(model: nn.Module, generator: nn.Module) -> nn.Module:
     """Put ``generator`` in place of every F.interpolate of the detector's FPN (one G shared), via ``patch_fpn``."""
     from ..patch import patch_fpn
 
+    fpn_channels = getattr(getattr(model, "backbone", None), "out_channels", None)
+    generator_channels = getattr(generator, "in_channels", None)
+    if fpn_channels is not None and generator_channels is not None and fpn_channels != generator_channels:
+        raise ValueError(
+            f"The generator takes {generator_channels}-channel features but the detector's FPN has {fpn_channels} "
+            "channels: train G for this FPN (fpn_channels in the stage-1 config) or build the detector with "
+            f"fpn_channels={generator_channels}."
+        )
     _, report = patch_fpn(model, upsampler=generator, share=True, strict=True)
     logger.info("patched the FPN: %s", report)
     return model
@@ -255,6 +280,7 @@ def load_trained_detector(directory: str | os.PathLike, device: torch.device | s
         anchor_scale=config.get("anchor_scale", 1.0),
         frozen_batchnorm=bool(config.get("backbone_weights")),
         detector_kwargs=config.get("detector_kwargs"),
+        fpn_channels=config.get("fpn_channels", 256),
     )
     if config.get("interpolation", "nearest") != "nearest":
         set_fpn_interpolation(detector, config["interpolation"])

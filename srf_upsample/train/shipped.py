@@ -48,7 +48,9 @@ def load_shipped_detector(name_or_dir: str | os.PathLike = DEFAULT_DETECTOR) -> 
     """
     folder = _folder(name_or_dir)
     spec = json.loads((folder / DETECTOR_SPEC_NAME).read_text())
-    model = build_detector(**{key: spec[key] for key in _SPEC_KEYS}, frozen_batchnorm=True)
+    model = build_detector(
+        **{key: spec[key] for key in _SPEC_KEYS}, fpn_channels=spec.get("fpn_channels", 256), frozen_batchnorm=True
+    )
     state = {key: value.float() for key, value in read_safetensors(folder / DETECTOR_WEIGHTS_NAME).items()}
     load_state_dict_strict(model, state, source=f"detector weights from {str(folder)!r}")
     return model.eval(), spec

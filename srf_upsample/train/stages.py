@@ -55,6 +55,7 @@ class TrainConfig:
     anchor_sizes: list[int] | None = None
     anchor_scale: float = 1.0  # multiplies every anchor size (R-CNNs); stage 2 halves them for its half-size images
     detector_kwargs: dict[str, Any] | None = None  # more arguments of the torchvision detector class
+    fpn_channels: int = 256  # channels of the FPN levels, and so of G's and D's input (torchvision: 256)
     levels: list[int] | None = None  # pyramid levels n_s..n_e; None: P2-P5 (R-CNNs) or P3-P5 (RetinaNet, FCOS)
     # generator G and discriminator D
     generator_variant: str = "paper"

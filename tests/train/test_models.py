@@ -2,7 +2,8 @@ import pytest
 import torch
 from torchvision import models
 
-from srf_upsample.train.models import build_detector, level_keys
+from srf_upsample import SRFUpsample
+from srf_upsample.train.models import build_detector, level_keys, patch_generator
 from srf_upsample.train.pyramid import extract_levels, prepare_batch
 
 
@@ -38,3 +39,24 @@ def test_half_size_batch_gives_exactly_half_size_levels():
             extract_levels(backbone, full, ["0", "1", "2"]), extract_levels(backbone, low, ["0", "1", "2"]), strict=True
         ):
             assert high.shape[-2:] == (2 * small.shape[-2], 2 * small.shape[-1])
+
+
+@pytest.mark.parametrize(
+    ("detector", "backbone", "keys"), [("fasterrcnn", "mobilenet_v2", 5), ("retinanet", "resnet18", 5)]
+)
+def test_fpn_channels_set_every_level_and_the_heads_follow(detector, backbone, keys):
+    model = build_detector(detector, backbone, 3, min_size=64, max_size=64, fpn_channels=16).eval()
+    with torch.no_grad():
+        levels = model.backbone(torch.rand(1, 3, 64, 64))
+        detections = model([torch.rand(3, 64, 64)])
+    assert len(levels) == keys and {level.shape[1] for level in levels.values()} == {16}
+    assert set(detections[0]) >= {"boxes", "scores", "labels"}
+    for bad in (0, -8, 1.5, True):
+        with pytest.raises(ValueError, match="fpn_channels must be a positive integer"):
+            build_detector(detector, backbone, 3, fpn_channels=bad)
+
+
+def test_generator_for_another_fpn_width_is_refused():
+    detector = build_detector("fasterrcnn", "resnet18", 3, fpn_channels=16)
+    with pytest.raises(ValueError, match="takes 8-channel features but the detector's FPN has 16 channels"):
+        patch_generator(detector, SRFUpsample(8, variant="lite"))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import TINY, data_args
 
+from srf_upsample import SRFUpsample
 from srf_upsample.train.checkpoint import read_jsonl
 from srf_upsample.train.cli import main, parse_config
 from srf_upsample.train.data import collate
@@ -149,3 +150,30 @@ def test_control_arms_bilinear_baseline_and_pretraining_without_generator(coco, 
                 ]
             )[0]
         )
+
+
+def test_narrow_fpn_runs_every_stage_and_reloads(coco, tmp_path, capsys):
+    # fpn_channels (the CPU profile of examples/deepforest uses 64): G, D, the heads and the reloaded detector follow.
+    data = data_args(coco)
+    narrow = [*TINY, "--max-iters", "1", "--set", "fpn_channels=16"]
+    assert main(["stage1", *data, *narrow, "--output-dir", str(tmp_path / "s1")]) == 0
+    assert SRFUpsample.from_pretrained(str(tmp_path / "s1" / "generator")).in_channels == 16
+    wide = [*TINY, "--max-iters", "1", "--init", str(tmp_path / "s1"), "--output-dir", str(tmp_path / "bad")]
+    assert main(["stage2", *data, *wide]) == 2
+    assert "judges 16-channel features but fpn_channels is 256" in capsys.readouterr().err
+    assert main(["stage2", *data, *narrow, "--init", str(tmp_path / "s1"), "--output-dir", str(tmp_path / "s2")]) == 0
+    evaluation = ["--eval-ann-file", str(coco[1]), "--eval-data-root", str(coco[0])]
+    stage3 = [
+        "stage3",
+        *data,
+        *narrow,
+        *evaluation,
+        "--init",
+        str(tmp_path / "s2"),
+        "--output-dir",
+        str(tmp_path / "s3"),
+    ]
+    assert main([*stage3, "--reuse", "extractor"]) == 0
+    detector, manifest = load_trained_detector(tmp_path / "s3")
+    assert manifest["config"]["fpn_channels"] == 16 and detector.backbone.out_channels == 16
+    assert read_jsonl(tmp_path / "s3" / "eval.jsonl")[-1]["step"] == 1
