@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare import prepare  # noqa: E402
 
+from srf_upsample.train.checkpoint import is_finished  # noqa: E402
 from srf_upsample.train.experiment import (  # noqa: E402
     load_experiment,
     markdown_table,
@@ -161,8 +162,10 @@ def experiment_values(
 
 
 def copy_small_outputs(work: Path, target: Path) -> None:
-    """Copy each run's manifest, logs and curve data (no weights) from ``work`` to ``target`` (committed)."""
+    """Copy each finished run's manifest, logs and curve data (no weights) from ``work`` to ``target`` (committed)."""
     for path in work.glob("seed*/*/*"):
+        if not is_finished(path.parent):
+            continue
         if path.name in ("manifest.json", "eval.jsonl", "log.jsonl", "metrics.json", "run_config.json"):
             destination = target / path.relative_to(work)
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -240,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize_only:
         # Rebuild the table from finished runs (e.g. the committed copies), without data or weights.
         values = json.loads((work / "experiment_config.json").read_text())
-        counts = json.loads((work / "results.json").read_text())["counts"]
+        # The data counts: from an earlier summary, or from the prepared data of a run still in progress.
+        summary_file = work / "results.json"
+        counts_file = summary_file if summary_file.is_file() else work / "data" / "counts.json"
+        counts = json.loads(counts_file.read_text())
+        counts = counts.get("counts", counts)
     else:
         data = work / "data"
         counts = prepare(data, args.cache_dir / "deepforest", args.fold)
