@@ -76,15 +76,17 @@ STAGE2 = {
 }
 # The CPU profile: what the budget asks for (one seed of every lite arm in about 90 minutes on 2 CPU cores).
 # The FPN and the RPN at P2 dominate this detector's cost, so the FPN is 64 channels wide instead of 256 (18 s ->
-# 5 s per step of 8 tiles here); the batch is halved (lr with it) and the run is about 15 epochs instead of 52 (the
-# H200 runs of A1 plateaued after about 18). D is 1/8 of the paper's width (64/128/128 for 512/1024/1024): at 1/4
-# (128/256/256) one stage-1 step takes 14 s. Same tiles, tile size, anchors, RoIs and evaluation as the GPU profile.
+# 5 s per step of 8 tiles here); the batch is halved (lr with it, so the same lr per image) over the GPU profile's
+# 400 iterations: 26 epochs, x0.1 after 18 (A1 on the GPU profile plateaued after 15-20 epochs; a first CPU try with
+# 240 iterations, x0.1 after 11 epochs, left A1 still rising). D is 1/8 of the paper's width (64/128/128 for
+# 512/1024/1024): at 1/4 (128/256/256) one stage-1 step takes 14 s. Same tiles, tile size, anchors, RoIs and
+# evaluation as the GPU profile.
 DETECTOR_CPU = {**DETECTOR, "fpn_channels": 64}
 SCHEDULE_CPU = {
-    "max_iters": 240,
+    "max_iters": 400,
     "lr": 0.005,
-    "milestones": [168, 216],
-    "warmup_iters": 24,
+    "milestones": [280, 360],
+    "warmup_iters": 40,
     "batch_size": 4,
     "eval_every": 20,
 }
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         default="gpu",
         choices=sorted(PROFILES),
         help="gpu: 256-channel FPN, 400 iterations of 8 tiles (minutes on a GPU, about 2 h per arm on 2 CPU "
-        "cores); cpu: 64-channel FPN, 240 iterations of 4 tiles (about 90 min per seed of the lite arms on 2 cores)",
+        "cores); cpu: 64-channel FPN, 400 iterations of 4 tiles (about 2.5 h per seed of the lite arms on 2 cores)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     parser.add_argument("--num-workers", type=int, default=0)
