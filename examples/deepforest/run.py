@@ -194,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few iterations per run (smoke test)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--variants", nargs="+", default=["lite", "paper"], choices=["lite", "paper"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=["lite", "paper"],
+        help="generator variants (default: lite and paper for --profile gpu, lite for --profile cpu)",
+    )
     parser.add_argument(
         "--paper-seeds",
         type=int,
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             data,
             weights,
             quick=args.quick,
-            variants=args.variants,
+            variants=args.variants or (["lite"] if args.profile == "cpu" else ["lite", "paper"]),
             paper_seeds=args.paper_seeds,
             run={"num_workers": args.num_workers, "device": args.device},
             arms=args.arms,
