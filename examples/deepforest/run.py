@@ -165,6 +165,8 @@ def experiment_values(
 
 def copy_small_outputs(work: Path, target: Path) -> None:
     """Copy each finished run's manifest, logs and curve data (no weights) from ``work`` to ``target`` (committed)."""
+    if work.resolve() == target.resolve():
+        return  # rebuilding the table from the committed copies
     for path in work.glob("seed*/*/*"):
         if not is_finished(path.parent):
             continue

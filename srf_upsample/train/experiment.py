@@ -378,8 +378,16 @@ def _arm_order(arm: str) -> tuple[int, str]:
     return (list(ARM_QUESTIONS).index(head) if head in ARM_QUESTIONS else 99, arm)
 
 
+def _cell(mean: float, sd: float, *, one_seed: bool, sign: bool = False) -> str:
+    value = f"{mean:+.1f}" if sign else f"{mean:.1f}"
+    return value if one_seed else f"{value} ± {sd:.1f}"
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
-    """The results table as Markdown: mean +- sd over seeds, and the paired AP difference to A1."""
+    """The results table as Markdown: mean +- sd over seeds, and the paired AP difference to A1 and B.
+
+    An arm with one seed shows its value alone: its spread is unknown, not zero.
+    """
     lines = [
         "| arm | seeds | " + " | ".join(METRICS) + " | AP - A1 (paired, mean ± sd) | AP - A1 per seed "
         "| AP - B (paired, mean ± sd) | AP - B per seed |",
@@ -387,10 +395,12 @@ def markdown_table(summary: dict[str, Any]) -> str:
     ]
     for arm in sorted(summary["table"], key=_arm_order):
         row = summary["table"][arm]
-        cells = [f"{row[name][0]:.1f} ± {row[name][1]:.1f}" for name in METRICS]
+        one_seed = len(row["seeds"]) == 1
+        cells = [_cell(*row[name], one_seed=one_seed) for name in METRICS]
         for reference in ("A1", "B"):
             paired = row.get(f"AP_minus_{reference}")
-            cells.append(f"{paired['mean_sd'][0]:+.1f} ± {paired['mean_sd'][1]:.1f}" if paired else "")
+            one_pair = bool(paired) and len(paired["per_seed"]) == 1
+            cells.append(_cell(*paired["mean_sd"], one_seed=one_pair, sign=True) if paired else "")
             cells.append(", ".join(f"{v:+.1f}" for v in paired["per_seed"].values()) if paired else "")
         lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     not_run = summary.get("not_run") or {}

@@ -91,6 +91,10 @@ def test_table_pairs_seeds_and_lists_what_did_not_run(tmp_path):
     assert summary["not_run"]["C"] == [0, 1, 2]
     text = markdown_table(summary)
     assert "| A2-lite | 3 |" in text and "Planned but not finished" in text and "A5-lite (seeds 0, 1, 2)" in text
+    assert "| A1 | 3 | 20.0 ± 10.0 |" in text
+    one_seed = markdown_table(summarize([job for job in jobs.values() if job.seed == 0], config))
+    assert "| A2-lite | 1 | 22.0 | 22.0 |" in one_seed and "+2.0 | +2.0 |" in one_seed
+    assert "±" not in one_seed.split("\n", 2)[2]
     # A run trained on another schedule is refused, not averaged in.
     _finish(jobs["seed0/C"], [(4, 0.5)], schedule={**SCHEDULE, "lr": 0.02})
     with pytest.raises(ValueError, match="another schedule"):
