@@ -164,19 +164,24 @@ def experiment_values(
 
 
 def copy_small_outputs(work: Path, target: Path) -> None:
-    """Copy each finished run's manifest, logs and curve data (no weights) from ``work`` to ``target`` (committed)."""
+    """Copy each finished run's manifest, logs and curve data (no weights) from ``work`` to ``target`` (committed).
+
+    Paths inside this checkout are written relative to it, so the copies do not carry the machine's folders.
+    """
     if work.resolve() == target.resolve():
         return  # rebuilding the table from the committed copies
-    for path in work.glob("seed*/*/*"):
-        if not is_finished(path.parent):
+    small = ("manifest.json", "eval.jsonl", "log.jsonl", "metrics.json", "run_config.json")
+    sources = [path for path in work.glob("seed*/*/*") if path.name in small and is_finished(path.parent)]
+    sources += [work / name for name in ("results.json", "results.md", "experiment_config.json")]
+    for path in sources:
+        if not path.is_file():
             continue
-        if path.name in ("manifest.json", "eval.jsonl", "log.jsonl", "metrics.json", "run_config.json"):
-            destination = target / path.relative_to(work)
-            destination.parent.mkdir(parents=True, exist_ok=True)
+        destination = target / path.relative_to(work)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".json":
+            destination.write_text(path.read_text().replace(f"{REPO}/", ""))
+        else:
             shutil.copyfile(path, destination)
-    for name in ("results.json", "results.md", "experiment_config.json"):
-        if (work / name).is_file():
-            shutil.copyfile(work / name, target / name)
 
 
 def write_results_section(text: str, name: str) -> None:
