@@ -430,7 +430,8 @@ def plot_curves(summary: dict[str, Any], path: str | os.PathLike, title: str = "
         mean = [statistics.mean(r[s] for r in rows if s in r) for s in steps]
         low = [min(r[s] for r in rows if s in r) for s in steps]
         high = [max(r[s] for r in rows if s in r) for s in steps]
-        (line,) = ax.plot(steps, mean, marker="o", markersize=2.5, label=f"{arm} ({len(runs)} seeds)")
+        label = f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+        (line,) = ax.plot(steps, mean, marker="o", markersize=2.5, label=label)
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.12)
     ax.set_xlabel("iteration")
     ax.set_ylabel("validation AP (COCO, x100)")
