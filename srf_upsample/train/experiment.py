@@ -361,7 +361,8 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         row: dict[str, Any] = {"seeds": sorted(seeds)}
         for name in METRICS:
             row[name] = _mean_sd([seeds[s][name] for s in sorted(seeds)])
-        for reference in ("A1", "B"):
+        # C had A5's stage-2 pre-training without G: A5 - C is what G adds.
+        for reference in ("A1", "B", "C") if arm.startswith("A5-") else ("A1", "B"):
             paired = {
                 s: seeds[s]["AP"] - per_seed[reference][s]["AP"]
                 for s in sorted(seeds)
@@ -384,7 +385,7 @@ def _cell(mean: float, sd: float, *, one_seed: bool, sign: bool = False) -> str:
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    """The results table as Markdown: mean +- sd over seeds, and the paired AP difference to A1 and B.
+    """The results table as Markdown: mean +- sd over seeds, the paired AP difference to A1 and B, and A5's to C.
 
     An arm with one seed shows its value alone: its spread is unknown, not zero.
     """
@@ -403,6 +404,15 @@ def markdown_table(summary: dict[str, Any]) -> str:
             cells.append(_cell(*paired["mean_sd"], one_seed=one_pair, sign=True) if paired else "")
             cells.append(", ".join(f"{v:+.1f}" for v in paired["per_seed"].values()) if paired else "")
         lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    against_c = {arm: row["AP_minus_C"] for arm, row in summary["table"].items() if "AP_minus_C" in row}
+    if against_c:
+        paired_text = "; ".join(
+            f"{arm} {_cell(*paired['mean_sd'], one_seed=len(paired['per_seed']) == 1, sign=True)} (per seed "
+            + ", ".join(f"{v:+.1f}" for v in paired["per_seed"].values())
+            + ")"
+            for arm, paired in sorted(against_c.items(), key=lambda item: _arm_order(item[0]))
+        )
+        lines += ["", f"AP - C, paired (what G adds to the same stage-2 pre-training): {paired_text}."]
     not_run = summary.get("not_run") or {}
     if not_run:
         listed = "; ".join(

@@ -99,3 +99,19 @@ def test_table_pairs_seeds_and_lists_what_did_not_run(tmp_path):
     _finish(jobs["seed0/C"], [(4, 0.5)], schedule={**SCHEDULE, "lr": 0.02})
     with pytest.raises(ValueError, match="another schedule"):
         summarize(list(jobs.values()), config)
+
+
+def test_a5_is_paired_with_c_the_same_pre_training_without_g(tmp_path):
+    config = _config(variants=["lite"], variant_seeds={})
+    jobs = {job.name: job for job in plan_jobs(config, [0, 1], tmp_path)}
+    finals = {"A1": [0.20, 0.10], "C": [0.22, 0.14], "A5-lite": [0.25, 0.13]}
+    for arm, values in finals.items():
+        for seed, ap in enumerate(values):
+            _finish(jobs[f"seed{seed}/{arm}"], [(4, ap)])
+    summary = summarize(list(jobs.values()), config)
+    assert summary["table"]["A5-lite"]["AP_minus_C"]["per_seed"] == pytest.approx({0: 3.0, 1: -1.0})
+    assert "AP_minus_C" not in summary["table"]["C"] and "AP_minus_C" not in summary["table"]["A1"]
+    assert (
+        "AP - C, paired (what G adds to the same stage-2 pre-training): A5-lite +1.0 ± 2.8 (per seed +3.0, -1.0)."
+        in (markdown_table(summary))
+    )
