@@ -4,7 +4,6 @@ on AP values (a few iterations)."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,27 +89,24 @@ def test_quick_protocol_runs_every_arm_and_leaves_committed_results_alone(tmp_pa
     assert after.stdout == before.stdout  # a quick run never touches the committed results
 
 
-def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path):
+def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path, monkeypatch):
     sys.path.insert(0, str(REPO / "examples" / "deepforest"))
     try:
         import run as deepforest_run
     finally:
         sys.path.remove(str(REPO / "examples" / "deepforest"))
-    work, target = REPO / "runs" / "_copy_test", tmp_path / "committed"
-    try:
-        for name, finished in (("A1", True), ("B", False)):
-            folder = work / "seed0" / name
-            folder.mkdir(parents=True)
-            config = {"output_dir": str(folder), "finished": finished}
-            (folder / "manifest.json").write_text(json.dumps(config))
-            (folder / "checkpoint.safetensors").write_bytes(b"weights stay out of git")
-            (folder / "eval.jsonl").write_text('{"step": 1}\n')
-        (work / "results.md").write_text("table\n")
-        deepforest_run.copy_small_outputs(work, target)
-    finally:
-        shutil.rmtree(work)
+    monkeypatch.setattr(deepforest_run, "REPO", tmp_path)  # the checkout whose paths become relative
+    work, target = tmp_path / "runs" / "grid", tmp_path / "committed"
+    for name, finished in (("A1", True), ("B", False)):
+        folder = work / "seed0" / name
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(json.dumps({"output_dir": str(folder), "finished": finished}))
+        (folder / "checkpoint.safetensors").write_bytes(b"weights stay out of git")
+        (folder / "eval.jsonl").write_text('{"step": 1}\n')
+    (work / "results.md").write_text("table\n")
+    deepforest_run.copy_small_outputs(work, target)
     copied = sorted(str(path.relative_to(target)) for path in target.rglob("*") if path.is_file())
     assert copied == ["results.md", "seed0/A1/eval.jsonl", "seed0/A1/manifest.json"]
-    assert json.loads((target / "seed0/A1/manifest.json").read_text())["output_dir"] == "runs/_copy_test/seed0/A1"
+    assert json.loads((target / "seed0/A1/manifest.json").read_text())["output_dir"] == "runs/grid/seed0/A1"
     deepforest_run.copy_small_outputs(target, target)  # rebuilding from the committed copies changes nothing
     assert (target / "results.md").read_text() == "table\n"

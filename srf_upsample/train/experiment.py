@@ -384,6 +384,12 @@ def _cell(mean: float, sd: float, *, one_seed: bool, sign: bool = False) -> str:
     return value if one_seed else f"{value} ± {sd:.1f}"
 
 
+def _paired_cells(paired: dict[str, Any]) -> tuple[str, str]:
+    """A paired difference as (mean ± sd, per-seed values); one seed shows its value alone."""
+    mean_sd = _cell(*paired["mean_sd"], one_seed=len(paired["per_seed"]) == 1, sign=True)
+    return mean_sd, ", ".join(f"{v:+.1f}" for v in paired["per_seed"].values())
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     """The results table as Markdown: mean +- sd over seeds, the paired AP difference to A1 and B, and A5's to C.
 
@@ -400,16 +406,12 @@ def markdown_table(summary: dict[str, Any]) -> str:
         cells = [_cell(*row[name], one_seed=one_seed) for name in METRICS]
         for reference in ("A1", "B"):
             paired = row.get(f"AP_minus_{reference}")
-            one_pair = bool(paired) and len(paired["per_seed"]) == 1
-            cells.append(_cell(*paired["mean_sd"], one_seed=one_pair, sign=True) if paired else "")
-            cells.append(", ".join(f"{v:+.1f}" for v in paired["per_seed"].values()) if paired else "")
+            cells.extend(_paired_cells(paired) if paired else ("", ""))
         lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     against_c = {arm: row["AP_minus_C"] for arm, row in summary["table"].items() if "AP_minus_C" in row}
     if against_c:
         paired_text = "; ".join(
-            f"{arm} {_cell(*paired['mean_sd'], one_seed=len(paired['per_seed']) == 1, sign=True)} (per seed "
-            + ", ".join(f"{v:+.1f}" for v in paired["per_seed"].values())
-            + ")"
+            "{} {} (per seed {})".format(arm, *_paired_cells(paired))
             for arm, paired in sorted(against_c.items(), key=lambda item: _arm_order(item[0]))
         )
         lines += ["", f"AP - C, paired (what G adds to the same stage-2 pre-training): {paired_text}."]
