@@ -85,6 +85,10 @@ def test_quick_protocol_runs_every_arm_and_leaves_committed_results_alone(tmp_pa
     final = json.loads((seed / "C" / "eval.jsonl").read_text().splitlines()[-1])["bbox"]["AP"]
     assert results["table"]["C"]["AP"][0] == pytest.approx(100 * final)
     assert "| A5-lite | 1 |" in (work / "results.md").read_text()
+    compute = results["compute_minutes"]["0"]  # every finished run's logged steps and validation time
+    assert set(compute) == set(runs) and all(run["steps"] > 0 for run in compute.values())
+    assert compute["A1"]["validation"] > 0 and compute["stage1-lite"]["validation"] == 0
+    assert "Compute, summed over each seed's finished runs" in (work / "results.md").read_text()
     after = subprocess.run(["git", "status", "--porcelain", "--", *tracked], cwd=REPO, capture_output=True, text=True)
     assert after.stdout == before.stdout  # a quick run never touches the committed results
 

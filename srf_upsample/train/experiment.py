@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import EVAL_LOG_NAME, MANIFEST_NAME, is_finished, read_jsonl, write_json
+from .checkpoint import EVAL_LOG_NAME, LOG_NAME, MANIFEST_NAME, is_finished, read_jsonl, write_json
 
 __all__ = [
     "ARM_QUESTIONS",
@@ -325,6 +325,19 @@ def _final_metrics(output_dir: Path, max_iters: int) -> dict[str, float] | None:
     return records[-1]["bbox"] if records else None
 
 
+def _compute_minutes(output_dir: Path) -> dict[str, float | None]:
+    """Logged time of a finished run, in minutes: training steps (data loading included) and validation.
+
+    Steps lost to an interruption are not counted (a resumed run's logs are cut back to its checkpoint). Validation
+    is ``None`` where ``eval.jsonl`` predates its ``seconds`` field; a run without validation has 0.
+    """
+    steps = sum(record["time"] for record in read_jsonl(output_dir / LOG_NAME)) / 60
+    evals = read_jsonl(output_dir / EVAL_LOG_NAME) if (output_dir / EVAL_LOG_NAME).is_file() else []
+    if any("seconds" not in record for record in evals):
+        return {"steps": steps, "validation": None}
+    return {"steps": steps, "validation": sum(record["seconds"] for record in evals) / 60}
+
+
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -339,7 +352,10 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
     per_seed: dict[str, dict[int, dict[str, float]]] = {}
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {}
     missing: dict[str, list[int]] = {}
+    compute: dict[int, dict[str, dict[str, float | None]]] = {}
     for job in jobs:
+        if is_finished(job.output_dir) and (job.output_dir / LOG_NAME).is_file():
+            compute.setdefault(job.seed, {})[job.name.split("/", 1)[1]] = _compute_minutes(job.output_dir)
         if job.arm is None:
             continue
         if not is_finished(job.output_dir):
@@ -371,7 +387,14 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
             if arm not in ("A1", reference) and paired:
                 row[f"AP_minus_{reference}"] = {"per_seed": paired, "mean_sd": _mean_sd(list(paired.values()))}
         table[arm] = row
-    return {"schedule": schedule, "per_seed": per_seed, "table": table, "curves": curves, "not_run": missing}
+    return {
+        "schedule": schedule,
+        "per_seed": per_seed,
+        "table": table,
+        "curves": curves,
+        "not_run": missing,
+        "compute_minutes": compute,
+    }
 
 
 def _arm_order(arm: str) -> tuple[int, str]:
@@ -388,6 +411,24 @@ def _paired_cells(paired: dict[str, Any]) -> tuple[str, str]:
     """A paired difference as (mean ± sd, per-seed values); one seed shows its value alone."""
     mean_sd = _cell(*paired["mean_sd"], one_seed=len(paired["per_seed"]) == 1, sign=True)
     return mean_sd, ", ".join(f"{v:+.1f}" for v in paired["per_seed"].values())
+
+
+def _compute_line(compute: dict[int, dict[str, dict[str, float | None]]]) -> str:
+    """One sentence: each seed's logged minutes over its finished runs (one process each; parallel runs overlap)."""
+    parts = []
+    for seed in sorted(compute):
+        runs = compute[seed]
+        steps = sum(run["steps"] for run in runs.values())
+        validation = [run["validation"] for run in runs.values()]
+        if None in validation:
+            text = f"{steps:.0f} min of training steps (validation time not logged)"
+        else:
+            total = steps + sum(validation)
+            text = f"{total:.0f} min ({steps:.0f} training steps + {sum(validation):.0f} validation)"
+        parts.append(f"seed {seed}: {text} over {len(runs)} runs")
+    if not parts:
+        return ""
+    return "Compute, summed over each seed's finished runs (one process per run): " + "; ".join(parts) + "."
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -415,6 +456,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
             for arm, paired in sorted(against_c.items(), key=lambda item: _arm_order(item[0]))
         )
         lines += ["", f"AP - C, paired (what G adds to the same stage-2 pre-training): {paired_text}."]
+    compute_line = _compute_line(summary.get("compute_minutes") or {})
+    if compute_line:
+        lines += ["", compute_line]
     not_run = summary.get("not_run") or {}
     if not_run:
         listed = "; ".join(

@@ -542,6 +542,7 @@ class _Trainer:
         from .evaluate import evaluate_detector
 
         config = self.config
+        started = time.perf_counter()
         metrics = evaluate_detector(
             self.modules["detector"],
             config.eval_data_root or config.data_root,
@@ -554,7 +555,8 @@ class _Trainer:
             quiet=True,
         )
         with open(self.output_dir / EVAL_LOG_NAME, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+            record = {"step": step, **metrics, "seconds": round(time.perf_counter() - started, 2)}
+            f.write(json.dumps(record) + "\n")
         return metrics
 
     def _evaluates(self) -> bool:

@@ -115,3 +115,26 @@ def test_a5_is_paired_with_c_the_same_pre_training_without_g(tmp_path):
         "AP - C, paired (what G adds to the same stage-2 pre-training): A5-lite +1.0 ± 2.8 (per seed +3.0, -1.0)."
         in (markdown_table(summary))
     )
+
+
+def test_compute_line_sums_logged_step_and_validation_time(tmp_path):
+    config = _config(variants=["lite"], variant_seeds={}, arms=["A1", "B"])
+    jobs = {job.name: job for job in plan_jobs(config, [0], tmp_path)}
+    for name, step_seconds, eval_seconds in (("A1", [30.0, 90.0], [6.0, 54.0]), ("B", [60.0, 60.0], [60.0])):
+        job = jobs[f"seed0/{name}"]
+        _finish(job, [(4, 0.2)])
+        log = "".join(json.dumps({"step": i + 1, "time": t}) + "\n" for i, t in enumerate(step_seconds))
+        (job.output_dir / "log.jsonl").write_text(log)
+        bbox = dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm"), 0.2)
+        evals = [
+            {"step": 4 - 2 * (len(eval_seconds) - 1 - i), "bbox": bbox, "seconds": t}
+            for i, t in enumerate(eval_seconds)
+        ]
+        (job.output_dir / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    summary = summarize(list(jobs.values()), config)
+    assert summary["compute_minutes"][0]["A1"] == {"steps": pytest.approx(2.0), "validation": pytest.approx(1.0)}
+    assert "seed 0: 6 min (4 training steps + 2 validation) over 2 runs" in markdown_table(summary)
+    # Logs from before validation was timed: the line says so instead of counting it as zero.
+    _finish(jobs["seed0/B"], [(4, 0.2)])
+    text = markdown_table(summarize(list(jobs.values()), config))
+    assert "seed 0: 4 min of training steps (validation time not logged) over 2 runs" in text
