@@ -331,6 +331,9 @@ class _Trainer:
         if manifest_path.is_file():
             read_manifest(self.output_dir, (self.config.stage,))
         if not (self.config.resume and self._checkpoint_exists()):
+            if self.is_main:  # a run that starts over keeps no records of an attempt that died before a checkpoint
+                truncate_jsonl(self.output_dir / LOG_NAME, 0)
+                truncate_jsonl(self.output_dir / EVAL_LOG_NAME, 0)
             return
         state = read_safetensors(self.output_dir / CHECKPOINT_NAME)
         load_prefixed(self.modules, state, str(self.output_dir))

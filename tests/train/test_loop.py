@@ -130,6 +130,12 @@ def test_killed_run_resumes_to_the_same_result(stage_dirs, coco, tmp_path):
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
     steps = [json.loads(line)["step"] for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+    # A run that dies before its first checkpoint starts over: its log keeps no records of the dead attempt.
+    for name in ("checkpoint.safetensors", "trainer_state.pt"):
+        (tmp_path / "b" / name).unlink()
+    assert main([*common, "--output-dir", str(tmp_path / "b")]) == 0
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
 
 
 def test_adversarial_gradient_reaches_the_generator():
