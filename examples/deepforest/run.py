@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         default="gpu",
         choices=sorted(PROFILES),
         help="gpu: 256-channel FPN, 400 iterations of 8 tiles (minutes on a GPU, about 2 h per arm on 2 CPU "
-        "cores); cpu: 64-channel FPN, 400 iterations of 4 tiles (about 95 min per seed of the lite arms on 2 cores)",
+        "cores); cpu: 64-channel FPN, 400 iterations of 4 tiles (about 97 min per seed of the lite arms on 2 cores)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     parser.add_argument("--num-workers", type=int, default=0)
