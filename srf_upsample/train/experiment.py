@@ -346,7 +346,8 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
     """The results table: per arm, mean +- sd over seeds of each metric, paired differences and validation curves.
 
     Metrics are in AP points (x100); the paired differences are to A1 and to B, per seed. Checks that every target
-    run trained on the one schedule (a ValueError otherwise); arms planned but not finished are listed.
+    run trained on the one schedule (a ValueError otherwise); arms planned but not finished are listed, and every
+    finished run's logged minutes (training steps, validation) are kept per seed (``compute_minutes``).
     """
     schedule = config.schedule.values()
     per_seed: dict[str, dict[int, dict[str, float]]] = {}
