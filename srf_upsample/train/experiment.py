@@ -332,7 +332,7 @@ def _compute_minutes(output_dir: Path) -> dict[str, float | None]:
     is ``None`` where ``eval.jsonl`` predates its ``seconds`` field; a run without validation has 0.
     """
     steps = sum(record["time"] for record in read_jsonl(output_dir / LOG_NAME)) / 60
-    evals = read_jsonl(output_dir / EVAL_LOG_NAME) if (output_dir / EVAL_LOG_NAME).is_file() else []
+    evals = read_jsonl(output_dir / EVAL_LOG_NAME)
     if any("seconds" not in record for record in evals):
         return {"steps": steps, "validation": None}
     return {"steps": steps, "validation": sum(record["seconds"] for record in evals) / 60}
@@ -355,11 +355,12 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
     missing: dict[str, list[int]] = {}
     compute: dict[int, dict[str, dict[str, float | None]]] = {}
     for job in jobs:
-        if is_finished(job.output_dir) and (job.output_dir / LOG_NAME).is_file():
+        finished = is_finished(job.output_dir)
+        if finished and (job.output_dir / LOG_NAME).is_file():
             compute.setdefault(job.seed, {})[job.name.split("/", 1)[1]] = _compute_minutes(job.output_dir)
         if job.arm is None:
             continue
-        if not is_finished(job.output_dir):
+        if not finished:
             missing.setdefault(job.arm, []).append(job.seed)
             continue
         saved = json.loads((job.output_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["config"]
