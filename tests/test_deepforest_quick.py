@@ -114,3 +114,21 @@ def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path
     assert json.loads((target / "seed0/A1/manifest.json").read_text())["output_dir"] == "runs/grid/seed0/A1"
     deepforest_run.copy_small_outputs(target, target)  # rebuilding from the committed copies changes nothing
     assert (target / "results.md").read_text() == "table\n"
+
+
+def test_pooled_folds_read_committed_results_and_name_a_missing_fold(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "examples" / "deepforest"))
+    try:
+        import run as deepforest_run
+    finally:
+        sys.path.remove(str(REPO / "examples" / "deepforest"))
+    monkeypatch.setattr(deepforest_run, "RESULTS_DIR", tmp_path)
+    for fold, aps in ((0, {"A1": [18.0, 19.0], "B": [18.5, 18.0]}), (1, {"A1": [14.0], "B": [15.0]})):
+        per_seed = {arm: {str(s): {"AP": ap} for s, ap in enumerate(v)} for arm, v in aps.items()}
+        (tmp_path / f"cpu_fold{fold}").mkdir()
+        (tmp_path / f"cpu_fold{fold}" / "results.json").write_text(json.dumps({"per_seed": per_seed}))
+    assert deepforest_run.main(["--profile", "cpu", "--pool-folds", "0", "1"]) == 0
+    assert "| B | A1 | 3 | +0.2 ± 1.0 | 2 of 3 | -0.2 ± 1.1 (+0.5, -1.0) | +1.0 (+1.0) |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        deepforest_run.main(["--profile", "gpu", "--pool-folds", "0"])
+    assert "no committed results for fold 0 of the gpu profile" in capsys.readouterr().err

