@@ -93,12 +93,18 @@ def test_quick_protocol_runs_every_arm_and_leaves_committed_results_alone(tmp_pa
     assert after.stdout == before.stdout  # a quick run never touches the committed results
 
 
-def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path, monkeypatch):
+@pytest.fixture
+def deepforest_run():
+    """``examples/deepforest/run.py`` as a module."""
     sys.path.insert(0, str(REPO / "examples" / "deepforest"))
     try:
-        import run as deepforest_run
+        import run
     finally:
         sys.path.remove(str(REPO / "examples" / "deepforest"))
+    return run
+
+
+def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path, monkeypatch, deepforest_run):
     monkeypatch.setattr(deepforest_run, "REPO", tmp_path)  # the checkout whose paths become relative
     work, target = tmp_path / "runs" / "grid", tmp_path / "committed"
     for name, finished in (("A1", True), ("B", False)):
@@ -116,12 +122,7 @@ def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path
     assert (target / "results.md").read_text() == "table\n"
 
 
-def test_pooled_folds_read_committed_results_and_name_a_missing_fold(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(REPO / "examples" / "deepforest"))
-    try:
-        import run as deepforest_run
-    finally:
-        sys.path.remove(str(REPO / "examples" / "deepforest"))
+def test_pooled_folds_read_committed_results_and_name_a_missing_fold(tmp_path, monkeypatch, capsys, deepforest_run):
     monkeypatch.setattr(deepforest_run, "RESULTS_DIR", tmp_path)
     for fold, aps in ((0, {"A1": [18.0, 19.0], "B": [18.5, 18.0]}), (1, {"A1": [14.0], "B": [15.0]})):
         per_seed = {arm: {str(s): {"AP": ap} for s, ap in enumerate(v)} for arm, v in aps.items()}

@@ -344,6 +344,20 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _paired_differences(ap: dict[str, dict[int, float]]) -> dict[str, dict[str, dict[int, float]]]:
+    """Per arm and reference (A1, B; and C for A5 arms), the AP difference of each seed both finished."""
+    differences: dict[str, dict[str, dict[int, float]]] = {}
+    for arm, seeds in ap.items():
+        # C had A5's stage-2 pre-training without G: A5 - C is what G adds.
+        for reference in ("A1", "B", "C") if arm.startswith("A5-") else ("A1", "B"):
+            if arm in ("A1", reference):
+                continue
+            paired = {s: seeds[s] - ap[reference][s] for s in sorted(seeds) if s in ap.get(reference, {})}
+            if paired:
+                differences.setdefault(arm, {})[reference] = paired
+    return differences
+
+
 def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
     """The results table: per arm, mean +- sd over seeds of each metric, paired differences and validation curves.
 
@@ -376,20 +390,14 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         curves.setdefault(job.arm, {})[job.seed] = [
             (r["step"], 100 * r["bbox"]["AP"]) for r in read_jsonl(job.output_dir / EVAL_LOG_NAME)
         ]
+    differences = _paired_differences({arm: {s: m["AP"] for s, m in seeds.items()} for arm, seeds in per_seed.items()})
     table: dict[str, Any] = {}
     for arm, seeds in per_seed.items():
         row: dict[str, Any] = {"seeds": sorted(seeds)}
         for name in METRICS:
             row[name] = _mean_sd([seeds[s][name] for s in sorted(seeds)])
-        # C had A5's stage-2 pre-training without G: A5 - C is what G adds.
-        for reference in ("A1", "B", "C") if arm.startswith("A5-") else ("A1", "B"):
-            paired = {
-                s: seeds[s]["AP"] - per_seed[reference][s]["AP"]
-                for s in sorted(seeds)
-                if s in per_seed.get(reference, {})
-            }
-            if arm not in ("A1", reference) and paired:
-                row[f"AP_minus_{reference}"] = {"per_seed": paired, "mean_sd": _mean_sd(list(paired.values()))}
+        for reference, paired in differences.get(arm, {}).items():
+            row[f"AP_minus_{reference}"] = {"per_seed": paired, "mean_sd": _mean_sd(list(paired.values()))}
         table[arm] = row
     return {
         "schedule": schedule,
@@ -487,14 +495,10 @@ def pool_paired(summaries: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, 
     pooled: dict[str, dict[str, Any]] = {}
     for label, summary in summaries.items():
         per_seed = {arm: {int(s): m["AP"] for s, m in seeds.items()} for arm, seeds in summary["per_seed"].items()}
-        for arm, seeds in per_seed.items():
-            for reference in ("A1", "B", "C") if arm.startswith("A5-") else ("A1", "B"):
-                if arm in ("A1", reference) or reference not in per_seed:
-                    continue
-                pairs = {s: ap - per_seed[reference][s] for s, ap in sorted(seeds.items()) if s in per_seed[reference]}
-                if pairs:
-                    entry = pooled.setdefault(arm, {}).setdefault(f"AP_minus_{reference}", {"pairs": {}})
-                    entry["pairs"][label] = pairs
+        for arm, references in _paired_differences(per_seed).items():
+            for reference, pairs in references.items():
+                entry = pooled.setdefault(arm, {}).setdefault(f"AP_minus_{reference}", {"pairs": {}})
+                entry["pairs"][label] = pairs
     for rows in pooled.values():
         for entry in rows.values():
             values = [diff for pairs in entry["pairs"].values() for diff in pairs.values()]
