@@ -15,6 +15,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import _common  # noqa: E402
 import bench_backbone_fpn  # noqa: E402
 import bench_detectors  # noqa: E402
+import bench_generator_train_step  # noqa: E402
 import bench_upsamplers  # noqa: E402
 
 
@@ -145,3 +146,13 @@ def test_bench_backbone_fpn_quick_writes_its_table(tmp_path: Path) -> None:
     assert "machine load, measured by the script" in text
     labels = [row[0] for row in _table_rows(text)[1:]]
     assert labels == ["unpatched", "lite (reference pass)", "lite", "paper"]
+
+
+def test_bench_generator_train_step_quick_writes_its_table(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    assert bench_generator_train_step.main(["--quick", "--results", str(path)]) == 0
+    text = path.read_text()
+    assert "<!-- generator-train-step:start -->" in text and "QUICK MODE" in text
+    rows = _table_rows(text)[1:]
+    assert [row[0] for row in rows] == ["lite", "paper, body 8", "paper, body 16"]
+    assert rows[0][3] == "1.0"  # lite against itself

@@ -100,9 +100,20 @@ STAGE1_CPU = {
     "discriminator_hidden_channels": [64, 128, 128],
 }
 STAGE2_CPU = {**STAGE2, "max_iters": 150, "lr": 0.005, "milestones": [120], "warmup_iters": 15, "batch_size": 4}
+# The paper generator at the CPU profile's FPN width: the paper's G is as wide as its FPN (C = 256, section 3.2);
+# here C = 64, so its body is 64 wide too (5 residual blocks, 6x6 deconvolution: 0.59 M parameters). At its default
+# 256 it would be 4x wider than the features it upsamples, and its forward + backward over 4 tiles would take
+# 18.6 s on one core against 1.5 s at 64 (`benchmarks/bench_generator_train_step.py`), next to a 3 s detector step.
+GENERATOR_CPU = {"paper": {"generator_hidden_channels": 64}}
 PROFILES = {
     "gpu": {"schedule": SCHEDULE, "stage1": STAGE1, "stage2": STAGE2, "detector": DETECTOR},
-    "cpu": {"schedule": SCHEDULE_CPU, "stage1": STAGE1_CPU, "stage2": STAGE2_CPU, "detector": DETECTOR_CPU},
+    "cpu": {
+        "schedule": SCHEDULE_CPU,
+        "stage1": STAGE1_CPU,
+        "stage2": STAGE2_CPU,
+        "detector": DETECTOR_CPU,
+        "variant_generator": GENERATOR_CPU,
+    },
 }
 QUICK = {
     "schedule": {"max_iters": 2, "lr": 0.005, "milestones": [1], "warmup_iters": 0, "batch_size": 2, "eval_every": 1},
@@ -116,6 +127,11 @@ QUICK = {
     "stage2": {**STAGE2, "max_iters": 1, "milestones": [1], "warmup_iters": 0, "batch_size": 2},
     "detector": {**DETECTOR, "min_size": 160, "max_size": 160},
 }
+
+
+def default_variants(profile: str) -> list[str]:
+    """The generator variants a profile trains unless --variants says otherwise."""
+    return ["lite"] if profile == "cpu" else ["lite", "paper"]
 
 
 def fetch_mobilenet_weights(cache_dir: Path) -> Path:
@@ -161,6 +177,7 @@ def experiment_values(
         "variants": variants,
         "arms": arms or ["A1", "B", "A5", "C", "A2", "A5g"],
         "variant_seeds": {"paper": paper_seeds} if paper_seeds is not None else {},
+        "variant_generator": chosen.get("variant_generator", {}),
         "run": {"checkpoint_every": 1 if quick else 100, "quiet": True, **run},
     }
 
@@ -310,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             data,
             weights,
             quick=args.quick,
-            variants=args.variants or (["lite"] if args.profile == "cpu" else ["lite", "paper"]),
+            variants=args.variants or default_variants(args.profile),
             paper_seeds=args.paper_seeds,
             run={"num_workers": args.num_workers, "device": args.device},
             arms=args.arms,
@@ -325,8 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     (work / "results.json").write_text(json.dumps(summary, indent=2))
     command = "python examples/deepforest/run.py" + (f" --profile {args.profile}" if prefix else "")
     command += f" --fold {args.fold}" if args.fold else ""
-    if args.paper_seeds is not None:
-        command += " --paper-seeds " + " ".join(map(str, args.paper_seeds))
+    if config.variants != default_variants(args.profile):
+        command += " --variants " + " ".join(config.variants)
+    if "paper" in config.variant_seeds:
+        command += " --paper-seeds " + " ".join(map(str, config.variant_seeds["paper"]))
     header = (
         f"Command: `{command}` (seeds {seeds}; fold {args.fold}: {counts['train']['tiles']} train tiles, "
         f"{counts['val']['tiles']} validation tiles with {counts['val']['boxes']} boxes). Every target detector: "

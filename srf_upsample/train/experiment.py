@@ -110,6 +110,8 @@ class ExperimentConfig:
         variants: generator variants of the SRF arms.
         arms: the arms to run (``A1``, ``B``, ``A2``, ``A5``, ``A5g``, ``C``).
         variant_seeds: restrict a variant to some seeds, e.g. ``{"paper": [0]}`` when the budget is short.
+        variant_generator: a variant's generator settings (stage-1 trainer keys starting with ``generator_``),
+            e.g. ``{"paper": {"generator_hidden_channels": 64}}``; stages 2 and 3 load G as stage 1 saved it.
         run: settings of every run that do not change what is learned (``device``, ``num_workers``, ``amp``,
             ``checkpoint_every``, ``quiet``).
     """
@@ -125,6 +127,7 @@ class ExperimentConfig:
     variants: list[str] = field(default_factory=lambda: ["lite", "paper"])
     arms: list[str] = field(default_factory=lambda: ["A1", "B", "A5", "C", "A2", "A5g"])
     variant_seeds: dict[str, list[int]] = field(default_factory=dict)
+    variant_generator: dict[str, dict[str, Any]] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +153,15 @@ def load_experiment(source: str | os.PathLike | dict[str, Any]) -> ExperimentCon
     bad_variants = sorted(set(config.variants) - {"lite", "paper"})
     if bad_variants:
         raise ValueError(f"Unknown generator variants {bad_variants}; choose from ['lite', 'paper'].")
+    for variant, settings in config.variant_generator.items():
+        if variant not in ("lite", "paper"):
+            raise ValueError(f"variant_generator: unknown variant {variant!r}; choose from ['lite', 'paper'].")
+        bad_keys = sorted(key for key in settings if not key.startswith("generator_"))
+        if bad_keys:
+            raise ValueError(
+                f"variant_generator[{variant!r}]: {bad_keys} are not generator settings; use stage-1 trainer keys "
+                "that start with 'generator_' (e.g. generator_hidden_channels)."
+            )
     clash = sorted(set(_SCHEDULE_KEYS) & (set(config.detector) | set(config.run)))
     if clash:
         raise ValueError(
@@ -214,7 +226,7 @@ def plan_jobs(config: ExperimentConfig, seeds: Sequence[int], work_dir: str | os
             if seed not in config.variant_seeds.get(variant, [seed]):
                 continue
             tier = 0 if variant == config.variants[0] else 2
-            generator = {"generator_variant": variant}
+            generator = {**config.variant_generator.get(variant, {}), "generator_variant": variant}
             srf_arms = [arm for arm in ("A2", "A5", "A5g") if arm in config.arms]
             if not srf_arms:
                 continue

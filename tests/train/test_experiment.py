@@ -72,6 +72,19 @@ def test_schedule_keys_cannot_hide_in_other_sections():
         _config(arms=["A1", "A9"])
 
 
+def test_variant_generator_sizes_stage_one_only(tmp_path):
+    config = _config(variant_generator={"paper": {"generator_hidden_channels": 64}})
+    jobs = {job.name: job for job in plan_jobs(config, [0], tmp_path)}
+    assert jobs["seed0/stage1-paper"].values["generator_hidden_channels"] == 64
+    assert "generator_hidden_channels" not in jobs["seed0/stage1-lite"].values
+    # Stages 2 and 3 load G as stage 1 saved it, so its size cannot drift between them.
+    assert all("generator_hidden_channels" not in job.values for name, job in jobs.items() if "stage1" not in name)
+    with pytest.raises(ValueError, match=r"variant_generator\['paper'\]: \['max_iters'\]"):
+        _config(variant_generator={"paper": {"max_iters": 3}})
+    with pytest.raises(ValueError, match="unknown variant 'huge'"):
+        _config(variant_generator={"huge": {"generator_hidden_channels": 8}})
+
+
 def _finish(job, ap_by_step, schedule=SCHEDULE):
     job.output_dir.mkdir(parents=True, exist_ok=True)
     config = {**job.values, **schedule}
