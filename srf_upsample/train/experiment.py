@@ -535,7 +535,7 @@ def pooled_markdown(pooled: dict[str, dict[str, Any]]) -> str:
                 pairs = entry["pairs"].get(label)
                 if pairs:
                     mean_sd, values = _paired_cells({"mean_sd": _mean_sd(list(pairs.values())), "per_seed": pairs})
-                    cells.append(f"{mean_sd} ({values})")
+                    cells.append(mean_sd if len(pairs) == 1 else f"{mean_sd} ({values})")
                 else:
                     cells.append("")
             overall = _cell(*entry["mean_sd"], one_seed=entry["n"] == 1, sign=True)
