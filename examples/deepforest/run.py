@@ -183,14 +183,18 @@ def experiment_values(
 
 
 def copy_small_outputs(work: Path, target: Path) -> None:
-    """Copy each finished run's manifest, logs and curve data (no weights) from ``work`` to ``target`` (committed).
+    """Copy each finished or diverged run's manifest, logs and curve data (no weights) from ``work`` to ``target``.
 
     Paths inside this checkout are written relative to it, so the copies do not carry the machine's folders.
     """
     if work.resolve() == target.resolve():
         return  # rebuilding the table from the committed copies
-    small = ("manifest.json", "eval.jsonl", "log.jsonl", "metrics.json", "run_config.json")
-    sources = [path for path in work.glob("seed*/*/*") if path.name in small and is_finished(path.parent)]
+    small = ("manifest.json", "eval.jsonl", "log.jsonl", "metrics.json", "run_config.json", "diverged.json")
+    sources = [
+        path
+        for path in work.glob("seed*/*/*")
+        if path.name in small and (is_finished(path.parent) or (path.parent / "diverged.json").is_file())
+    ]
     sources += [work / name for name in ("results.json", "results.md", "experiment_config.json")]
     for path in sources:
         if not path.is_file():

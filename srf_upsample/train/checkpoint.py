@@ -35,6 +35,7 @@ STATE_NAME = "trainer_state.pt"
 MANIFEST_NAME = "manifest.json"
 LOG_NAME = "log.jsonl"
 EVAL_LOG_NAME = "eval.jsonl"
+DIVERGED_NAME = "diverged.json"  # written when a run stops at a non-finite loss; removed when a run (re)starts
 # Which previous stage each stage's --init must come from (section 4: 1 -> 2 -> 3).
 INIT_STAGES = {"stage2": ("stage1",), "stage3": ("stage2",), "evaluate": ("baseline", "stage2", "stage3")}
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import EVAL_LOG_NAME, LOG_NAME, MANIFEST_NAME, is_finished, read_jsonl, write_json
+from .checkpoint import DIVERGED_NAME, EVAL_LOG_NAME, LOG_NAME, MANIFEST_NAME, is_finished, read_jsonl, write_json
 
 __all__ = [
     "ARM_QUESTIONS",
@@ -381,11 +381,15 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
     per_seed: dict[str, dict[int, dict[str, float]]] = {}
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {}
     missing: dict[str, list[int]] = {}
+    diverged: dict[str, dict[str, Any]] = {}
     compute: dict[int, dict[str, dict[str, float | None]]] = {}
     for job in jobs:
         finished = is_finished(job.output_dir)
         if finished and (job.output_dir / LOG_NAME).is_file():
             compute.setdefault(job.seed, {})[job.name.split("/", 1)[1]] = _compute_minutes(job.output_dir)
+        if not finished and (job.output_dir / DIVERGED_NAME).is_file():
+            diverged[job.name] = json.loads((job.output_dir / DIVERGED_NAME).read_text(encoding="utf-8"))
+            continue
         if job.arm is None:
             continue
         if not finished:
@@ -417,6 +421,7 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         "table": table,
         "curves": curves,
         "not_run": missing,
+        "diverged": diverged,
         "compute_minutes": compute,
     }
 
@@ -490,6 +495,16 @@ def markdown_table(summary: dict[str, Any]) -> str:
             for arm, seeds in sorted(not_run.items(), key=lambda item: _arm_order(item[0]))
         )
         lines += ["", f"Planned but not finished: {listed}."]
+    diverged = summary.get("diverged") or {}
+    if diverged:
+        listed = "; ".join(
+            f"{name} at step {record['step']} ({record['loss']} {record['value']})"
+            for name, record in sorted(diverged.items())
+        )
+        lines += [
+            "",
+            f"Diverged (the trainer stopped at a non-finite loss; kept on the one schedule, not rerun): {listed}.",
+        ]
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ from ..losses import (
 from ..upsample import SRFUpsample
 from .checkpoint import (
     CHECKPOINT_NAME,
+    DIVERGED_NAME,
     EVAL_LOG_NAME,
     INIT_STAGES,
     LOG_NAME,
@@ -330,6 +331,8 @@ class _Trainer:
         manifest_path = self.output_dir / MANIFEST_NAME
         if manifest_path.is_file():
             read_manifest(self.output_dir, (self.config.stage,))
+        if self.is_main:
+            (self.output_dir / DIVERGED_NAME).unlink(missing_ok=True)
         if not (self.config.resume and self._checkpoint_exists()):
             if self.is_main:  # a run that starts over keeps no records of an attempt that died before a checkpoint
                 truncate_jsonl(self.output_dir / LOG_NAME, 0)
@@ -417,6 +420,9 @@ class _Trainer:
     def _check_finite(self, name: str, loss: torch.Tensor) -> None:
         # Training on NaN silently wastes the rest of the run; stop at the first non-finite loss instead.
         if not torch.isfinite(loss).all():
+            if self.is_main:  # so that experiment tables can tell a diverged run from one not run yet
+                record = {"stage": self.config.stage, "step": self.step + 1, "loss": name, "value": str(loss.item())}
+                write_json(self.output_dir / DIVERGED_NAME, record)
             raise FloatingPointError(
                 f"{name} is {loss.item()} at step {self.step + 1}: training diverged. Lower --lr (the paper's 0.02 is "
                 f"for 16 images per step; scale it linearly: 0.02 * batch_size / 16 = "

@@ -115,6 +115,14 @@ def test_table_pairs_seeds_and_lists_what_did_not_run(tmp_path):
     one_seed = markdown_table(summarize([job for job in jobs.values() if job.seed == 0], config))
     assert "| A2-lite | 1 | 22.0 | 22.0 |" in one_seed and "+2.0 | +2.0 |" in one_seed
     assert "±" not in one_seed.split("\n", 2)[2]
+    # A diverged run is named as such, with where it stopped, instead of "not finished".
+    jobs["seed1/C"].output_dir.mkdir(parents=True)
+    record = {"stage": "stage3", "step": 80, "loss": "loss", "value": "nan"}
+    (jobs["seed1/C"].output_dir / "diverged.json").write_text(json.dumps(record))
+    diverged = summarize(list(jobs.values()), config)
+    assert diverged["not_run"]["C"] == [0, 2] and diverged["diverged"] == {"seed1/C": record}
+    assert "Diverged (the trainer stopped at a non-finite loss" in markdown_table(diverged)
+    assert "seed1/C at step 80 (loss nan)" in markdown_table(diverged)
     # A run trained on another schedule is refused, not averaged in.
     _finish(jobs["seed0/C"], [(4, 0.5)], schedule={**SCHEDULE, "lr": 0.02})
     with pytest.raises(ValueError, match="another schedule"):

@@ -105,6 +105,17 @@ def test_stage_rejects_the_wrong_kind_of_checkpoint(stage_dirs, coco, tmp_path):
         fit(config)
 
 
+def test_diverged_run_stops_and_says_so_until_it_restarts(coco, tmp_path):
+    common = ["baseline", *data_args(coco), *TINY, "--output-dir", str(tmp_path / "run")]
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        main([*common, "--max-iters", "6", "--lr", "1e12"])
+    record = json.loads((tmp_path / "run" / "diverged.json").read_text())
+    assert record["stage"] == "baseline" and record["loss"] == "loss" and 1 <= record["step"] <= 6
+    # A fresh start of the run clears the record, and a finished run has none.
+    assert main([*common, "--max-iters", "1", "--lr", "0.001"]) == 0
+    assert not (tmp_path / "run" / "diverged.json").exists()
+
+
 def test_killed_run_resumes_to_the_same_result(stage_dirs, coco, tmp_path):
     # Pins bit-identical resume: 2 steps, "killed", 2 more steps == 4 uninterrupted steps (weights, D, momentum),
     # with images decoded by DataLoader workers.
