@@ -503,7 +503,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            f"Diverged (the trainer stopped at a non-finite loss; kept on the one schedule, not rescued with another lr): {listed}.",
+            "Diverged (the trainer stopped at a non-finite loss; kept on the one schedule, not rescued with "
+            f"another lr): {listed}.",
         ]
     return "\n".join(lines)
 
