@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare import prepare  # noqa: E402
 
-from srf_upsample.train.checkpoint import is_finished  # noqa: E402
+from srf_upsample.train.checkpoint import DIVERGED_NAME, is_finished  # noqa: E402
 from srf_upsample.train.experiment import (  # noqa: E402
     load_experiment,
     markdown_table,
@@ -189,11 +189,11 @@ def copy_small_outputs(work: Path, target: Path) -> None:
     """
     if work.resolve() == target.resolve():
         return  # rebuilding the table from the committed copies
-    small = ("manifest.json", "eval.jsonl", "log.jsonl", "metrics.json", "run_config.json", "diverged.json")
+    small = ("manifest.json", "eval.jsonl", "log.jsonl", "metrics.json", "run_config.json", DIVERGED_NAME)
     sources = [
         path
         for path in work.glob("seed*/*/*")
-        if path.name in small and (is_finished(path.parent) or (path.parent / "diverged.json").is_file())
+        if path.name in small and (is_finished(path.parent) or (path.parent / DIVERGED_NAME).is_file())
     ]
     sources += [work / name for name in ("results.json", "results.md", "experiment_config.json")]
     for path in sources:
