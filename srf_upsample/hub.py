@@ -30,8 +30,9 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 def shipped_weights_dir() -> Path:
     """Return the folder that holds the generators shipped with the package.
 
-    A wheel installs ``weights/`` as ``srf_upsample/_shipped_weights``; a source checkout (editable install) keeps it
-    beside the package.
+    A wheel installs the generator folders of ``weights/`` as ``srf_upsample/_shipped_weights`` (see
+    ``[tool.hatch.build.targets.wheel.force-include]`` in pyproject.toml); a source checkout (editable install) reads
+    all of ``weights/`` beside the package, including the DeepForest detector that only the examples load.
     """
     package_dir = Path(__file__).resolve().parent
     installed = package_dir / "_shipped_weights"

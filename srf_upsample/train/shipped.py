@@ -32,12 +32,20 @@ def _folder(name_or_dir: str | os.PathLike) -> Path:
     folder = Path(name_or_dir)
     if not folder.is_dir():
         folder = shipped_weights_dir() / str(name_or_dir)
-    if not (folder / DETECTOR_SPEC_NAME).is_file() or not (folder / DETECTOR_WEIGHTS_NAME).is_file():
+    if (folder / DETECTOR_SPEC_NAME).is_file() and (folder / DETECTOR_WEIGHTS_NAME).is_file():
+        return folder
+    if str(name_or_dir) == DEFAULT_DETECTOR and not folder.is_dir():
+        # The wheel ships the generators only (pyproject.toml): the detector's 39 MB serve the examples alone.
         raise ValueError(
-            f"{str(name_or_dir)!r} is not a detector folder (needs {DETECTOR_SPEC_NAME} and {DETECTOR_WEIGHTS_NAME}); "
-            f"the shipped one is {DEFAULT_DETECTOR!r}."
+            f"The detector {DEFAULT_DETECTOR!r} ships with the repository, not with the installed package (not in "
+            f"{str(shipped_weights_dir())!r}). Get it from https://github.com/srf-upsample/srf_upsample: clone it and "
+            f"pass the folder, load_shipped_detector('srf_upsample/weights/{DEFAULT_DETECTOR}'), or install the clone "
+            "with `pip install -e .` so that the name resolves."
         )
-    return folder
+    raise ValueError(
+        f"{str(name_or_dir)!r} is not a detector folder (needs {DETECTOR_SPEC_NAME} and {DETECTOR_WEIGHTS_NAME}); "
+        f"the shipped one is {DEFAULT_DETECTOR!r}."
+    )
 
 
 def load_shipped_detector(name_or_dir: str | os.PathLike = DEFAULT_DETECTOR) -> tuple[nn.Module, dict[str, Any]]:
