@@ -31,6 +31,8 @@ from prepare import prepare  # noqa: E402
 
 from srf_upsample.train.checkpoint import DIVERGED_NAME, is_finished  # noqa: E402
 from srf_upsample.train.experiment import (  # noqa: E402
+    DEFAULT_ARMS,
+    GENERATOR_VARIANTS,
     load_experiment,
     markdown_table,
     plan_jobs,
@@ -131,7 +133,7 @@ QUICK = {
 
 def default_variants(profile: str) -> list[str]:
     """The generator variants a profile trains unless --variants says otherwise."""
-    return ["lite"] if profile == "cpu" else ["lite", "paper"]
+    return ["lite"] if profile == "cpu" else list(GENERATOR_VARIANTS)
 
 
 def fetch_mobilenet_weights(cache_dir: Path) -> Path:
@@ -175,7 +177,7 @@ def experiment_values(
         "stage1": chosen["stage1"],
         "stage2": chosen["stage2"],
         "variants": variants,
-        "arms": arms or ["A1", "B", "A5", "C", "A2", "A5g"],
+        "arms": arms or list(DEFAULT_ARMS),
         "variant_seeds": {"paper": paper_seeds} if paper_seeds is not None else {},
         "variant_generator": chosen.get("variant_generator", {}),
         "run": {"checkpoint_every": 1 if quick else 100, "quiet": True, **run},
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         nargs="+",
         default=None,
-        choices=["lite", "paper"],
+        choices=GENERATOR_VARIANTS,
         help="generator variants (default: lite and paper for --profile gpu, lite for --profile cpu)",
     )
     parser.add_argument(
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--arms",
         nargs="+",
-        default=["A1", "B", "A5", "C", "A2", "A5g"],
+        default=list(DEFAULT_ARMS),
         help="arms to run (A1 always runs: every other arm needs it)",
     )
     parser.add_argument("--fold", type=int, default=0, choices=[0, 1])

@@ -189,3 +189,43 @@ def test_pooled_pairs_stay_within_their_fold_and_count_signs():
     text = pooled_markdown(pooled)
     assert "| A5-lite | A1 | 4 | +0.5 ± 1.2 | 3 of 4 | +1.2 ± 1.1 (+2.0, +0.5) | -0.2 ± 1.1 (+0.5, -1.0) |" in text
     assert "| B | A1 | 3 | -0.3 ± 1.2 | 1 of 3 | +0.0 ± 1.4 (+1.0, -1.0) | -1.0 |" in text  # one pair: its value alone
+
+
+def test_registry_takes_variants_from_the_model_and_schedule_keys_from_the_schedule():
+    # Pins that nothing in the runner retypes what the model or the schedule already defines.
+    import dataclasses
+
+    from srf_upsample.train.experiment import ARMS, GENERATOR_VARIANTS, DetectorSchedule
+    from srf_upsample.train.experiment.config import SCHEDULE_KEYS
+    from srf_upsample.upsample import VARIANTS
+
+    assert set(GENERATOR_VARIANTS) == set(VARIANTS)
+    assert set(SCHEDULE_KEYS) == {f.name for f in dataclasses.fields(DetectorSchedule)}
+    with pytest.raises(ValueError, match="Unknown generator variants"):
+        _config(variants=["huge"])
+    # Every arm's pre-training run and reference is itself in the registry.
+    from srf_upsample.train.experiment.arms import PRETRAINING
+
+    for arm in ARMS.values():
+        assert arm.init is None or arm.init in PRETRAINING, arm.name
+        assert all(ref.split("-")[0] in ARMS for ref in arm.references), arm.name
+
+
+def test_table_refuses_arms_that_are_not_the_same_detector(tmp_path):
+    config = _config(variants=["lite"], variant_seeds={}, arms=["A1", "B"])
+    jobs = {job.name: job for job in plan_jobs(config, [0], tmp_path)}
+    _finish(jobs["seed0/A1"], [(4, 0.2)])
+    _finish(jobs["seed0/B"], [(4, 0.2)])
+    assert summarize(list(jobs.values()), config)["table"]["B"]["AP_minus_A1"]["per_seed"] == {0: 0.0}
+    # Another FPN width than A1's: not the same detector, whatever the experiment file said.
+    manifest = jobs["seed0/B"].output_dir / "manifest.json"
+    saved = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**saved, "config": {**saved["config"], "fpn_channels": 64}}))
+    with pytest.raises(
+        ValueError, match=r"seed0/B and seed0/A1 are not the same detector .*'fpn_channels': \(64, None\)"
+    ):
+        summarize(list(jobs.values()), config)
+    # Image sizes against the experiment's detector settings.
+    manifest.write_text(json.dumps({**saved, "config": {**saved["config"], "min_size": 32}}))
+    with pytest.raises(ValueError, match=r"other detector settings than the experiment's: \{'min_size': \(32, 64\)\}"):
+        summarize(list(jobs.values()), config)

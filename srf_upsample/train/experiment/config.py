@@ -1,0 +1,119 @@
+"""What an experiment trains, read from JSON and checked: data, detector, the one target schedule, arms, variants."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .arms import ARMS, GENERATOR_VARIANTS
+
+__all__ = ["DEFAULT_ARMS", "SCHEDULE_KEYS", "DetectorSchedule", "ExperimentConfig", "load_experiment"]
+
+# The arms an experiment runs unless it names others (every arm of the registry but the later additions).
+DEFAULT_ARMS = ("A1", "B", "A5", "C", "A2", "A5g")
+
+
+@dataclass(frozen=True)
+class DetectorSchedule:
+    """The one schedule of every target detector: iterations, lr, warm-up, milestones, batch, flips, evaluation."""
+
+    max_iters: int
+    lr: float
+    milestones: list[int]
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001
+    gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 2
+    use_flip: bool = True
+    eval_every: int | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The schedule as trainer config values."""
+        return dataclasses.asdict(self)
+
+
+# The trainer keys that belong to the schedule and nowhere else.
+SCHEDULE_KEYS = tuple(f.name for f in dataclasses.fields(DetectorSchedule))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What an experiment trains: data, detector, the target schedule, and the pre-training stages.
+
+    Args:
+        train_data_root / train_ann_file: the COCO-format training set.
+        val_data_root / val_ann_file: the validation set every target detector is evaluated on.
+        detector: detector settings shared by every run (``detector``, ``backbone``, ``backbone_weights``,
+            ``min_size``, ``max_size``, ``anchor_sizes``, ``detector_kwargs``, ...: trainer config keys).
+        schedule: the target detectors' :class:`DetectorSchedule`.
+        stage1: SRF-GAN settings (trainer config keys: ``max_iters``, ``lr``, ``milestones``, ...).
+        stage2: SRF-extractor settings, shared by A5/A5g and C's pre-training (``max_iters``, ``lr``,
+            ``init_from_extractor``, ``anchor_scale``, ...).
+        variants: generator variants of the SRF arms (``srf_upsample.upsample.VARIANTS``).
+        arms: the arms to run (the names of :data:`~srf_upsample.train.experiment.arms.ARMS`).
+        variant_seeds: restrict a variant to some seeds, e.g. ``{"paper": [0]}`` when the budget is short.
+        variant_generator: a variant's generator settings (stage-1 trainer keys starting with ``generator_``),
+            e.g. ``{"paper": {"generator_hidden_channels": 64}}``; stages 2 and 3 load G as stage 1 saved it.
+        run: settings of every run that do not change what is learned (``device``, ``num_workers``, ``amp``,
+            ``checkpoint_every``, ``quiet``).
+    """
+
+    train_data_root: str
+    train_ann_file: str
+    val_data_root: str
+    val_ann_file: str
+    detector: dict[str, Any]
+    schedule: DetectorSchedule
+    stage1: dict[str, Any] = field(default_factory=dict)
+    stage2: dict[str, Any] = field(default_factory=dict)
+    variants: list[str] = field(default_factory=lambda: list(GENERATOR_VARIANTS))
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
+    variant_seeds: dict[str, list[int]] = field(default_factory=dict)
+    variant_generator: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON values."""
+        return dataclasses.asdict(self)
+
+
+def load_experiment(source: str | os.PathLike | dict[str, Any]) -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from a JSON file or a dict, checking arms and variants."""
+    values = dict(source) if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
+    values.pop("_comment", None)
+    names = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"Unknown experiment keys {unknown}; valid keys: {sorted(names)}.")
+    schedule = values.get("schedule")
+    if not isinstance(schedule, dict):
+        raise ValueError("The experiment needs a 'schedule' object (max_iters, lr, milestones, ...).")
+    config = ExperimentConfig(**{**values, "schedule": DetectorSchedule(**schedule)})
+    bad_arms = sorted(set(config.arms) - set(ARMS))
+    if bad_arms:
+        raise ValueError(f"Unknown arms {bad_arms}; choose from {list(ARMS)}.")
+    variants = list(GENERATOR_VARIANTS)
+    bad_variants = sorted(set(config.variants) - set(variants))
+    if bad_variants:
+        raise ValueError(f"Unknown generator variants {bad_variants}; choose from {variants}.")
+    for variant, settings in config.variant_generator.items():
+        if variant not in variants:
+            raise ValueError(f"variant_generator: unknown variant {variant!r}; choose from {variants}.")
+        bad_keys = sorted(key for key in settings if not key.startswith("generator_"))
+        if bad_keys:
+            raise ValueError(
+                f"variant_generator[{variant!r}]: {bad_keys} are not generator settings; use stage-1 trainer keys "
+                "that start with 'generator_' (e.g. generator_hidden_channels)."
+            )
+    clash = sorted(set(SCHEDULE_KEYS) & (set(config.detector) | set(config.run)))
+    if clash:
+        raise ValueError(
+            f"{clash} belong to 'schedule' (one schedule for every target detector), not to 'detector' or 'run'."
+        )
+    return config

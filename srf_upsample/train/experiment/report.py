@@ -1,0 +1,164 @@
+"""Write an experiment's summary for readers: the Markdown results tables and the validation-curve picture."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .arms import ARMS, arm_order, find_arm
+from .stats import mean_sd, references
+from .summary import METRICS
+
+__all__ = ["markdown_table", "plot_curves", "pooled_markdown"]
+
+
+def _cell(mean: float, sd: float, *, one_seed: bool, sign: bool = False) -> str:
+    value = f"{mean:+.1f}" if sign else f"{mean:.1f}"
+    return value if one_seed else f"{value} ± {sd:.1f}"
+
+
+def _paired_cells(paired: dict[str, Any]) -> tuple[str, str]:
+    """A paired difference as (mean ± sd, per-seed values); one seed shows its value alone."""
+    mean_sd_text = _cell(*paired["mean_sd"], one_seed=len(paired["per_seed"]) == 1, sign=True)
+    return mean_sd_text, ", ".join(f"{v:+.1f}" for v in paired["per_seed"].values())
+
+
+def _compute_line(compute: dict[int, dict[str, dict[str, float | None]]]) -> str:
+    """One sentence: each seed's logged minutes over its finished runs (one process each; parallel runs overlap)."""
+    parts = []
+    for seed in sorted(compute):
+        runs = compute[seed]
+        steps = sum(run["steps"] for run in runs.values())
+        validation = [run["validation"] for run in runs.values()]
+        if None in validation:
+            text = f"{steps:.0f} min of training steps (validation time not logged)"
+        else:
+            total = steps + sum(validation)
+            text = f"{total:.0f} min ({steps:.0f} training steps + {sum(validation):.0f} validation)"
+        parts.append(f"seed {seed}: {text} over {len(runs)} run{'s' if len(runs) > 1 else ''}")
+    if not parts:
+        return ""
+    return "Compute, summed over each seed's finished runs (one process per run): " + "; ".join(parts) + "."
+
+
+def _contrast_lines(table: dict[str, Any]) -> list[str]:
+    """One sentence per contrast of the registry (an arm against a reference beyond A1 and B, e.g. A5 - C)."""
+    lines = []
+    contrasts = [(reference, text) for arm in ARMS.values() for reference, text in arm.contrast.items()]
+    for template, text in contrasts:
+        cells = []
+        for arm in sorted(table, key=arm_order):
+            row, variant = find_arm(arm)
+            paired = table[arm].get(f"AP_minus_{template.format(variant=variant)}")
+            if template in row.contrast and paired:
+                cells.append("{} {} (per seed {})".format(arm, *_paired_cells(paired)))
+        if cells:
+            label = template.replace("{variant}", "<variant>")
+            lines += ["", f"AP - {label}, paired ({text}): {'; '.join(cells)}."]
+    return lines
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The results table as Markdown: mean +- sd over seeds, the paired AP difference to A1 and B, and A5's to C.
+
+    An arm with one seed shows its value alone: its spread is unknown, not zero.
+    """
+    lines = [
+        "| arm | seeds | " + " | ".join(METRICS) + " | AP - A1 (paired, mean ± sd) | AP - A1 per seed "
+        "| AP - B (paired, mean ± sd) | AP - B per seed |",
+        "|---|---|" + "---|" * (len(METRICS) + 4),
+    ]
+    for arm in sorted(summary["table"], key=arm_order):
+        row = summary["table"][arm]
+        one_seed = len(row["seeds"]) == 1
+        cells = [_cell(*row[name], one_seed=one_seed) for name in METRICS]
+        for reference in ("A1", "B"):
+            paired = row.get(f"AP_minus_{reference}")
+            cells.extend(_paired_cells(paired) if paired else ("", ""))
+        lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    lines += _contrast_lines(summary["table"])
+    compute_line = _compute_line(summary.get("compute_minutes") or {})
+    if compute_line:
+        lines += ["", compute_line]
+    not_run = summary.get("not_run") or {}
+    if not_run:
+        listed = "; ".join(
+            f"{arm} (seeds {', '.join(map(str, seeds))})"
+            for arm, seeds in sorted(not_run.items(), key=lambda item: arm_order(item[0]))
+        )
+        lines += ["", f"Planned but not finished: {listed}."]
+    diverged = summary.get("diverged") or {}
+    if diverged:
+        listed = "; ".join(
+            f"{name} at step {record['step']} ({record['loss']} {record['value']})"
+            for name, record in sorted(diverged.items())
+        )
+        lines += [
+            "",
+            "Diverged (the trainer stopped at a non-finite loss; kept on the one schedule, not rescued with "
+            f"another lr): {listed}.",
+        ]
+    return "\n".join(lines)
+
+
+def pooled_markdown(pooled: dict[str, dict[str, Any]]) -> str:
+    """:func:`pool_paired` as Markdown: per arm and reference, mean ± sd over all pairs, each experiment's mean."""
+    labels = sorted({label for rows in pooled.values() for e in rows.values() for label in e["pairs"]})
+    lines = [
+        "| arm | against | pairs | mean ± sd (all pairs) | pairs above 0 | " + " | ".join(labels) + " |",
+        "|---|---|---|---|---|" + "---|" * len(labels),
+    ]
+    for arm in sorted(pooled, key=arm_order):
+        for reference in references(arm):
+            entry = pooled[arm].get(f"AP_minus_{reference}")
+            if entry is None:
+                continue
+            cells = []
+            for label in labels:
+                pairs = entry["pairs"].get(label)
+                if pairs:
+                    mean_sd_text, values = _paired_cells({"mean_sd": mean_sd(list(pairs.values())), "per_seed": pairs})
+                    cells.append(mean_sd_text if len(pairs) == 1 else f"{mean_sd_text} ({values})")
+                else:
+                    cells.append("")
+            overall = _cell(*entry["mean_sd"], one_seed=entry["n"] == 1, sign=True)
+            lines.append(
+                f"| {arm} | {reference} | {entry['n']} | {overall} | "
+                f"{entry['above_zero']} of {entry['n']} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines)
+
+
+def plot_curves(summary: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
+    """Validation AP against iterations, one line per arm (mean over seeds, band = min..max); needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError("Plotting the curves needs matplotlib: pip install matplotlib.") from error
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for arm in sorted(summary["curves"], key=arm_order):
+        runs = summary["curves"][arm]
+        steps = sorted({step for curve in runs.values() for step, _ in curve})
+        rows = [dict(curve) for curve in runs.values()]
+        mean = [statistics.mean(r[s] for r in rows if s in r) for s in steps]
+        low = [min(r[s] for r in rows if s in r) for s in steps]
+        high = [max(r[s] for r in rows if s in r) for s in steps]
+        label = f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+        (line,) = ax.plot(steps, mean, marker="o", markersize=2.5, label=label)
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation AP (COCO, x100)")
+    ax.set_title(title or "Validation AP during training (mean over seeds; band: min-max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
