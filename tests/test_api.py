@@ -1,3 +1,6 @@
+import ast
+import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -39,3 +42,24 @@ def test_cli_lists_commands():
 
     assert main(["--help"]) == 0
     assert main(["no-such-command"]) == 2
+
+
+def test_integrations_import_only_public_names():
+    # Integrations are written as outside code would be: a private module or name they import is a surface that
+    # patch/ cannot change freely. Public names come from the package root or a subpackage's __all__.
+    root = Path(srf_upsample.__file__).parent
+    private = []
+    for path in sorted((root / "integrations").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("srf_upsample")):
+                module = node.module or ""
+                names = [alias.name for alias in node.names]
+                if any(part.startswith("_") for part in module.split(".")) or any(n.startswith("_") for n in names):
+                    private.append(f"{path.name}:{node.lineno} from {'.' * node.level}{module} import {names}")
+                for name in names:
+                    package = importlib.import_module(
+                        importlib.util.resolve_name("." * node.level + module, "srf_upsample.integrations")
+                    )
+                    if hasattr(package, "__all__") and name not in package.__all__:
+                        private.append(f"{path.name}:{node.lineno} {name} is not in {package.__name__}.__all__")
+    assert private == []

@@ -292,6 +292,7 @@ def test_patching_twice_does_not_wrap_twice() -> None:
     _, report = patch_fpn(neck, SMALL_SRF, example_inputs=bifpn_inputs())
     assert not report.replaced
     assert [site.action for site in report.sites if site.kind == "SRFUpsample"] == ["already patched"] * 4
+    assert report.already_patched == tuple(site for site in report.sites if site.kind == "SRFUpsample")
     assert set(neck.state_dict()) == keys and neck.layers[0].code == code
 
 
@@ -366,6 +367,27 @@ def test_bad_inputs() -> None:
         patch_fpn(PANet())
     with pytest.raises(TypeError, match="factory must return an nn.Module"):
         patch_fpn(PANet(), upsampler=lambda channels: None, example_inputs=(panet_inputs(),))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("where", ["model", "submodule"])
+def test_torchscript_module_is_refused_with_what_to_do(where: str) -> None:
+    # Pins issue 30: a scripted module took example_inputs and then failed with "pass example_inputs" (its compiled
+    # forward takes no hooks and fx cannot trace it). It must say so, name the module, and leave it unchanged.
+    fpn = FeaturePyramidNetwork([8, 16], 8)
+    features = {"0": torch.rand(2, 8, 16, 24), "1": torch.rand(2, 16, 8, 12)}
+    if where == "model":
+        model = torch.jit.script(fpn)
+        match = r"model is a RecursiveScriptModule"
+    else:
+        model = nn.Sequential(torch.jit.script(fpn))
+        match = r"model\.0 is a RecursiveScriptModule"
+    keys = set(model.state_dict())
+    with pytest.raises(TypeError, match=match) as error:
+        patch_fpn(model, NearestUpsample, example_inputs=(features,))
+    assert "Call patch_fpn on the original nn.Module, then script or trace the patched model" in str(error.value)
+    assert "example_inputs" not in str(error.value)
+    assert set(model.state_dict()) == keys
 
 
 def test_report_dataclasses_are_frozen() -> None:

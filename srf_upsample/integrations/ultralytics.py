@@ -22,9 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from ..patch import PatchReport, patch_fpn
-from ..patch._report import ALREADY_PATCHED
-from ..patch._upsamplers import Upsampler
+from ..patch import PatchReport, Upsampler, patch_fpn
 
 __all__ = ["srf_callback", "use_srf"]
 
@@ -44,8 +42,7 @@ def _patch_network(network: nn.Module, patch_kwargs: dict[str, Any]) -> PatchRep
     kwargs = dict(patch_kwargs)
     strict = kwargs.pop("strict", True)
     _, report = patch_fpn(network, **kwargs)
-    is_patched = any(site.action == ALREADY_PATCHED for site in report.sites)
-    if strict and not report.replaced and not is_patched:
+    if strict and not report.replaced and not report.already_patched:
         raise ValueError(
             f"srf_upsample found no upsampling site to replace in {report.model}:\n{report}\nPass strict=False to "
             "train it unpatched anyway."

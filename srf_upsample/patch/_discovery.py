@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import inspect
 import sys
@@ -16,26 +15,22 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
-from ._report import PatchSite
 from ._upsamplers import direction, is_upsampler
 
 __all__ = [
-    "_Call",
-    "_Recorder",
-    "_choose_owners",
-    "_covers",
-    "_excluded",
-    "_group_runtime_sites",
-    "_normalize_example_inputs",
-    "_owner_calls",
-    "_plain",
-    "_record",
-    "_runtime_site",
+    "Call",
+    "Recorder",
+    "choose_owners",
+    "covers",
+    "is_excluded",
+    "normalize_example_inputs",
+    "owner_call_keys",
+    "record",
 ]
 
 
 @dataclass
-class _Call:
+class Call:
     """One F.interpolate call seen while running the example."""
 
     stack: tuple[tuple[str, int], ...]  # (path, call id) of each active module, outermost first
@@ -48,11 +43,11 @@ class _Call:
     owner: int = -1  # index into stack of the module whose code makes the call
 
 
-class _Recorder(TorchFunctionMode):
+class Recorder(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.stack: list[tuple[str, int, nn.Module, tuple, dict]] = []
-        self.calls: list[_Call] = []
+        self.calls: list[Call] = []
         self.inputs: dict[tuple[str, int], tuple[tuple, dict]] = {}
         self.next_id = 0
         self.paths: dict[int, str] = {}
@@ -84,7 +79,7 @@ class _Recorder(TorchFunctionMode):
                 # Keep the inputs of every module that (transitively) upsamples: one of them gets traced.
                 self.inputs.setdefault((path, call_id), _detach((module_args, module_kwargs)))
             self.calls.append(
-                _Call(
+                Call(
                     stack=tuple((path, call_id) for path, call_id, *_ in self.stack),
                     modules=tuple(entry[2] for entry in self.stack),
                     arguments={k: v for k, v in arguments.items() if k != "input"},
@@ -101,8 +96,9 @@ def _detach(value: Any) -> Any:
     return pytree.tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, value)
 
 
-def _record(model: nn.Module, example_inputs: tuple) -> _Recorder:
-    recorder = _Recorder()
+def record(model: nn.Module, example_inputs: tuple) -> Recorder:
+    """Run ``model`` once on ``example_inputs`` (no grad) and record every F.interpolate call and the module stack."""
+    recorder = Recorder()
     handles = []
 
     def pre_hook(path: str) -> Callable[..., None]:
@@ -151,7 +147,7 @@ def _default_example_inputs(model: nn.Module) -> tuple:
     )
 
 
-def _normalize_example_inputs(model: nn.Module, example_inputs: Any) -> tuple:
+def normalize_example_inputs(model: nn.Module, example_inputs: Any) -> tuple:
     if example_inputs is None:
         return _default_example_inputs(model)
     if isinstance(example_inputs, tuple) and not hasattr(example_inputs, "_fields"):
@@ -164,7 +160,7 @@ def _normalize_example_inputs(model: nn.Module, example_inputs: Any) -> tuple:
     )
 
 
-def _owner_index(call: _Call) -> int:
+def _owner_index(call: Call) -> int:
     """Index (in the call's module stack) of the module whose own code makes this upsampling call."""
     for index, module in enumerate(call.modules):
         if is_upsampler(module):
@@ -174,12 +170,12 @@ def _owner_index(call: _Call) -> int:
     return len(call.modules) - 1
 
 
-def _site_signature(call: _Call) -> tuple:
+def _site_signature(call: Call) -> tuple:
     channels = call.input_shape[1] if call.input_shape and len(call.input_shape) > 1 else None
     return channels, direction(call.input_shape, call.output_shape) == ""
 
 
-def _choose_owners(calls: list[_Call]) -> None:
+def choose_owners(calls: list[Call]) -> None:
     """Set each call's owner; move up to the parent where one module is called with different site shapes.
 
     A submodule called several times (e.g. a helper shared by pyramid levels) is one graph for all its calls; if those
@@ -206,68 +202,17 @@ def _choose_owners(calls: list[_Call]) -> None:
             return
 
 
-def _excluded(path: str, exclude: Sequence[str]) -> bool:
+def is_excluded(path: str, exclude: Sequence[str]) -> bool:
+    """Return True if ``path`` matches one of the fnmatch patterns in ``exclude``."""
     return any(fnmatch.fnmatchcase(path, pattern) for pattern in exclude)
 
 
-def _runtime_site(
-    call: _Call, index: int, action: str, reason: str, upsampler: str | None = None, method: str = ""
-) -> PatchSite:
-    path = call.stack[call.owner][0] if call.owner >= 0 else ""
-    frame_path, location = call.frame
-    if frame_path is not None and _covers(path, frame_path):
-        path = frame_path
-    owner_module = call.modules[call.owner] if call.owner >= 0 else None
-    inner = call.modules[call.owner + 1] if call.owner + 1 < len(call.modules) else None
-    kind, target = "F.interpolate", "F.interpolate"
-    if inner is not None and (is_upsampler(inner) or isinstance(inner, nn.Upsample)) and owner_module is not None:
-        kind = "SRFUpsample" if is_upsampler(inner) else "nn.Upsample"
-        target = call.stack[call.owner + 1][0][len(path) + 1 if path else 0 :]
-        upsampler = target if is_upsampler(inner) else upsampler
-    arguments = call.arguments
-    return PatchSite(
-        module_path=path,
-        node=location,
-        kind=kind,
-        target=target,
-        mode=None if kind == "SRFUpsample" else arguments.get("mode", "nearest"),
-        align_corners=None if kind == "SRFUpsample" else arguments.get("align_corners"),
-        size=_plain(arguments.get("size")),
-        scale_factor=_plain(arguments.get("scale_factor")),
-        in_channels=call.input_shape[1] if call.input_shape and len(call.input_shape) > 1 else None,
-        input_shape=call.input_shape,
-        output_shape=call.output_shape,
-        action=action,
-        reason=reason,
-        upsampler=upsampler,
-        method=method,
-    )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Size):
-        return tuple(int(v) for v in value)
-    if isinstance(value, (list, tuple)):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    return value
-
-
-def _group_runtime_sites(sites: list[PatchSite]) -> tuple[PatchSite, ...]:
-    """Merge run-time calls of one code location (e.g. mask pasting, once per detection) into one site."""
-    groups: dict[tuple, list[PatchSite]] = {}
-    for site in sites:
-        key = (site.module_path, site.node, site.kind, site.target, site.action, site.reason, site.upsampler)
-        groups.setdefault(key, []).append(site)
-    return tuple(dataclasses.replace(group[0], num_calls=len(group)) for group in groups.values())
-
-
-def _covers(root: str, path: str) -> bool:
+def covers(root: str, path: str) -> bool:
+    """Return True if submodule ``path`` is ``root`` or inside it (``""`` is the model and covers every path)."""
     return not root or path == root or path.startswith(root + ".")
 
 
-def _owner_calls(calls: list[_Call], path: str, recorder: _Recorder) -> list[tuple[str, int]]:
+def owner_call_keys(calls: list[Call], path: str) -> list[tuple[str, int]]:
     """Keys of the recorded inputs of module ``path``, one per call that upsampled, in call order."""
     keys = {key for call in calls for key in call.stack if key[0] == path}
     return sorted(keys, key=lambda key: key[1])

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx, nn
 
-from ._discovery import (
-    _Call,
-    _choose_owners,
-    _covers,
-    _excluded,
-    _group_runtime_sites,
-    _normalize_example_inputs,
-    _owner_calls,
-    _record,
-    _runtime_site,
-)
-from ._fx_rewrite import leaf_types as _leaf_types
-from ._fx_rewrite import rewrite_owner, trace_owner
-from ._report import ALREADY_PATCHED, MODULE, SKIPPED, PatchReport, PatchSite
+from ._discovery import Call, Recorder, choose_owners, covers, is_excluded, normalize_example_inputs, owner_call_keys
+from ._discovery import record as record_calls
+from ._fx_rewrite import rewrite_owner
+from ._report import ALREADY_PATCHED, MODULE, SKIPPED, PatchReport, PatchSite, group_sites, site_from_call
 from ._runtime import RuntimePlan, plan_runtime
+from ._tracing import leaf_types as check_leaf_types
+from ._tracing import trace_owner
 from ._upsamplers import PARAMETER_REASON, Upsampler, UpsamplerProvider, direction, is_upsampler
 
 __all__ = ["DEFAULT_EXCLUDE", "patch_fpn"]
@@ -84,13 +78,18 @@ def patch_fpn(
         then a new ``fx.GraphModule``) and a :class:`PatchReport`.
 
     Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or it is (or holds) a TorchScript module, whose compiled
+            forward can be neither traced nor hooked: patch the ``nn.Module`` before ``torch.jit.script`` /
+            ``torch.jit.trace``.
         ValueError: the example input does not run, a ``concrete_args`` key names no submodule, a container module
             (``nn.Sequential`` ...) that fx cannot trace calls F.interpolate directly, or ``strict=True`` and nothing
             was replaced.
 
     Example:
         >>> import functools
+        >>> import torch
         >>> from torchvision.ops import FeaturePyramidNetwork
+        >>> from srf_upsample import SRFUpsample, patch_fpn
         >>> fpn = FeaturePyramidNetwork([8, 16], 8)
         >>> fpn, report = patch_fpn(fpn, functools.partial(SRFUpsample, hidden_channels=8, num_blocks=1))
         >>> len(report.replaced)
@@ -99,114 +98,74 @@ def patch_fpn(
         >>> out["0"].shape
         torch.Size([2, 8, 17, 25])
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
-    if isinstance(exclude, str) or not all(isinstance(pattern, str) for pattern in exclude):
-        raise TypeError(f"exclude must be a sequence of fnmatch patterns (str), got {exclude!r}.")
+    _check_model(model)
+    _check_exclude(exclude)
     provider = UpsamplerProvider(upsampler, share)
-    leaf_types = _leaf_types(leaf_modules)
+    leaf_types = check_leaf_types(leaf_modules)
     concrete = _check_concrete_args(model, concrete_args)
-    inputs = _normalize_example_inputs(model, example_inputs)
+    inputs = normalize_example_inputs(model, example_inputs)
 
     was_training = model.training
     try:
         model.eval()
-        try:
-            recorder = _record(model, inputs)
-        except Exception as error:
-            built = "the example input built for it" if example_inputs is None else "example_inputs"
-            raise ValueError(
-                f"Cannot build an example input for {type(model).__name__}: running it on {built} failed with "
-                f"{type(error).__name__}: {error}. Pass example_inputs=(...) with the positional arguments of one "
-                "forward call (e.g. the features dict of a neck)."
-            ) from error
-        calls = recorder.calls
-        _choose_owners(calls)
-        modules = dict(model.named_modules())
-        upsampling_ids = frozenset(id(m) for call in calls for m in call.modules)
-
-        # Group sites by owner; an owner inside another owner is traced as part of it.
-        to_trace: dict[str, list[_Call]] = {}
-        runtime_sites: list[tuple[int, PatchSite]] = []
-        for index, call in enumerate(calls):
-            if call.owner < 0:
-                runtime_sites.append((index, _runtime_site(call, index, SKIPPED, "the model itself is an upsampler")))
-                continue
-            path = call.stack[call.owner][0]
-            inner = call.modules[call.owner + 1] if call.owner + 1 < len(call.modules) else None
-            reason = PARAMETER_REASON if call.is_parameter else direction(call.input_shape, call.output_shape)
-            if inner is not None and is_upsampler(inner):
-                runtime_sites.append((index, _runtime_site(call, index, ALREADY_PATCHED, "")))
-            elif _excluded(path, exclude) or (call.frame[0] is not None and _excluded(call.frame[0], exclude)):
-                runtime_sites.append((index, _runtime_site(call, index, SKIPPED, "matched by exclude")))
-            elif reason:
-                runtime_sites.append((index, _runtime_site(call, index, SKIPPED, reason)))
-            else:
-                to_trace.setdefault(path, []).append(call)
-        owners = sorted(to_trace, key=lambda p: (p.count(".") + bool(p), p))
-        roots: list[str] = []
-        for path in owners:
-            if not any(path == root or not root or path.startswith(root + ".") for root in roots):
-                roots.append(path)
-        built: dict[str, fx.GraphModule] = {}
-        plans: list[RuntimePlan] = []
-        fallbacks: list[tuple[str, str]] = []
-        owner_sites: list[PatchSite] = []
-        for path in sorted(roots, key=lambda p: list(modules).index(p)):
-            module = modules[path]
-            owner_inputs = [recorder.inputs[key] for key in _owner_calls(calls, path, recorder)]
-            gm, why = trace_owner(module, owner_inputs, leaf_types, upsampling_ids, concrete.get(path))
-            if gm is not None:
-                gm, sites = rewrite_owner(path, module, gm, provider)
-                owner_sites.extend(sites)
-                if gm is not None:
-                    built[path] = gm
-                continue
-            fallbacks.append((path, why))
-            under = [call for call in calls if any(p == path for p, _ in call.stack)]
-            plan, sites = plan_runtime(path, module, under, provider, exclude, why)
-            # Swapping nn.Upsample modules loses nothing; run-time routing is the one to know about (export, compile).
-            level = logging.INFO if plan is None or plan.method == MODULE else logging.WARNING
-            method = "its nn.Upsample modules swapped" if plan is not None and plan.method == MODULE else "routed"
-            name = path or "<model>"
-            logger.log(level, "patch_fpn: %s (%s) %s without fx: %s", name, type(module).__name__, method, why)
-            owner_sites.extend(_group_runtime_sites(sites))
-            if plan is not None:
-                plans.append(plan)
-        fallback_paths = [path for path, _ in fallbacks]
-        # Sites in patched owners are reported from their graphs or plans; drop the run-time records they cover.
-        runtime_sites = [
-            (index, site)
-            for index, site in runtime_sites
-            if not any(_covers(root, site.module_path) for root in fallback_paths)
-            and (
-                not any(_covers(root, site.module_path) for root in roots)
-                or (site.action == SKIPPED and "exclude" in site.reason)
-            )
-        ]
-
-        # Swap only now, after every replacement was built, so a failure leaves the model untouched.
-        result = model
-        for path, gm in built.items():
-            if not path:
-                result = gm
-                continue
-            parent_name, _, child = path.rpartition(".")
-            modules[parent_name].register_module(child, gm)
-        current = dict(model.named_modules())
-        for plan in plans:
-            plan.apply(current)
+        recorder = _record_example(model, inputs, is_built=example_inputs is None)
+        choose_owners(recorder.calls)
+        to_trace, left_alone = _classify_calls(recorder.calls, exclude)
+        roots = _outermost_owners(model, to_trace)
+        patches = _build_patches(model, roots, recorder, provider, leaf_types, concrete, exclude)
+        left_alone = _drop_covered_sites(left_alone, roots, [path for path, _ in patches.fallbacks])
+        result = _swap_in(model, patches)
         provider.installed()
     finally:
         model.train(was_training)
     result.train(was_training)
 
-    sites = tuple(owner_sites) + _group_runtime_sites([site for _, site in sorted(runtime_sites, key=lambda x: x[0])])
-    report = PatchReport(model=type(model).__name__, sites=sites, fallbacks=tuple(fallbacks))
-    logger.info("patch_fpn: %d of %d upsampling sites replaced in %s", len(report.replaced), len(sites), report.model)
+    report = PatchReport(
+        model=type(model).__name__,
+        sites=(*patches.sites, *group_sites(left_alone)),
+        fallbacks=tuple(patches.fallbacks),
+    )
+    logger.info(
+        "patch_fpn: %d of %d upsampling sites replaced in %s", len(report.replaced), len(report.sites), report.model
+    )
     if strict and not report.replaced:
         raise ValueError(f"patch_fpn(strict=True) replaced no upsampling site in {report.model}:\n{report}")
     return result, report
+
+
+@dataclass
+class _Patches:
+    """The replacements built for the traced submodules; nothing in the model has changed yet."""
+
+    graphs: dict[str, fx.GraphModule] = field(default_factory=dict)  # submodule path -> rewritten graph module
+    plans: list[RuntimePlan] = field(default_factory=list)  # run-time fallbacks
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (submodule path, why fx was not used)
+    sites: list[PatchSite] = field(default_factory=list)  # the sites of the traced submodules, in model order
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
+    scripted = next(((p, m) for p, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:
+        # A ScriptModule's forward is compiled TorchScript: fx cannot trace it and it takes no forward hooks, so
+        # neither the discovery run nor the fallback can see its calls.
+        path, module = scripted
+        where = f"model.{path}" if path else "model"
+        raise TypeError(
+            f"patch_fpn cannot patch a TorchScript module: {where} is a {type(module).__name__} "
+            "(from torch.jit.script or torch.jit.trace), whose compiled forward can be neither traced nor hooked. "
+            "Call patch_fpn on the original nn.Module, then script or trace the patched model."
+        )
+
+
+def _check_exclude(exclude: Sequence[str]) -> None:
+    if isinstance(exclude, str) or not all(isinstance(pattern, str) for pattern in exclude):
+        raise TypeError(f"exclude must be a sequence of fnmatch patterns (str), got {exclude!r}.")
 
 
 def _check_concrete_args(model: nn.Module, concrete_args: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict]:
@@ -228,3 +187,126 @@ def _check_concrete_args(model: nn.Module, concrete_args: Mapping[str, Mapping[s
             "the submodules that hold upsampling."
         )
     return {key: dict(value) for key, value in concrete_args.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Steps
+
+
+def _record_example(model: nn.Module, inputs: tuple, is_built: bool) -> Recorder:
+    """Run the model once on the example and record its F.interpolate calls; a failure names the example."""
+    try:
+        return record_calls(model, inputs)
+    except Exception as error:
+        built = "the example input built for it" if is_built else "example_inputs"
+        raise ValueError(
+            f"Cannot build an example input for {type(model).__name__}: running it on {built} failed with "
+            f"{type(error).__name__}: {error}. Pass example_inputs=(...) with the positional arguments of one "
+            "forward call (e.g. the features dict of a neck)."
+        ) from error
+
+
+def _classify_calls(calls: list[Call], exclude: Sequence[str]) -> tuple[dict[str, list[Call]], list[PatchSite]]:
+    """Split the recorded calls into candidates per owner path and sites left alone (in call order, with why)."""
+    to_trace: dict[str, list[Call]] = {}
+    left_alone: list[PatchSite] = []
+    for call in calls:
+        if call.owner < 0:
+            left_alone.append(site_from_call(call, SKIPPED, "the model itself is an upsampler"))
+            continue
+        path = call.stack[call.owner][0]
+        inner = call.modules[call.owner + 1] if call.owner + 1 < len(call.modules) else None
+        reason = PARAMETER_REASON if call.is_parameter else direction(call.input_shape, call.output_shape)
+        if inner is not None and is_upsampler(inner):
+            left_alone.append(site_from_call(call, ALREADY_PATCHED, ""))
+        elif is_excluded(path, exclude) or (call.frame[0] is not None and is_excluded(call.frame[0], exclude)):
+            left_alone.append(site_from_call(call, SKIPPED, "matched by exclude"))
+        elif reason:
+            left_alone.append(site_from_call(call, SKIPPED, reason))
+        else:
+            to_trace.setdefault(path, []).append(call)
+    return to_trace, left_alone
+
+
+def _outermost_owners(model: nn.Module, owners: Iterable[str]) -> list[str]:
+    """The owner paths not inside another owner (an inner one is traced as part of it), in model order."""
+    roots: list[str] = []
+    for path in sorted(owners, key=lambda p: (p.count(".") + bool(p), p)):
+        if not any(covers(root, path) for root in roots):
+            roots.append(path)
+    order = {path: index for index, (path, _) in enumerate(model.named_modules())}
+    return sorted(roots, key=order.__getitem__)
+
+
+def _build_patches(
+    model: nn.Module,
+    roots: list[str],
+    recorder: Recorder,
+    provider: UpsamplerProvider,
+    leaf_types: tuple[type, ...],
+    concrete: dict[str, dict],
+    exclude: Sequence[str],
+) -> _Patches:
+    """Trace and rewrite each owner with fx, or plan its run-time fallback where fx cannot be used."""
+    modules = dict(model.named_modules())
+    upsampling_ids = frozenset(id(m) for call in recorder.calls for m in call.modules)
+    patches = _Patches()
+    for path in roots:
+        module = modules[path]
+        owner_inputs = [recorder.inputs[key] for key in owner_call_keys(recorder.calls, path)]
+        gm, why = trace_owner(module, owner_inputs, leaf_types, upsampling_ids, concrete.get(path))
+        if gm is not None:
+            gm, sites = rewrite_owner(path, module, gm, provider)
+            patches.sites.extend(sites)
+            if gm is not None:
+                patches.graphs[path] = gm
+            continue
+        under = [call for call in recorder.calls if any(p == path for p, _ in call.stack)]
+        plan, sites = plan_runtime(path, module, under, provider, exclude, why)
+        _log_fallback(path, module, plan, why)
+        patches.fallbacks.append((path, why))
+        patches.sites.extend(group_sites(sites))
+        if plan is not None:
+            patches.plans.append(plan)
+    return patches
+
+
+def _log_fallback(path: str, module: nn.Module, plan: RuntimePlan | None, why: str) -> None:
+    # Swapping nn.Upsample modules loses nothing; run-time routing is the one to know about (export, compile).
+    is_swap = plan is not None and plan.method == MODULE
+    level = logging.INFO if plan is None or is_swap else logging.WARNING
+    method = "its nn.Upsample modules swapped" if is_swap else "routed"
+    logger.log(level, "patch_fpn: %s (%s) %s without fx: %s", path or "<model>", type(module).__name__, method, why)
+
+
+def _drop_covered_sites(sites: list[PatchSite], roots: list[str], fallback_paths: list[str]) -> list[PatchSite]:
+    """Drop the run-time records of sites that patched owners report from their graphs or plans.
+
+    A site excluded inside a traced owner stays: the owner's graph never sees it (it sits in an excluded child).
+    """
+    return [
+        site
+        for site in sites
+        if not any(covers(root, site.module_path) for root in fallback_paths)
+        and (
+            not any(covers(root, site.module_path) for root in roots)
+            or (site.action == SKIPPED and "exclude" in site.reason)
+        )
+    ]
+
+
+def _swap_in(model: nn.Module, patches: _Patches) -> nn.Module:
+    """Put every built replacement in place; return the model, or its rewritten graph if the model was traced."""
+    # Swap only now, after every replacement was built, so a failure leaves the model untouched.
+    modules = dict(model.named_modules())
+    result = model
+    for path, gm in patches.graphs.items():
+        if not path:
+            result = gm
+            continue
+        parent_name, _, child = path.rpartition(".")
+        modules[parent_name].register_module(child, gm)
+    current = dict(model.named_modules())
+    for plan in patches.plans:
+        plan.apply(current)
+    return result

@@ -1,11 +1,31 @@
-"""The report types of patch_fpn: one PatchSite per upsampling call site, gathered in a PatchReport."""
+"""The report of patch_fpn: one PatchSite per upsampling call site, gathered in a PatchReport, and their builders."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["ALREADY_PATCHED", "FX", "MODULE", "REPLACED", "RUNTIME", "SKIPPED", "PatchReport", "PatchSite"]
+import torch
+from torch import nn
+
+from ._discovery import Call, covers
+from ._upsamplers import is_upsampler
+
+__all__ = [
+    "ALREADY_PATCHED",
+    "FX",
+    "MODULE",
+    "REPLACED",
+    "RUNTIME",
+    "SKIPPED",
+    "PatchReport",
+    "PatchSite",
+    "group_sites",
+    "plain_value",
+    "site_from_call",
+]
 
 REPLACED = "replaced"
 SKIPPED = "skipped"
@@ -85,6 +105,11 @@ class PatchReport:
         return {site.module_path: site.method for site in self.replaced}
 
     @property
+    def already_patched(self) -> tuple[PatchSite, ...]:
+        """Sites that already called an upsampler before this patch (e.g. a model loaded from a patched checkpoint)."""
+        return tuple(site for site in self.sites if site.action == ALREADY_PATCHED)
+
+    @property
     def replaced(self) -> tuple[PatchSite, ...]:
         """Sites now calling an upsampler module."""
         return tuple(site for site in self.sites if site.action == REPLACED)
@@ -148,3 +173,71 @@ def _shape_text(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return "x".join(str(v) for v in value)
     return str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report entries for calls seen at run time
+
+
+def site_from_call(call: Call, action: str, reason: str, upsampler: str | None = None, method: str = "") -> PatchSite:
+    """Describe one F.interpolate call recorded while the example ran (a site that fx did not rewrite).
+
+    Args:
+        call: the recorded call, its owner chosen.
+        action: ``REPLACED``, ``SKIPPED`` or ``ALREADY_PATCHED``.
+        reason: why the site is left alone ("" when replaced).
+        upsampler: attribute name of the upsampler now serving the site.
+        method: how the submodule holding the site was patched (``MODULE``, ``RUNTIME``, or "" if it was not).
+
+    Returns:
+        The site, named by the innermost model module whose code makes the call and its file:line.
+    """
+    path = call.stack[call.owner][0] if call.owner >= 0 else ""
+    frame_path, location = call.frame
+    if frame_path is not None and covers(path, frame_path):
+        path = frame_path
+    owner_module = call.modules[call.owner] if call.owner >= 0 else None
+    inner = call.modules[call.owner + 1] if call.owner + 1 < len(call.modules) else None
+    kind, target = "F.interpolate", "F.interpolate"
+    if inner is not None and (is_upsampler(inner) or isinstance(inner, nn.Upsample)) and owner_module is not None:
+        kind = "SRFUpsample" if is_upsampler(inner) else "nn.Upsample"
+        target = call.stack[call.owner + 1][0][len(path) + 1 if path else 0 :]
+        upsampler = target if is_upsampler(inner) else upsampler
+    arguments = call.arguments
+    return PatchSite(
+        module_path=path,
+        node=location,
+        kind=kind,
+        target=target,
+        mode=None if kind == "SRFUpsample" else arguments.get("mode", "nearest"),
+        align_corners=None if kind == "SRFUpsample" else arguments.get("align_corners"),
+        size=plain_value(arguments.get("size")),
+        scale_factor=plain_value(arguments.get("scale_factor")),
+        in_channels=call.input_shape[1] if call.input_shape and len(call.input_shape) > 1 else None,
+        input_shape=call.input_shape,
+        output_shape=call.output_shape,
+        action=action,
+        reason=reason,
+        upsampler=upsampler,
+        method=method,
+    )
+
+
+def plain_value(value: Any) -> Any:
+    """Turn a ``size`` or ``scale_factor`` argument into plain ints, floats and tuples (for the report)."""
+    if isinstance(value, torch.Size):
+        return tuple(int(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return tuple(plain_value(v) for v in value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+def group_sites(sites: Iterable[PatchSite]) -> tuple[PatchSite, ...]:
+    """Merge run-time calls of one code location (e.g. mask pasting, once per detection) into one site."""
+    groups: dict[tuple, list[PatchSite]] = {}
+    for site in sites:
+        key = (site.module_path, site.node, site.kind, site.target, site.action, site.reason, site.upsampler)
+        groups.setdefault(key, []).append(site)
+    return tuple(dataclasses.replace(group[0], num_calls=len(group)) for group in groups.values())

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._discovery import _Call, _excluded, _runtime_site
-from ._report import ALREADY_PATCHED, MODULE, REPLACED, RUNTIME, SKIPPED, PatchSite
+from ._discovery import Call, is_excluded
+from ._report import ALREADY_PATCHED, MODULE, REPLACED, RUNTIME, SKIPPED, PatchSite, site_from_call
 from ._upsamplers import PARAMETER_REASON, UpsamplerProvider, direction, enlarge_or_interpolate, is_upsampler
 
 __all__ = ["RuntimePlan", "RuntimeRouter", "UpsampleSite", "plan_runtime"]
@@ -189,20 +189,20 @@ class RuntimePlan:
                 module.register_forward_hook(_PauseHook(self.router, -1), always_call=True)
 
 
-def _inner(call: _Call) -> nn.Module | None:
+def _inner(call: Call) -> nn.Module | None:
     return call.modules[call.owner + 1] if 0 <= call.owner < len(call.modules) - 1 else None
 
 
-def _inner_path(call: _Call) -> str:
+def _inner_path(call: Call) -> str:
     return call.stack[call.owner + 1][0]
 
 
-def _owner_depth(call: _Call, path: str) -> int:
+def _owner_depth(call: Call, path: str) -> int:
     """Index in the call's module stack of the (innermost) call of the submodule at ``path``."""
     return max(i for i, (p, _) in enumerate(call.stack) if p == path)
 
 
-def _index_in_forward(call: _Call, calls: Sequence[_Call], path: str) -> int:
+def _index_in_forward(call: Call, calls: Sequence[Call], path: str) -> int:
     """Position of ``call`` among the routed calls made during the same forward call of the submodule ``path``."""
     key = call.stack[_owner_depth(call, path)]
     return [c for c in calls if key in c.stack].index(call)
@@ -211,7 +211,7 @@ def _index_in_forward(call: _Call, calls: Sequence[_Call], path: str) -> int:
 def plan_runtime(
     path: str,
     owner: nn.Module,
-    calls: Sequence[_Call],
+    calls: Sequence[Call],
     provider: UpsamplerProvider,
     exclude: Sequence[str],
     reason: str,
@@ -229,8 +229,8 @@ def plan_runtime(
     Returns:
         ``(plan or None if nothing is replaced, one PatchSite per call, grouped later by code location)``.
     """
-    routed: list[_Call] = []  # the calls the router sees: not inside an upsampler or an excluded child
-    decisions: list[tuple[_Call, str, str]] = []  # (call, action, reason)
+    routed: list[Call] = []  # the calls the router sees: not inside an upsampler or an excluded child
+    decisions: list[tuple[Call, str, str]] = []  # (call, action, reason)
     pause_paths: set[str] = set()
     for call in calls:
         inside = [p for p, _ in call.stack[_owner_depth(call, path) + 1 :]]
@@ -239,9 +239,9 @@ def plan_runtime(
             decisions.append((call, ALREADY_PATCHED, ""))
             pause_paths.update(p for p, _ in call.stack[upsampler_at : upsampler_at + 1] if p != path)
             continue
-        excluded = next((p for p in inside if _excluded(p, exclude)), None)
+        excluded = next((p for p in inside if is_excluded(p, exclude)), None)
         frame_path = call.frame[0]
-        if excluded is None and frame_path is not None and frame_path != path and _excluded(frame_path, exclude):
+        if excluded is None and frame_path is not None and frame_path != path and is_excluded(frame_path, exclude):
             excluded = frame_path
         if excluded is not None:
             decisions.append((call, SKIPPED, "matched by exclude"))
@@ -272,7 +272,7 @@ def plan_runtime(
     per_module: dict[str, dict[int, nn.Module]] = {}
     for call, action, why in decisions:
         if action != REPLACED:
-            sites.append(_runtime_site(call, 0, action, why, method=method if action == SKIPPED else ""))
+            sites.append(site_from_call(call, action, why, method=method if action == SKIPPED else ""))
             continue
         channels = call.input_shape[1]
         if is_swap:
@@ -292,7 +292,7 @@ def plan_runtime(
                 by_channels[channels] = name
             else:
                 by_call[index] = (name, channels)
-        sites.append(_runtime_site(call, 0, REPLACED, "", upsampler=name, method=method))
+        sites.append(site_from_call(call, REPLACED, "", upsampler=name, method=method))
     if not replaced:
         return None, sites
     if is_swap:
