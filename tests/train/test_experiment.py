@@ -229,3 +229,33 @@ def test_table_refuses_arms_that_are_not_the_same_detector(tmp_path):
     manifest.write_text(json.dumps({**saved, "config": {**saved["config"], "min_size": 32}}))
     with pytest.raises(ValueError, match=r"other detector settings than the experiment's: \{'min_size': \(32, 64\)\}"):
         summarize(list(jobs.values()), config)
+
+
+def test_e2e_arm_trains_a_new_generator_from_its_bilinear_start_and_pairs_with_a2(tmp_path):
+    config = _config(
+        variants=["lite"],
+        variant_seeds={},
+        arms=["A1", "A2", "E2E"],
+        stage1={"max_iters": 2, "generator_norm": "none", "generator_zero_init_residual": False},
+        variant_generator={"lite": {"generator_hidden_channels": 16}},
+    )
+    jobs = {job.name: job for job in plan_jobs(config, [0, 1], tmp_path)}
+    e2e = jobs["seed0/E2E-lite"]
+    assert (e2e.stage, e2e.arm, e2e.needs) == ("stage3", "E2E-lite", [])  # no stage 1: nothing but L_DET trains G
+    assert {key: e2e.values[key] for key in SCHEDULE} == SCHEDULE
+    assert "init" not in e2e.values and "generator" not in e2e.values and e2e.values["max_iters"] == 4
+    # G as stage 1 would build it (variant, width, norm), but always from its bilinear start.
+    assert e2e.values["use_new_generator"] is True and e2e.values["generator_variant"] == "lite"
+    assert e2e.values["generator_hidden_channels"] == 16 and e2e.values["generator_norm"] == "none"
+    assert e2e.values["generator_zero_init_residual"] is True
+    order = [job.name for job in plan_jobs(config, [0, 1], tmp_path)]
+    assert order.index("seed1/A1") < order.index("seed0/A2-lite") < order.index("seed0/E2E-lite")  # budget tier 1
+    finals = {"A1": [0.20, 0.10], "A2-lite": [0.22, 0.14], "E2E-lite": [0.21, 0.16]}
+    for arm, values in finals.items():
+        for seed, ap in enumerate(values):
+            _finish(jobs[f"seed{seed}/{arm}"], [(4, ap)])
+    summary = summarize(list(jobs.values()), config)
+    assert summary["table"]["E2E-lite"]["AP_minus_A2-lite"]["per_seed"] == pytest.approx({0: -1.0, 1: 2.0})
+    assert "AP - A2-<variant>, paired (end to end against G's GAN pre-training; below 0: it helps): E2E-lite +0.5" in (
+        markdown_table(summary)
+    )

@@ -147,6 +147,18 @@ ARMS = {
             values=_EXTRACTOR,
             rank=3,
         ),
+        Arm(
+            "E2E",
+            "does G's GAN pre-training matter? (the same G from its bilinear start, trained by L_DET alone)",
+            "stage3",
+            values=MappingProxyType({"generator_zero_init_residual": True}),
+            has_variant=True,
+            new_generator=True,
+            tier=1,
+            rank=6,
+            references=("A1", "B", "A2-{variant}"),
+            contrast=MappingProxyType({"A2-{variant}": "end to end against G's GAN pre-training; below 0: it helps"}),
+        ),
     )
 }
 ARM_QUESTIONS = {name: arm.question for name, arm in ARMS.items()}

@@ -97,9 +97,9 @@ def plan_jobs(config: ExperimentConfig, seeds: Sequence[int], work_dir: str | os
             add_pretraining(PRETRAINING[arm.init], variant, seed, variant_tier)
             source = folder(seed, init)
             values[arm.init_as] = str(source / "generator" if arm.init_as == "generator" else source)
-        values.update(arm.values)
         if arm.new_generator:
             values.update(_generator_values(config, variant), **{NEW_GENERATOR_KEY: True})
+        values.update(arm.values)  # last: an arm's own settings hold whatever the variant's generator says
         name = f"{arm.name}-{variant}" if variant else arm.name
         depth = 1 + _depth(arm.init) if arm.init else 0  # after the pre-training it starts from
         add(name, seed, arm.stage, values, init, (tier, seed, arm.rank, depth))
