@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import resolve_output_size
 from ..upsample import SRFUpsample
 
 PARAMETER_REASON = "resizes a parameter (e.g. a position embedding), not a feature map"
@@ -49,18 +49,18 @@ def direction(input_shape: Sequence[int] | None, output_shape: Sequence[int] | N
     return ""
 
 
-def _output_size(x: torch.Tensor, size: Any, scale_factor: Any) -> tuple[int, int] | None:
-    """The (H_out, W_out) F.interpolate would give for a 4D input, or None if the arguments are not 2D ones."""
-    if size is not None:
-        if isinstance(size, (int, torch.SymInt)):
-            return size, size
-        return (size[0], size[1]) if len(size) == 2 else None
-    if scale_factor is None:
+def _enlarged_size(x: torch.Tensor, size: Any, scale_factor: Any) -> tuple[int, int] | None:
+    """The (H_out, W_out) F.interpolate gives a 4D input, or None where the arguments are not a valid 2D resize.
+
+    On None the original call runs, so F.interpolate itself accepts the arguments or raises its own error.
+    """
+    if (size is None) == (scale_factor is None):
+        # resolve_output_size reads "neither" as SRFUpsample's default scale_factor=2; F.interpolate raises.
         return None
-    factors = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
-    if len(factors) != 2:
+    try:
+        return resolve_output_size(x.shape[-2:], size, scale_factor)
+    except (TypeError, ValueError):
         return None
-    return math.floor(x.shape[-2] * float(factors[0])), math.floor(x.shape[-1] * float(factors[1]))
 
 
 def enlarge_or_interpolate(
@@ -94,7 +94,7 @@ def enlarge_or_interpolate(
         The upsampled (or, for a non-enlargement, interpolated) tensor.
     """
     if not torch.compiler.is_exporting():
-        out_size = _output_size(x, size, scale_factor) if x.dim() == 4 and x.is_floating_point() else None
+        out_size = _enlarged_size(x, size, scale_factor) if x.dim() == 4 and x.is_floating_point() else None
         if out_size is None or direction(tuple(x.shape), (*x.shape[:2], *out_size)):
             return F.interpolate(
                 x,
