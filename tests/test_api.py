@@ -63,3 +63,24 @@ def test_integrations_import_only_public_names():
                     if hasattr(package, "__all__") and name not in package.__all__:
                         private.append(f"{path.name}:{node.lineno} {name} is not in {package.__name__}.__all__")
     assert private == []
+
+
+def test_every_module_imports_without_the_optional_extras():
+    # The doctests (--doctest-modules) import every module of the package at collection: an extra imported at module
+    # level would break the test run of a user without it. Extras must be imported where they are used.
+    code = (
+        "import sys, importlib, pkgutil\n"
+        "for name in ('onnx', 'onnxscript', 'onnxruntime', 'ultralytics', 'pycocotools', 'matplotlib'):\n"
+        "    sys.modules[name] = None  # import raises ImportError\n"
+        "import srf_upsample\n"
+        "failed = []\n"
+        "for module in pkgutil.walk_packages(srf_upsample.__path__, 'srf_upsample.'):\n"
+        "    if module.name.rsplit('.', 1)[-1] != '__main__':\n"
+        "        try:\n"
+        "            importlib.import_module(module.name)\n"
+        "        except ImportError as error:\n"
+        "            failed.append(f'{module.name}: {error}')\n"
+        "print(failed)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
