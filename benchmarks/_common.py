@@ -1,7 +1,12 @@
-"""Shared helpers for the benchmark scripts: interleaved timing, environment notes, RESULTS.md sections."""
+"""Shared helpers for the benchmark scripts: command-line flags, interleaved timing, environment notes, RESULTS.md.
+
+Every script runs as ``python benchmarks/<script>.py`` (Python then puts ``benchmarks/`` first on ``sys.path``, so
+``from _common import ...`` needs no path setup) or is imported by tests/test_benchmarks.py, which adds that folder.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import hashlib
@@ -18,18 +23,84 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "QUICK_NOTE",
     "RESULTS_PATH",
     "MachineLoad",
+    "benchmark_parser",
     "command_line",
     "environment_lines",
     "format_table",
+    "header_lines",
     "machine_name",
+    "parse_size",
+    "publish",
+    "rounds",
     "sync",
     "time_interleaved",
     "write_section",
 ]
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+QUICK_NOTE = " — QUICK MODE, not a measurement"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"800x1216"`` -> ``(800, 1216)``, for ``--size``-style flags."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 800x1216, got {text!r}") from None
+    return height, width
+
+
+def benchmark_parser(
+    description: str | None,
+    *,
+    repeats: int | None = 5,
+    warmup: bool = True,
+    quick_help: str = "tiny sizes and one round, for smoke tests",
+) -> argparse.ArgumentParser:
+    """An argument parser with the flags every benchmark shares.
+
+    ``--quick`` (smoke-test sizes), ``--results`` (the markdown file to update), ``--no-write`` (print only) and,
+    unless ``repeats`` is None, ``--repeats`` (timed rounds, default ``repeats``) and ``--warmup`` (untimed rounds).
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if repeats is not None:
+        parser.add_argument(
+            "--repeats", type=int, default=repeats, help=f"timed interleaved rounds (default {repeats})"
+        )
+    if warmup:
+        parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (default 1)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="markdown file to update")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
+    return parser
+
+
+def rounds(args: argparse.Namespace) -> tuple[int, int]:
+    """``(repeats, warmup)`` from the parsed flags: one timed round and no warm-up in quick mode."""
+    return (1, 0) if args.quick else (args.repeats, args.warmup)
+
+
+def header_lines(
+    title: str, *, quick: bool, device: torch.device | str = "cpu", dtypes: Sequence[torch.dtype] = ()
+) -> list[str]:
+    """The opening of a results section: title (marked in quick mode), the command, where and how it ran."""
+    return [
+        title + (QUICK_NOTE if quick else ""),
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        *environment_lines(device, dtypes),
+    ]
+
+
+def publish(body: str, section: str, args: argparse.Namespace) -> None:
+    """Print ``body`` and, unless ``--no-write``, write it as section ``section`` of ``--results``."""
+    print(body, flush=True)
+    if not args.no_write:
+        write_section(section, body, args.results)
 
 
 def sync(device: torch.device | str) -> None:

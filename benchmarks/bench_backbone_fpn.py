@@ -10,8 +10,8 @@ for both. Patched variants are deep copies whose FPN top-down ``F.interpolate`` 
 with one shared ``SRFUpsample(256, variant=...)``, in eval mode and fused. Candidates:
 
 - ``unpatched``: the FPN's nearest-neighbour upsampling (the baseline of every ratio);
-- ``lite (reference pass)``: the lite generator's module-by-module pass (``SRFUpsample._one_pass``);
-- ``lite``: the same generator on its default inference route (``SRFUpsample._fast_lite_pass``, same function);
+- ``lite (reference pass)``: the lite generator's module-by-module pass (``use_fast_inference = False``);
+- ``lite``: the same generator on its default inference route (in place, tail fused: ``SRFUpsample.uses_fast_pass``);
 - ``lite (onnxruntime)``: the same generator exported by ``srf_upsample.export.export_generator`` and run by
   onnxruntime inside the PyTorch backbone (numpy views in and out, no copies), skipped without the export extra;
 - ``paper``: the paper's generator (6x6 deconvolution, no BatchNorm: the defaults).
@@ -23,7 +23,6 @@ box head scores every proposal and keeps none, so the heads' work does not depen
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import sys
@@ -32,22 +31,20 @@ from pathlib import Path
 
 import torch
 import torchvision
+from _common import (
+    MachineLoad,
+    benchmark_parser,
+    format_table,
+    header_lines,
+    parse_size,
+    publish,
+    rounds,
+    time_interleaved,
+)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    RESULTS_PATH,
-    MachineLoad,
-    command_line,
-    environment_lines,
-    format_table,
-    time_interleaved,
-    write_section,
-)
-
-from srf_upsample import SRFUpsample, patch_fpn  # noqa: E402
+from srf_upsample import SRFUpsample, patch_fpn
 
 __all__ = ["main", "run"]
 
@@ -86,8 +83,7 @@ def patched_copy(module: nn.Module, variant: str, *, use_fast_pass: bool = True)
     # patch_fpn may hold copies of the upsampler, so set every generator the patched module holds.
     for generator in (m for m in module.modules() if isinstance(m, SRFUpsample)):
         generator.fuse()
-        if not use_fast_pass:
-            generator._use_fast_lite_pass = False
+        generator.use_fast_inference = use_fast_pass
     return module
 
 
@@ -96,10 +92,10 @@ class _OnnxRuntimeUpsample(nn.Module):
 
     def __init__(self, module: SRFUpsample, directory: str) -> None:
         super().__init__()
-        from srf_upsample.export import _inference_session, export_generator
+        from srf_upsample.export import export_generator, inference_session
 
         path = export_generator(module, Path(directory) / f"{module.variant}.onnx", fuse=True)
-        self.session = _inference_session(path, torch.get_num_threads())
+        self.session = inference_session(path, torch.get_num_threads())
 
     def forward(self, x: torch.Tensor, size: object = None, scale_factor: object = None) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -225,24 +221,14 @@ def run(
     return text, load
 
 
-def _size(text: str) -> tuple[int, int]:
-    height, width = text.lower().split("x")
-    return int(height), int(width)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=_size, default=FULL_SIZE, help="HxW of the image (default 800x1216)")
-    parser.add_argument("--repeats", type=int, default=11, help="timed interleaved rounds (default 11)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser = benchmark_parser(__doc__, repeats=11, quick_help="tiny image, one round, no FLOPs, no onnxruntime")
+    parser.add_argument("--size", type=parse_size, default=FULL_SIZE, help="HxW of the image (default 800x1216)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime candidate")
-    parser.add_argument("--quick", action="store_true", help="tiny image, one round, no FLOPs, no onnxruntime")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="markdown file to update")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
     args = parser.parse_args(argv)
     size = QUICK_SIZE if args.quick else args.size
-    repeats, warmup = (1, 0) if args.quick else (args.repeats, args.warmup)
+    repeats, warmup = rounds(args)
     tables, load = run(
         size=size,
         warmup=warmup,
@@ -251,12 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         use_onnx=not (args.quick or args.no_onnx),
     )
     lines = [
-        f"## Backbone + FPN: Mask R-CNN / Faster R-CNN R50-FPN at {size[0]}x{size[1]} (cpu)"
-        + (" — QUICK MODE, not a measurement" if args.quick else ""),
-        "",
-        f"Command: `{command_line()}`",
-        "",
-        *environment_lines("cpu", [torch.float32]),
+        *header_lines(
+            f"## Backbone + FPN: Mask R-CNN / Faster R-CNN R50-FPN at {size[0]}x{size[1]} (cpu)",
+            quick=args.quick,
+            dtypes=[torch.float32],
+        ),
         *load.lines(),
         f"- {warmup} warm-up + {repeats} interleaved timed rounds (order rotated each round), median, under "
         "`torch.inference_mode()`; `x unpatched`: median over rounds of (time / unpatched time in the same round), for "
@@ -268,10 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "interpolation counts 0); whole detector in inference with `box_score_thresh=1.01` (fixed head workload: "
         "`rpn_nms_thresh=1.0` keeps the RPN at its cap of 1000 proposals, the box head keeps none, no mask is run)",
     ]
-    body = "\n".join(lines) + "\n\n" + tables
-    print(body, flush=True)
-    if not args.no_write:
-        write_section("backbone-fpn-cpu", body, args.results)
+    publish("\n".join(lines) + "\n\n" + tables, "backbone-fpn-cpu", args)
     return 0
 
 

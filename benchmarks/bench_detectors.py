@@ -33,20 +33,18 @@ from pathlib import Path
 
 import torch
 import torchvision
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    RESULTS_PATH,
+from _common import (
     MachineLoad,
-    command_line,
-    environment_lines,
+    benchmark_parser,
     format_table,
+    header_lines,
+    parse_size,
+    publish,
+    rounds,
     time_interleaved,
-    write_section,
 )
 
-from srf_upsample import SRFUpsample, patch_fpn  # noqa: E402
+from srf_upsample import SRFUpsample, patch_fpn
 
 __all__ = ["main", "run"]
 
@@ -302,25 +300,15 @@ def run(
     return text
 
 
-def _size(text: str) -> tuple[int, int]:
-    height, width = text.lower().split("x")
-    return int(height), int(width)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, repeats=3, quick_help="tiny images and one round, for smoke tests")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=list(DETECTORS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--sizes", nargs="+", type=_size, default=list(FULL_SIZES), help="HxW, e.g. 800x1216")
-    parser.add_argument("--train-size", type=_size, default=FULL_TRAIN_SIZE, help="HxW of the training images")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=list(FULL_SIZES), help="HxW, e.g. 800x1216")
+    parser.add_argument("--train-size", type=parse_size, default=FULL_TRAIN_SIZE, help="HxW of the training images")
     parser.add_argument("--no-train", action="store_true", help="skip the training step benchmark")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds (default 3)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="tiny images and one round, for smoke tests")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="markdown file to update")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -330,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = (QUICK_SIZE,) if args.quick else tuple(args.sizes)
     train_size = None if args.no_train else (QUICK_SIZE if args.quick else args.train_size)
-    repeats, warmup = (1, 0) if args.quick else (args.repeats, args.warmup)
+    repeats, warmup = rounds(args)
     device_type = torch.device(args.device).type
     memory_note = (
         "`torch.cuda.max_memory_allocated` during one inference (tensors only, allocator cache excluded)"
@@ -340,10 +328,6 @@ def main(argv: list[str] | None = None) -> int:
         "column)"
     )
     header = [
-        "",
-        f"Command: `{command_line()}`",
-        "",
-        *environment_lines(args.device, [torch.float32]),
         f"- {warmup} warm-up + {repeats} interleaved timed rounds, median; inference under `torch.inference_mode()`; "
         "`x unpatched`: median over rounds of (time / unpatched time in the same round), for wall time and for the "
         "process's CPU time (steadier on a shared machine: it leaves out time spent waiting for a core)",
@@ -372,14 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                 quiet=args.quiet,
             )
         title = f"## Whole detector: {detector} R50-FPN ({device_type})"
-        body = (
-            title + (" — QUICK MODE, not a measurement" if args.quick else "") + "\n" + "\n".join(header + load.lines())
-        )
-        body += "\n\n" + tables
-        print(body, flush=True)
-        if not args.no_write:
-            # One section per detector, written as soon as it is done, so a long run leaves results as it goes.
-            write_section(f"detectors-{device_type}-{detector}", body, args.results)
+        lines = header_lines(title, quick=args.quick, device=args.device, dtypes=[torch.float32])
+        body = "\n".join(lines + header + load.lines()) + "\n\n" + tables
+        # One section per detector, written as soon as it is done, so a long run leaves results as it goes.
+        publish(body, f"detectors-{device_type}-{detector}", args)
     return 0
 
 

@@ -11,20 +11,16 @@ the tests).
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
+from _common import benchmark_parser, format_table, header_lines, publish
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment_lines, format_table, write_section  # noqa: E402
-
-from srf_upsample import SRFUpsample, list_shipped  # noqa: E402
-from srf_upsample.train.data import read_image  # noqa: E402
-from srf_upsample.train.fidelity import FIDELITY_METRICS, INTERPOLATIONS, feature_pairs, fidelity  # noqa: E402
-from srf_upsample.train.shipped import DEFAULT_DETECTOR, load_shipped_extractor  # noqa: E402
+from srf_upsample import SRFUpsample, list_shipped
+from srf_upsample.train.data import read_image
+from srf_upsample.train.fidelity import FIDELITY_METRICS, INTERPOLATIONS, feature_pairs, fidelity
+from srf_upsample.train.shipped import DEFAULT_DETECTOR, load_shipped_extractor
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = ("P2", "P3", "P4", "P5")
@@ -38,12 +34,12 @@ def load_images(folder: Path, limit: int | None) -> list[torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, repeats=None, warmup=False, quick_help="one image, nothing written (smoke test)")
     parser.add_argument("--images", type=Path, default=REPO / "tests" / "data")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
-    parser.add_argument("--quick", action="store_true", help="one image (CI smoke test)")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
     args = parser.parse_args(argv)
+    # A quick run scores one image: not a result to keep.
+    args.no_write = args.no_write or args.quick
     torch.set_grad_enabled(False)
     extractor = load_shipped_extractor()
     images = load_images(args.images, 1 if args.quick else args.limit)
@@ -71,23 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         images_label = str(args.images.resolve().relative_to(REPO))
     except ValueError:
         images_label = str(args.images)
-    command = "python benchmarks/bench_fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        "## Held-out feature fidelity of the shipped generators",
-        "",
-        f"Command: `{command.strip()}`",
-        "",
-        *environment_lines("cpu", ["float32"]),
+        *header_lines(
+            "## Held-out feature fidelity of the shipped generators", quick=args.quick, dtypes=[torch.float32]
+        ),
         f"- {len(images)} held-out image(s) from `{images_label}`; F = the shipped extractor "
         f"(the backbone + FPN of `weights/{DEFAULT_DETECTOR}`); I_lr = bilinear x0.5",
         "- per level: the method's upsampling of F(I_lr) level i compared with F(I) level i, averaged over images",
         "",
         table,
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write and not args.quick:
-        write_section("fidelity", text)
+    publish("\n".join(lines), "fidelity", args)
     return 0
 
 

@@ -14,26 +14,21 @@ the same round, by wall time and by this process's CPU time (the steadier one wh
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    RESULTS_PATH,
+from _common import (
+    QUICK_NOTE,
     MachineLoad,
+    benchmark_parser,
     command_line,
     environment_lines,
     format_table,
+    publish,
     time_interleaved,
-    write_section,
 )
 
-from srf_upsample import SRFUpsample  # noqa: E402
+from srf_upsample import SRFUpsample
 
 __all__ = ["main", "run"]
 
@@ -82,7 +77,7 @@ def run(*, channels: int, batch: int, tile: int, repeats: int, quick: bool = Fal
     lines = [
         f"Command: `{command_line()}`; {batch} images, {channels}-channel maps of {sizes} px upsampled x2 "
         f"(an FPN over {tile} px tiles), training mode, {repeats} interleaved repetitions"
-        + (" — QUICK MODE, not a measurement" if quick else "")
+        + (QUICK_NOTE if quick else "")
         + ".",
         "",
         *environment_lines("cpu"),
@@ -94,24 +89,18 @@ def run(*, channels: int, batch: int, tile: int, repeats: int, quick: bool = Fal
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, repeats=5, warmup=False, quick_help="tiny sizes, one repetition")
     parser.add_argument("--channels", type=int, default=64, help="FPN channels (the CPU profile's 64)")
     parser.add_argument("--batch", type=int, default=4, help="images per step (the CPU profile's 4)")
     parser.add_argument("--tile", type=int, default=400, help="image side in px (400)")
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one per run in the CPU grid)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="markdown file to update")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.quick:
         args.channels, args.batch, args.tile, args.repeats = 8, 1, 64, 1
     text = run(channels=args.channels, batch=args.batch, tile=args.tile, repeats=args.repeats, quick=args.quick)
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text, args.results)
+    publish(text, SECTION, args)
     return 0
 
 

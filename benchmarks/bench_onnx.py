@@ -13,27 +13,15 @@ the same round); below 1 means onnxruntime is faster. The parity columns come fr
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from _common import MachineLoad, benchmark_parser, format_table, header_lines, publish, rounds, time_interleaved
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    RESULTS_PATH,
-    MachineLoad,
-    command_line,
-    environment_lines,
-    format_table,
-    time_interleaved,
-    write_section,
-)
-
-from srf_upsample import SRFUpsample  # noqa: E402
-from srf_upsample.export import DEFAULT_OPSET, export_generator, onnx_operators  # noqa: E402
+from srf_upsample import SRFUpsample
+from srf_upsample.export import DEFAULT_OPSET, export_generator, inference_session, onnx_operators
+from srf_upsample.upsample import VARIANTS
 
 __all__ = ["main"]
 
@@ -47,25 +35,17 @@ QUICK_CASES = (("odd 17x25", (17, 25), (33, 49)), ("quick", (8, 12), (16, 24)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["paper", "lite"], choices=["paper", "lite"])
-    parser.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser = benchmark_parser(__doc__, repeats=5, quick_help="tiny module and sizes, one round, for smoke tests")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--quick", action="store_true", help="tiny module and sizes, one round, for smoke tests")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="markdown file to update")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
     args = parser.parse_args(argv)
 
     import onnxruntime
 
     torch.manual_seed(0)
     cases = QUICK_CASES if args.quick else FULL_CASES
-    repeats, warmup = (1, 0) if args.quick else (args.repeats, args.warmup)
+    repeats, warmup = rounds(args)
     threads = torch.get_num_threads()
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
 
     rows = []
     operators_by_variant = {}
@@ -79,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode(False):
                 path = export_generator(module, Path(folder) / f"{variant}.onnx", opset=args.opset, fuse=True)
             operators_by_variant[variant] = onnx_operators(path)
-            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = inference_session(path, threads)
             fused = module.fuse()
             for label, (height, width), target in cases:
                 x = torch.randn(1, module.in_channels, height, width)
@@ -117,12 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     body = "\n".join(
         [
-            "## ONNX export: onnxruntime vs PyTorch eager (cpu)"
-            + (" — QUICK MODE, not a measurement" if args.quick else ""),
-            "",
-            f"Command: `{command_line()}`",
-            "",
-            *environment_lines("cpu", [torch.float32]),
+            *header_lines(
+                "## ONNX export: onnxruntime vs PyTorch eager (cpu)", quick=args.quick, dtypes=[torch.float32]
+            ),
             f"- onnxruntime {onnxruntime.__version__} (CPUExecutionProvider, intra-op threads {threads}), "
             f"opset {args.opset}",
             f"- batch 1, float32, fused generators (BN folded), random weights; {warmup} warm-up + {repeats} "
@@ -136,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             table,
         ]
     )
-    print(body)
-    if not args.no_write:
-        write_section("onnx", body, args.results)
-        print(f"updated section 'onnx' of {args.results}")
+    publish(body, "onnx", args)
     return 0
 
 

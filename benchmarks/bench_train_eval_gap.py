@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import command_line, environment_lines, format_table, write_section
+from bench_fidelity import load_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, environment_lines, format_table, write_section  # noqa: E402
-from bench_fidelity import load_images  # noqa: E402
-
-from srf_upsample import SRFUpsample, list_shipped  # noqa: E402
-from srf_upsample.train.fidelity import feature_pairs  # noqa: E402
-from srf_upsample.train.shipped import DEFAULT_DETECTOR, load_shipped_extractor  # noqa: E402
+from srf_upsample import SRFUpsample, list_shipped
+from srf_upsample.train.fidelity import feature_pairs
+from srf_upsample.train.shipped import DEFAULT_DETECTOR, load_shipped_extractor
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = ("P2", "P3", "P4", "P5")

@@ -12,29 +12,17 @@ The ratio column is the median over rounds of (candidate time / nearest time in 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import MachineLoad, benchmark_parser, format_table, header_lines, publish, rounds, time_interleaved
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    RESULTS_PATH,
-    MachineLoad,
-    command_line,
-    environment_lines,
-    format_table,
-    time_interleaved,
-    write_section,
-)
-
-from srf_upsample import SRFUpsample  # noqa: E402
+from srf_upsample import SRFUpsample
+from srf_upsample.upsample import VARIANTS
 
 __all__ = ["main", "run"]
 
@@ -57,7 +45,7 @@ def _candidates(in_channels: int, use_channels_last: bool) -> dict[str, tuple[in
     """Name -> (parameters as shipped, fused inference module or None for F.interpolate, channels_last)."""
     candidates: dict[str, tuple[int, torch.nn.Module | None, bool]] = {"nearest": (0, None, False)}
     candidates["bilinear"] = (0, None, False)
-    for variant in ("paper", "lite"):
+    for variant in VARIANTS:
         module = SRFUpsample(in_channels, variant=variant).eval()
         params = sum(p.numel() for p in module.parameters())
         module.fuse()
@@ -131,19 +119,14 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, repeats=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--no-channels-last", action="store_true", help="skip the channels_last rows")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and one round, for smoke tests")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="markdown file to update")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     image = QUICK_IMAGE if args.quick else FULL_IMAGE
-    repeats, warmup = (1, 0) if args.quick else (args.repeats, args.warmup)
+    repeats, warmup = rounds(args)
     with MachineLoad() as load:
         table = run(
             device=args.device,
@@ -156,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     device_type = torch.device(args.device).type
     header = [
-        f"## Per-upsampler cost ({device_type}){' — QUICK MODE, not a measurement' if args.quick else ''}",
-        "",
-        f"Command: `{command_line()}`",
-        "",
-        *environment_lines(args.device, [DTYPES[d] for d in args.dtypes]),
+        *header_lines(
+            f"## Per-upsampler cost ({device_type})",
+            quick=args.quick,
+            device=args.device,
+            dtypes=[DTYPES[d] for d in args.dtypes],
+        ),
         f"- image {image[0]}x{image[1]}, batch 1, FPN width 256; {warmup} warm-up + {repeats} interleaved timed "
         "rounds, median; learned upsamplers fused (`.eval().fuse()`), `torch.inference_mode()`",
         "- `x nearest`: median over rounds of (time / time of `F.interpolate(mode='nearest')` on the same input in "
@@ -169,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "params: as shipped (unfused, BN included)",
         *load.lines(),
     ]
-    body = "\n".join(header) + "\n\n" + table
-    print(body)
-    if not args.no_write:
-        write_section(f"upsamplers-{device_type}", body, args.results)
+    publish("\n".join(header) + "\n\n" + table, f"upsamplers-{device_type}", args)
     return 0
 
 

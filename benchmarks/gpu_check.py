@@ -19,53 +19,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from _common import format_table, time_interleaved
+from bench_detectors import FixedWorkRPN
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import format_table, time_interleaved  # noqa: E402
-from bench_detectors import FixedWorkRPN  # noqa: E402
-
-from srf_upsample import SRFUpsample, patch_fpn  # noqa: E402
-from srf_upsample.train.cli import main as train_main  # noqa: E402
+from srf_upsample import SRFUpsample, patch_fpn
+from srf_upsample.train.cli import main as train_main
+from srf_upsample.train.synthetic import write_tiny_coco
 
 SIZES = [(533, 640), (193, 290), (682, 1024), (480, 640)]
 TINY_G = ["--set", "discriminator_hidden_channels=[64,64,64]"]
-
-
-def make_coco(root: Path) -> tuple[Path, Path]:
-    """Four random images of real, odd sizes with two boxes (and polygon masks) each."""
-    rng = np.random.default_rng(0)
-    images, annotations = [], []
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    for index, (height, width) in enumerate(SIZES):
-        Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(root / "images" / f"{index}.png")
-        images.append({"id": index + 1, "file_name": f"{index}.png", "height": height, "width": width})
-        for _ in range(2):
-            w, h = float(rng.integers(20, width // 3)), float(rng.integers(20, height // 3))
-            x, y = float(rng.integers(0, width - w)), float(rng.integers(0, height - h))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": index + 1,
-                    "category_id": 1,
-                    "bbox": [x, y, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
-                }
-            )
-    ann = root / "instances.json"
-    ann.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]})
-    )
-    return root / "images", ann
 
 
 def check_training(
@@ -73,7 +42,7 @@ def check_training(
 ) -> list[list[str]]:
     """Stage 1 -> 2 -> 3 -> evaluate for each precision; one row per (precision, stage)."""
     cuda = device == "cuda"
-    image_dir, ann = make_coco(work / "coco")
+    image_dir, ann = write_tiny_coco(work / "coco", sizes=SIZES)
     data = [
         "--data-root",
         str(image_dir),
@@ -139,7 +108,7 @@ def check_training(
                 [json.loads(line) for line in (out / stage / "log.jsonl").read_text().splitlines()] if code == 0 else []
             )
             losses = log[-1]["losses"] if log else {}
-            finite = all(np.isfinite(v) for v in losses.values()) if losses else False
+            finite = all(math.isfinite(v) for v in losses.values()) if losses else False
             main_loss = losses.get("loss_g", losses.get("loss_int", losses.get("loss", float("nan"))))
             rows.append(
                 [

@@ -1,33 +1,149 @@
-"""Private validation helpers shared by the public modules."""
+"""Private validation helpers shared by the public modules: one message format, one exception type per mistake.
+
+A wrong type raises TypeError, a wrong value ValueError (STYLE.md section 5). Every message names the argument, what
+it must be, the value received and, where there is one, the fix.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["check_positive_int", "check_feature_map", "resolve_output_size", "check_choice"]
+from ._interpolate import output_size
+
+__all__ = [
+    "check_choice",
+    "check_device",
+    "check_feature_map",
+    "check_int",
+    "check_levels",
+    "check_number",
+    "check_positive_int",
+    "check_size_pair",
+    "resolve_output_size",
+]
+
+
+def _message(name: str, expectation: str, value: object, hint: str = "", *, with_type: bool = False) -> str:
+    got = f"{value!r} of type {type(value).__name__}" if with_type else repr(value)
+    return f"{name} must be {expectation}, got {got}" + (f"; {hint}" if hint else "") + "."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: object, *, minimum: int = 1, multiple_of: int = 1, hint: str = "") -> int:
+    """Return ``value`` if it is an int (not a bool), ``>= minimum`` and a multiple of ``multiple_of``; else raise."""
+    if minimum == 1 and multiple_of == 1:
+        expectation = "a positive int"
+    else:
+        expectation = f"{'an even' if multiple_of == 2 else 'an'} int >= {minimum}"
+        if multiple_of > 2:
+            expectation += f" and a multiple of {multiple_of}"
+    if not _is_int(value):
+        raise TypeError(_message(name, expectation, value, hint, with_type=True))
+    if value < minimum or value % multiple_of:
+        raise ValueError(_message(name, expectation, value, hint))
+    return value
 
 
 def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is a positive int (bools excluded), else raise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {value!r} of type {type(value).__name__}.")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return value
+    return check_int(name, value, minimum=1)
 
 
-def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a ValueError listing them."""
+def check_number(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    is_open: bool = False,
+    hint: str = "",
+) -> float:
+    """Return ``value`` as a float if it is a finite real number in range, else raise.
+
+    The range is ``[minimum, maximum]``, or ``(minimum, maximum)`` with ``is_open``; a missing bound is unbounded.
+    """
+    low = "-inf" if minimum is None else f"{minimum:g}"
+    high = "inf" if maximum is None else f"{maximum:g}"
+    opening = "(" if minimum is None or is_open else "["
+    closing = ")" if maximum is None or is_open else "]"
+    expectation = f"a float in {opening}{low}, {high}{closing}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(_message(name, expectation, value, hint, with_type=True))
+    below = minimum is not None and (value <= minimum if is_open else value < minimum)
+    above = maximum is not None and (value >= maximum if is_open else value > maximum)
+    if not math.isfinite(value) or below or above:
+        raise ValueError(_message(name, expectation, value, hint))
+    return float(value)
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise an error listing them."""
+    expectation = f"one of {sorted(choices)}"
+    if not isinstance(value, str):
+        raise TypeError(_message(name, expectation, value, with_type=True))
     if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}.")
+        raise ValueError(_message(name, expectation, value))
     return value
+
+
+def check_size_pair(name: str, value: object, *, minimum: int = 1) -> tuple[int, int]:
+    """Return ``value`` as ``(H, W)`` if it is a pair of ints ``>= minimum``, else raise."""
+    expectation = f"a pair (H, W) of ints >= {minimum}"
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_int(v) for v in value):
+        raise TypeError(_message(name, expectation, value, with_type=True))
+    if any(v < minimum for v in value):
+        raise ValueError(_message(name, expectation, value))
+    return value[0], value[1]
+
+
+def check_levels(name: str, levels: object, other: Sequence[Any] | None = None, other_name: str = "") -> None:
+    """Check that ``levels`` is a non-empty list of tensors, one per pyramid level (as many as ``other``)."""
+    expectation = "a non-empty list of tensors, one per pyramid level"
+    if isinstance(levels, torch.Tensor) or not isinstance(levels, Sequence):
+        raise TypeError(
+            f"{name} must be {expectation}, got a {type(levels).__name__}; wrap a single level in a list: [tensor]."
+        )
+    if len(levels) == 0:
+        raise ValueError(_message(name, expectation, levels))
+    if other is not None and len(other) != len(levels):
+        raise ValueError(f"{name} has {len(levels)} levels but {other_name} has {len(other)}; pass the same levels.")
+
+
+def check_device(name: str, value: object) -> torch.device:
+    """Return ``value`` as a ``torch.device`` if it names one this machine has, else raise."""
+    expectation = "a torch.device or a device string such as 'cpu' or 'cuda:0'"
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(_message(name, expectation, value, with_type=True))
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise ValueError(_message(name, expectation, value)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(_message(name, "a device this machine has", value, "CUDA is not available here: pass 'cpu'"))
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            _message(
+                name,
+                "a device this machine has",
+                value,
+                f"this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1}",
+            )
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(_message(name, "a device this machine has", value, "MPS is not available here: pass 'cpu'"))
+    return device
 
 
 def check_feature_map(x: object, in_channels: int | None = None, name: str = "x") -> torch.Tensor:
-    """Check that ``x`` is a (N, C, H, W) floating tensor with ``in_channels`` channels."""
+    """Check that ``x`` is a (N, C, H, W) floating tensor with ``in_channels`` channels and H, W >= 1."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}.")
     if x.dim() != 4:
@@ -42,15 +158,22 @@ def check_feature_map(x: object, in_channels: int | None = None, name: str = "x"
             f"{name} has {x.shape[1]} channels but this module was built with in_channels={in_channels}; "
             f"build it with in_channels={x.shape[1]} or pass a feature map with {in_channels} channels."
         )
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise ValueError(
+            f"{name} must have H >= 1 and W >= 1, got shape {tuple(x.shape)}: an empty feature map has nothing to "
+            "upsample; skip the call for empty inputs."
+        )
     return x
 
 
-def _pair(name: str, value: object) -> tuple:
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be a number or a pair (H, W) for a 4D input, got {value!r}.")
-        return tuple(value)
-    return (value, value)
+def _check_pair_length(name: str, value: object, what: str) -> None:
+    if isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be {what} or a pair of them (as with F.interpolate), got a torch.Tensor {value!r}; "
+            f"pass plain numbers, e.g. {name}=tuple(t.tolist()) or size=feature.shape[-2:]."
+        )
+    if isinstance(value, (tuple, list)) and len(value) != 2:
+        raise ValueError(f"{name} must be a number or a pair (H, W) for a 4D input, got {value!r}.")
 
 
 def resolve_output_size(
@@ -58,9 +181,10 @@ def resolve_output_size(
     size: int | Sequence[int] | None,
     scale_factor: float | Sequence[float] | None,
 ) -> tuple[int, int]:
-    """Return the (H_out, W_out) that ``F.interpolate`` would produce for these arguments.
+    """Check ``size`` / ``scale_factor`` and return the (H_out, W_out) that ``F.interpolate`` would produce.
 
-    ``H_out = size[0]`` or ``floor(H * scale_factor[0])``, as in ``torch.nn.functional.interpolate``.
+    ``H_out = size[0]`` or ``floor(H * scale_factor[0])``, as in ``torch.nn.functional.interpolate`` (the rule lives
+    in ``_interpolate.output_size``). Neither given means ``scale_factor=2``.
     """
     if size is not None and scale_factor is not None:
         raise ValueError(
@@ -70,16 +194,18 @@ def resolve_output_size(
     if size is None and scale_factor is None:
         scale_factor = 2.0
     if size is not None:
-        out = _pair("size", size)
+        _check_pair_length("size", size, "an int")
+        out = output_size(in_size, size, None)
         # torch.SymInt (torch.export) and fx Proxies are not plain ints, so accept any int-like.
         if any(isinstance(s, bool) or not hasattr(s, "__index__") and not isinstance(s, torch.SymInt) for s in out):
             raise TypeError(f"size must hold ints, got {size!r}.")
         if any(isinstance(s, int) and s <= 0 for s in out):
             raise ValueError(f"size must be positive, got {size!r}.")
         return out  # type: ignore[return-value]
-    factors = _pair("scale_factor", scale_factor)
+    _check_pair_length("scale_factor", scale_factor, "a positive float")
+    factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
     if any(isinstance(f, bool) or not isinstance(f, (int, float)) for f in factors):
         raise TypeError(f"scale_factor must be a positive float or a pair of them, got {scale_factor!r}.")
     if any(not math.isfinite(f) or f <= 0 for f in factors):
         raise ValueError(f"scale_factor must be positive and finite, got {scale_factor!r}.")
-    return (math.floor(in_size[0] * factors[0]), math.floor(in_size[1] * factors[1]))
+    return output_size(in_size, None, scale_factor)  # type: ignore[return-value]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import check_feature_map, check_positive_int
+from ._checks import check_feature_map, check_number, check_positive_int
 from .hub import SRFHubMixin
 
 __all__ = ["FeaturePatchDiscriminator"]
@@ -50,11 +50,20 @@ class FeaturePatchDiscriminator(
     ) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
+        if isinstance(hidden_channels, (str, bytes)) or not isinstance(hidden_channels, Sequence):
+            raise TypeError(
+                f"hidden_channels must be a list of positive ints, one width per conv block, got {hidden_channels!r} "
+                f"of type {type(hidden_channels).__name__}; the paper's is [512, 1024, 1024]."
+            )
         hidden_channels = list(hidden_channels)
         if not hidden_channels:
-            raise ValueError("hidden_channels must name at least one block width, got an empty sequence.")
-        for width in hidden_channels:
-            check_positive_int("hidden_channels[i]", width)
+            raise ValueError(
+                "hidden_channels must be a list of positive ints, one width per conv block, got []; the paper's is "
+                "[512, 1024, 1024]."
+            )
+        for index, width in enumerate(hidden_channels):
+            check_positive_int(f"hidden_channels[{index}]", width)
+        check_number("negative_slope", negative_slope, minimum=0.0)
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.negative_slope = float(negative_slope)

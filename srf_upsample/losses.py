@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_choice, check_levels, check_number
+from ._interpolate import interpolate
+
 __all__ = [
     "ADVERSARIAL_WEIGHT",
     "DOWNSCALE_FACTOR",
@@ -30,17 +33,6 @@ ADVERSARIAL_WEIGHT = 0.001  # lambda of Eq. (2) and (3)
 DOWNSCALE_FACTOR = 0.5  # s of section 3.2
 
 
-def _check_levels(
-    name: str, levels: Sequence[torch.Tensor], other: Sequence[torch.Tensor] | None = None, other_name: str = ""
-) -> None:
-    if isinstance(levels, torch.Tensor) or not isinstance(levels, Sequence) or len(levels) == 0:
-        raise TypeError(
-            f"{name} must be a non-empty list of tensors, one per pyramid level, got {type(levels).__name__}."
-        )
-    if other is not None and len(other) != len(levels):
-        raise ValueError(f"{name} has {len(levels)} levels but {other_name} has {len(other)}; pass the same levels.")
-
-
 def discriminator_loss(real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:
     """Eq. (1), as the loss D minimises: ``-sum_i [mean log D(P_i^tr) + mean log(1 - D(G(P_i^lr)))]``.
 
@@ -51,8 +43,8 @@ def discriminator_loss(real_logits: Sequence[torch.Tensor], fake_logits: Sequenc
     Returns:
         A scalar: per level, the mean over the batch and the ``W_i H_i`` pixels, summed over levels.
     """
-    _check_levels("real_logits", real_logits)
-    _check_levels("fake_logits", fake_logits, real_logits, "real_logits")
+    check_levels("real_logits", real_logits)
+    check_levels("fake_logits", fake_logits, real_logits, "real_logits")
     total = real_logits[0].new_zeros(())
     for real, fake in zip(real_logits, fake_logits, strict=False):
         total = total + F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
@@ -65,7 +57,7 @@ def generator_adversarial_loss(fake_logits: Sequence[torch.Tensor]) -> torch.Ten
 
     The gradient must flow through D into G: do not detach ``fake_logits`` (D's parameters are simply not stepped).
     """
-    _check_levels("fake_logits", fake_logits)
+    check_levels("fake_logits", fake_logits)
     total = fake_logits[0].new_zeros(())
     for fake in fake_logits:
         total = total + F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
@@ -74,8 +66,8 @@ def generator_adversarial_loss(fake_logits: Sequence[torch.Tensor]) -> torch.Ten
 
 def feature_l1_loss(sr_features: Sequence[torch.Tensor], target_features: Sequence[torch.Tensor]) -> torch.Tensor:
     """The L1 term of Eq. (2): ``sum_i mean_{c,x,y} |P_i^tr - G(P_i^lr)|`` (also averaged over the batch)."""
-    _check_levels("sr_features", sr_features)
-    _check_levels("target_features", target_features, sr_features, "sr_features")
+    check_levels("sr_features", sr_features)
+    check_levels("target_features", target_features, sr_features, "sr_features")
     total = sr_features[0].new_zeros(())
     for level, (sr, target) in enumerate(zip(sr_features, target_features, strict=False)):
         if sr.shape != target.shape:
@@ -110,12 +102,7 @@ def srf_loss(
         >>> srf_loss(sr, [torch.ones(1, 2, 4, 4)], [torch.zeros(1, 1, 4, 4)], adversarial_weight=0.0)
         tensor(1.)
     """
-    if (
-        isinstance(adversarial_weight, bool)
-        or not isinstance(adversarial_weight, (int, float))
-        or adversarial_weight < 0
-    ):
-        raise ValueError(f"adversarial_weight must be a non-negative float, got {adversarial_weight!r}.")
+    check_number("adversarial_weight", adversarial_weight, minimum=0.0, hint="the paper's lambda is 0.001")
     loss = feature_l1_loss(sr_features, target_features)
     if adversarial_weight:
         loss = loss + adversarial_weight * generator_adversarial_loss(fake_logits)
@@ -134,9 +121,9 @@ def downsample_targets(
     ``sizes`` exists because the FPN of the half-size image can round odd sizes up where ``floor`` rounds down; the
     trainer passes the sizes of M's features so that both sides of Eq. (3) have the same shape.
     """
-    _check_levels("target_features", target_features)
-    if not 0 < scale < 1:
-        raise ValueError(f"scale must be in (0, 1) (the paper's s = 0.5), got {scale!r}.")
+    check_levels("target_features", target_features)
+    check_number("scale", scale, minimum=0.0, maximum=1.0, is_open=True, hint="the paper's s is 0.5")
+    check_choice("mode", mode, ["nearest", "bilinear", "bicubic"])
     if sizes is not None and len(sizes) != len(target_features):
         raise ValueError(f"sizes has {len(sizes)} entries but target_features has {len(target_features)} levels.")
     out = []
@@ -145,8 +132,7 @@ def downsample_targets(
             size = tuple(int(s) for s in sizes[level])
         else:
             size = (math.floor(scale * feat.shape[-2]), math.floor(scale * feat.shape[-1]))
-        align = False if mode in ("bilinear", "bicubic") else None
-        out.append(F.interpolate(feat, size=size, mode=mode, align_corners=align))
+        out.append(interpolate(feat, size=size, mode=mode))
     return out
 
 
@@ -171,8 +157,9 @@ def srf_extractor_loss(
     Returns:
         The scalar loss.
     """
-    _check_levels("sr_features", sr_features)
-    _check_levels("target_features", target_features, sr_features, "sr_features")
+    check_levels("sr_features", sr_features)
+    check_levels("target_features", target_features, sr_features, "sr_features")
+    check_number("scale", scale, minimum=0.0, maximum=1.0, is_open=True, hint="the paper's s is 0.5")
     for level, (sr, target) in enumerate(zip(sr_features, target_features, strict=False)):
         for dim in (-2, -1):
             if abs(sr.shape[dim] - scale * target.shape[dim]) > 1:

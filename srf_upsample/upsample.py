@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ._checks import check_choice, check_feature_map, check_positive_int, resolve_output_size
+from ._checks import check_choice, check_feature_map, check_int, check_number, check_positive_int, resolve_output_size
+from ._interpolate import interpolate
 from .hub import SRFHubMixin
 
-__all__ = ["NORMS", "SRFUpsample", "VARIANTS"]
+__all__ = ["MAX_SCALE_FACTOR", "NORMS", "SRFUpsample", "VARIANTS"]
 
 # Per-variant defaults for the arguments left as None. "paper" is section 3.1 of the paper; "lite" is ours (README).
 VARIANTS: dict[str, dict[str, int]] = {
@@ -33,12 +34,42 @@ def _no_norm(channels: int) -> nn.Module:
 # levels, so a BN generator computes something else in eval mode than in training (docs/paper_fidelity.md).
 NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm2d, "none": _no_norm}
 
+# The largest enlargement one call may ask for, per side: 16 = four chained x2 passes, twice FPN's largest step
+# (P5 -> P2 is x8). The generator learns one x2 step; without a cap, a typo such as scale_factor=1e6 keeps chaining
+# passes until memory runs out instead of failing at once.
+MAX_SCALE_FACTOR = 16
+
+
+def _leaky_relu(layer: nn.LeakyReLU, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    return F.leaky_relu_(x, layer.negative_slope) if inplace else layer(x)
+
 
 def _fold_norm(conv: nn.Conv2d, norm: nn.Module) -> tuple[nn.Module, nn.Module]:
     """Return ``(conv, norm)`` with a BatchNorm folded into ``conv``; without BatchNorm there is nothing to fold."""
     if isinstance(norm, nn.BatchNorm2d):
         return fuse_conv_bn_eval(conv, norm), nn.Identity()
     return conv, norm
+
+
+def _request(x: torch.Tensor, out_size: tuple[int, int], size: object, scale_factor: object) -> str:
+    height, width = x.shape[-2:]
+    return (
+        f"input is {height}x{width}, requested {out_size[0]}x{out_size[1]} "
+        f"(size={size!r}, scale_factor={scale_factor!r})"
+    )
+
+
+class _Chain(nn.Sequential):
+    """An ``nn.Sequential`` that can apply its LeakyReLUs in place (inference without autograd: less memory).
+
+    Both inference routes of SRFUpsample run the same chain of layers, so they cannot drift apart; ``inplace`` only
+    changes where the activations are written. Keys stay those of ``nn.Sequential`` (``head.0.weight``, ...).
+    """
+
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        for layer in self:
+            x = _leaky_relu(layer, x, inplace) if isinstance(layer, nn.LeakyReLU) else layer(x)
+        return x
 
 
 class _ResidualBlock(nn.Module):
@@ -60,8 +91,9 @@ class _ResidualBlock(nn.Module):
         """The convolution that ends the residual branch (zero-initialised when there is no normalisation)."""
         return self.conv2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        branch = self.bn2(self.conv2(_leaky_relu(self.act, self.bn1(self.conv1(x)), inplace)))
+        return branch.add_(x) if inplace else x + branch
 
     def fuse(self) -> None:
         self.conv1, self.bn1 = _fold_norm(self.conv1, self.bn1)
@@ -89,9 +121,10 @@ class _SeparableResidualBlock(nn.Module):
         """The convolution that ends the residual branch (zero-initialised when there is no normalisation)."""
         return self.pointwise2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.bn1(self.pointwise1(self.depthwise1(x))))
-        return x + self.bn2(self.pointwise2(self.depthwise2(y)))
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        branch = _leaky_relu(self.act, self.bn1(self.pointwise1(self.depthwise1(x))), inplace)
+        branch = self.bn2(self.pointwise2(self.depthwise2(branch)))
+        return branch.add_(x) if inplace else x + branch
 
     def fuse(self) -> None:
         self.pointwise1, self.bn1 = _fold_norm(self.pointwise1, self.bn1)
@@ -122,7 +155,11 @@ class SRFUpsample(
     deconvolution (so ``deconv_kernel`` does not apply); and the 1x1 conv back to ``in_channels``. About 69 k
     parameters and 3.6 GFLOPs at FPN's P3->P2 step of an 800x1216 image, against 9.5 M and 295 GFLOPs for
     ``"paper"``. For inference call ``.eval().fuse()``; on CPU, ``.to(memory_format=torch.channels_last)`` speeds up
-    the lite variant further (``benchmarks/RESULTS.md``).
+    the lite variant further (``benchmarks/RESULTS.md``). In eval mode without autograd, an exact x2 pass of the lite
+    variant takes a rearranged route that moves less memory and computes the same function up to float rounding
+    (the same layers, activations in place, the tail fused into the shortcut: ``docs/performance.md``); set the
+    attribute ``use_fast_inference = False`` to time or debug the plain route, and ``uses_fast_pass(x, size)`` says
+    which route a pass takes.
 
     ``norm`` is the normalisation of the residual blocks. ``"none"`` (default, as in the authors' released code):
     one generator serves every pyramid level (P5->P4, P4->P3, P3->P2), and BatchNorm would normalise each level with
@@ -135,6 +172,8 @@ class SRFUpsample(
     passes are chained; every pass but the last outputs exactly ``(2H, 2W)``; in the last pass the learned residual
     (computed at twice the pass input) is resized bilinearly to the exact target and the shortcut is the pass input
     resized bilinearly to the exact target. So 17x25 -> 33x49 is one pass whose 34x50 residual is resized to 33x49.
+    One call enlarges each side at most ``MAX_SCALE_FACTOR`` = 16 times (four chained passes); a larger request is
+    a ValueError, not a run until memory is exhausted.
 
     Args:
         in_channels: channels C of the feature maps it upsamples (256 in FPN).
@@ -152,8 +191,8 @@ class SRFUpsample(
     Shape:
         - Input: :math:`(N, C, H, W)`
         - Output: :math:`(N, C, H_{out}, W_{out})` with ``H_out = size[0]`` or ``floor(H * scale_factor)``;
-          the default is ``scale_factor=2``. The output must be at least as large as the input in both dimensions
-          and larger in one.
+          the default is ``scale_factor=2``. The output must be at least as large as the input in both dimensions,
+          larger in one, and at most ``MAX_SCALE_FACTOR`` (16) times as large in each; ``H, W >= 1``.
 
     Example:
         >>> up = SRFUpsample(8, hidden_channels=8, num_blocks=1)
@@ -170,9 +209,6 @@ class SRFUpsample(
     # config.json without the field was written then, so from_pretrained reads a missing field as this value
     # (SRFHubMixin); new saves always write every field.
     _legacy_config_defaults: ClassVar[dict[str, Any]] = {"deconv_kernel": 4, "norm": "batch"}
-    # Whether eval-mode lite passes under no_grad take the rearranged, faster route (_fast_lite_pass). Benchmarks set
-    # it to False on an instance to time the reference route; both compute the same function.
-    _use_fast_lite_pass: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -193,21 +229,16 @@ class SRFUpsample(
         hidden_channels = defaults["hidden_channels"] if hidden_channels is None else hidden_channels
         num_blocks = defaults["num_blocks"] if num_blocks is None else num_blocks
         check_positive_int("hidden_channels", hidden_channels)
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
-            raise ValueError(f"num_blocks must be a non-negative int, got {num_blocks!r}.")
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope < 0:
-            raise ValueError(f"negative_slope must be a non-negative float, got {negative_slope!r}.")
-        if (
-            isinstance(deconv_kernel, bool)
-            or not isinstance(deconv_kernel, int)
-            or deconv_kernel < 2
-            or deconv_kernel % 2
-        ):
-            raise ValueError(
-                f"deconv_kernel must be an even int >= 2 (stride 2 and padding deconv_kernel / 2 - 1 then give "
-                f"exactly 2H x 2W), got {deconv_kernel!r}; use 6 (the default) or 4 (generators saved before "
-                "deconv_kernel existed)."
-            )
+        check_int("num_blocks", num_blocks, minimum=0)
+        check_number("negative_slope", negative_slope, minimum=0.0)
+        check_int(
+            "deconv_kernel",
+            deconv_kernel,
+            minimum=2,
+            multiple_of=2,
+            hint="use 6 (the default) or 4 (generators saved before deconv_kernel existed): stride 2 and padding "
+            "deconv_kernel / 2 - 1 then give exactly 2H x 2W",
+        )
         check_choice("norm", norm, list(NORMS))
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
@@ -218,16 +249,17 @@ class SRFUpsample(
         self.deconv_kernel = deconv_kernel
         self.norm = norm
         self.is_fused = False
+        # Not a constructor argument (config.json describes weights, not how to run them): benchmarks and tests set it
+        # to False on an instance to run the plain route of the lite variant.
+        self.use_fast_inference = True
 
         if variant == "paper":
-            self.head = nn.Sequential(
-                nn.Conv2d(in_channels, hidden_channels, 3, padding=1), nn.LeakyReLU(negative_slope)
-            )
+            self.head = _Chain(nn.Conv2d(in_channels, hidden_channels, 3, padding=1), nn.LeakyReLU(negative_slope))
             self.body = nn.Sequential(
                 *(_ResidualBlock(hidden_channels, negative_slope, norm) for _ in range(num_blocks))
             )
             # Output (H - 1) * 2 - 2 * padding + kernel = 2H for any even kernel with padding = kernel / 2 - 1.
-            self.upsample = nn.Sequential(
+            self.upsample = _Chain(
                 nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
                 nn.LeakyReLU(negative_slope),
                 nn.ConvTranspose2d(
@@ -236,14 +268,17 @@ class SRFUpsample(
                 nn.LeakyReLU(negative_slope),
             )
         else:
-            self.head = nn.Sequential(nn.Conv2d(in_channels, hidden_channels, 1), nn.LeakyReLU(negative_slope))
+            self.head = _Chain(nn.Conv2d(in_channels, hidden_channels, 1), nn.LeakyReLU(negative_slope))
             self.body = nn.Sequential(
                 *(_SeparableResidualBlock(hidden_channels, negative_slope, norm) for _ in range(num_blocks))
             )
-            self.upsample = nn.Sequential(
+            # The LeakyReLU comes before the pixel shuffle, which only moves values: the same function as after it,
+            # at no extra cost, and one that the in-place route can apply to the conv's output directly. Neither
+            # layer has weights, so the order changes no state-dict key.
+            self.upsample = _Chain(
                 nn.Conv2d(hidden_channels, 4 * hidden_channels, 1),
-                nn.PixelShuffle(2),
                 nn.LeakyReLU(negative_slope),
+                nn.PixelShuffle(2),
             )
         self.tail = nn.Conv2d(hidden_channels, in_channels, 1)
         self.reset_parameters()
@@ -278,9 +313,16 @@ class SRFUpsample(
             f"is_fused={self.is_fused}"
         )
 
+    def _features(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """Head, body and upsampling block: ``(N, C, H, W)`` -> ``(N, hidden_channels, 2H, 2W)``, before the tail."""
+        hidden = self.head(x, inplace=inplace)
+        for block in self.body:
+            hidden = block(hidden, inplace=inplace)
+        return self.upsample(hidden, inplace=inplace)
+
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """The learned branch of one pass: ``(N, C, H, W)`` -> ``(N, C, 2H, 2W)``."""
-        return self.tail(self.upsample(self.body(self.head(x))))
+        return self.tail(self._features(x))
 
     def forward(
         self,
@@ -294,26 +336,46 @@ class SRFUpsample(
         out_height, out_width = resolve_output_size((height, width), size, scale_factor)
         if out_height < height or out_width < width or (out_height == height and out_width == width):
             raise ValueError(
-                f"SRFUpsample only enlarges feature maps: input is {height}x{width}, requested "
-                f"{out_height}x{out_width} (size={size!r}, scale_factor={scale_factor!r}). "
+                f"SRFUpsample only enlarges feature maps: {_request(x, (out_height, out_width), size, scale_factor)}. "
                 "Use F.interpolate for shrinking or same-size resizes."
+            )
+        if out_height > MAX_SCALE_FACTOR * height or out_width > MAX_SCALE_FACTOR * width:
+            raise ValueError(
+                f"SRFUpsample enlarges each side at most MAX_SCALE_FACTOR={MAX_SCALE_FACTOR} times per call (four "
+                f"chained x2 passes): {_request(x, (out_height, out_width), size, scale_factor)}. Ask for at most "
+                f"{MAX_SCALE_FACTOR * height}x{MAX_SCALE_FACTOR * width}, and resize further with F.interpolate if a "
+                "larger map is really meant."
             )
         num_passes = max(1, math.ceil(math.log2(max(out_height / height, out_width / width))))
         for index in range(num_passes):
             is_last = index == num_passes - 1
             target = (out_height, out_width) if is_last else (2 * x.shape[-2], 2 * x.shape[-1])
-            x = self._one_pass(x, target)
+            x = self.single_pass(x, target)
         return x
 
-    def _one_pass(self, x: torch.Tensor, size: Sequence[Any]) -> torch.Tensor:
-        """One generator pass to ``size``: ``(N, C, H, W)`` -> ``(N, C, size[0], size[1])``, no checks.
+    def single_pass(self, x: torch.Tensor, size: Sequence[Any]) -> torch.Tensor:
+        """One generator pass to ``size``, without the checks of ``forward``; shapes may be symbolic.
 
-        The one implementation of a pass, used by ``forward`` and by the ONNX export (``export.py``), where ``x``'s
-        shape and ``size`` are symbolic. The learned residual, computed at ``(2H, 2W)``, is resized bilinearly to
-        ``size``; the shortcut is ``x`` resized bilinearly to ``size``. Needs ``H <= size[0] <= 2H`` (the same for W)
-        to be meaningful; ``forward`` guarantees it.
+        The one implementation of a pass, used by ``forward`` for each pass and by the ONNX export
+        (``srf_upsample.export``), where ``x``'s shape and ``size`` are symbolic and ``forward``'s Python shape math
+        would pin the graph to one input size. The learned residual, computed at ``(2H, 2W)``, is resized bilinearly
+        to ``size``; the shortcut is ``x`` resized bilinearly to ``size``.
+
+        Args:
+            x: the feature map to upsample.
+            size: the target ``(H_out, W_out)``, with ``H <= H_out <= 2H`` and ``W <= W_out <= 2W`` (unchecked:
+                ``forward`` guarantees it; other targets give a resized single pass).
+
+        Shape:
+            - x: :math:`(N, C, H, W)`
+            - Output: :math:`(N, C, H_{out}, W_{out})` with ``H_out = size[0]``, ``W_out = size[1]``
+
+        Example:
+            >>> up = SRFUpsample(8, hidden_channels=8, num_blocks=1)
+            >>> up.single_pass(torch.randn(2, 8, 17, 25), (33, 49)).shape
+            torch.Size([2, 8, 33, 49])
         """
-        if self._use_fast_lite_pass and self._can_run_fast_lite_pass(x, size):
+        if self.uses_fast_pass(x, size):
             return self._fast_lite_pass(x)
         residual = self.residual(x)
         # With symbolic sizes (torch.export, dynamic shapes) a Python comparison would pin the graph to one input
@@ -322,16 +384,22 @@ class SRFUpsample(
         # eager mode the sizes are plain ints and the no-op resize is skipped.
         is_concrete = all(type(s) is int for s in (*residual.shape[-2:], *size))
         if not (is_concrete and tuple(residual.shape[-2:]) == tuple(size)):
-            residual = F.interpolate(residual, size=size, mode="bilinear", align_corners=False)
-        shortcut = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            residual = interpolate(residual, size=size, mode="bilinear")
+        shortcut = interpolate(x, size=size, mode="bilinear")
         # Under autocast the residual comes out in the low-precision dtype while the shortcut stays float32.
         return shortcut + residual.to(shortcut.dtype)
 
-    def _can_run_fast_lite_pass(self, x: torch.Tensor, size: Sequence[Any]) -> bool:
-        # The fast pass computes the same function with in-place ops (so no autograd), for an exact x2 of a
-        # contiguous NCHW input with no BatchNorm left to apply; autocast would change its dtypes, so it stays out.
+    def uses_fast_pass(self, x: torch.Tensor, size: Sequence[Any]) -> bool:
+        """Whether ``single_pass(x, size)`` takes the lite variant's in-place inference route.
+
+        It does for the lite variant, in eval mode, without autograd or autocast, for an exact x2 of a contiguous
+        input with no BatchNorm left to apply, unless ``use_fast_inference`` is False. Both routes run the same
+        layers and compute the same function up to float rounding.
+        """
+        # The fast route writes in place (so no autograd), and autocast would change its dtypes.
         return (
-            self.variant == "lite"
+            self.use_fast_inference
+            and self.variant == "lite"
             and not self.training
             and not torch.is_grad_enabled()
             and (self.norm == "none" or self.is_fused)
@@ -342,24 +410,18 @@ class SRFUpsample(
         )
 
     def _fast_lite_pass(self, x: torch.Tensor) -> torch.Tensor:
-        """The lite pass for an exact x2 in inference, rearranged to move less memory; same result as ``_one_pass``.
+        """The lite pass for an exact x2 in inference, rearranged to move less memory; same result as the plain route.
 
-        On CPU the lite generator is memory-bound: its high-resolution tensors cost more than its FLOPs. Three
-        rearrangements, each exact up to float rounding, remove high-resolution passes: the LeakyReLU after the pixel
-        shuffle is applied before it (elementwise, so it commutes); the tail's bias is added to ``x`` before the
-        bilinear shortcut (bilinear weights sum to 1, so ``up(x + b) = up(x) + b``) at a quarter of the pixels; and
-        the tail 1x1 conv and the final sum become one in-place GEMM on the shortcut
+        On CPU the lite generator is memory-bound: its high-resolution tensors cost more than its FLOPs. The layers
+        up to the tail are those of ``residual`` (``_features``), with activations and the blocks' additions written
+        in place. Two rearrangements, each exact up to float rounding, remove high-resolution passes: the tail's bias
+        is added to ``x`` before the bilinear shortcut (bilinear weights sum to 1, so ``up(x + b) = up(x) + b``) at a
+        quarter of the pixels; and the tail 1x1 conv and the final sum become one in-place GEMM on the shortcut
         (``shortcut += W @ hidden``), instead of a conv writing the residual and an add reading it back.
         """
         n, c, height, width = x.shape
-        slope = self.negative_slope
-        hidden = F.leaky_relu_(self.head[0](x), slope)
-        for block in self.body:
-            branch = F.leaky_relu_(block.pointwise1(block.depthwise1(hidden)), slope)
-            hidden = block.pointwise2(block.depthwise2(branch)).add_(hidden)
-        hidden = F.pixel_shuffle(F.leaky_relu_(self.upsample[0](hidden), slope), 2)
-        size = (2 * height, 2 * width)
-        out = F.interpolate(x + self.tail.bias.view(1, -1, 1, 1), size=size, mode="bilinear", align_corners=False)
+        hidden = self._features(x, inplace=True)
+        out = interpolate(x + self.tail.bias.view(1, -1, 1, 1), size=(2 * height, 2 * width), mode="bilinear")
         weight = self.tail.weight.view(c, -1).expand(n, -1, -1)
         out.view(n, c, -1).baddbmm_(weight, hidden.reshape(n, hidden.shape[1], -1))
         return out

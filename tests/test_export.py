@@ -15,7 +15,6 @@ from srf_upsample.export import (
     DEFAULT_OPSET,
     PARITY_TOLERANCE,
     GeneratorExportWrapper,
-    _SinglePassUpsample,
     check_backbone_parity,
     check_generator_parity,
     export_backbone,
@@ -23,6 +22,7 @@ from srf_upsample.export import (
     main,
     onnx_operators,
 )
+from srf_upsample.export._backbone import _SinglePassUpsample
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

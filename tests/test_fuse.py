@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from _helpers import trained_looking
 from torch import nn
 
@@ -145,16 +146,34 @@ def test_lite_fast_inference_pass_matches_the_reference_pass(norm: str, size: tu
             parameter.add_(0.1 * torch.randn_like(parameter))
     fast = fast.eval().fuse()
     reference = copy.deepcopy(fast)
-    reference._use_fast_lite_pass = False
+    reference.use_fast_inference = False
     x = torch.randn(2, 8, *size)
+    target = (2 * size[0], 2 * size[1])
     with torch.no_grad():
         expected = reference(x)
-        assert fast._can_run_fast_lite_pass(x, (2 * size[0], 2 * size[1]))
+        assert fast.uses_fast_pass(x, target) and not reference.uses_fast_pass(x, target)
         torch.testing.assert_close(fast(x), expected)
+        # The plain route of single_pass is what residual() gives: the fast route shares its layers (_features).
+        shortcut = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(reference.single_pass(x, target), shortcut + reference.residual(x), rtol=0, atol=0)
         # Targets other than an exact x2 take the reference route.
+        assert not fast.uses_fast_pass(x, (2 * size[0] - 1, 2 * size[1]))
         torch.testing.assert_close(
             fast(x, size=(2 * size[0] - 1, 2 * size[1])), reference(x, size=(2 * size[0] - 1, 2 * size[1]))
         )
     # With autograd on, the reference route runs (the fast one works in place).
-    assert not fast._can_run_fast_lite_pass(x, (2 * size[0], 2 * size[1]))
+    assert not fast.uses_fast_pass(x, target)
     torch.testing.assert_close(fast(x), expected)
+
+
+def test_fast_route_leaves_the_input_and_weights_alone() -> None:
+    # The fast route writes in place: it must write only into tensors it made, never into x or a parameter.
+    module = SRFUpsample(8, variant="lite", hidden_channels=8).eval()
+    x = torch.randn(2, 8, 5, 7)
+    before = (x.clone(), {k: v.clone() for k, v in module.state_dict().items()})
+    with torch.no_grad():
+        assert module.uses_fast_pass(x, (10, 14))
+        module(x)
+    torch.testing.assert_close(x, before[0], rtol=0, atol=0)
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, before[1][key], rtol=0, atol=0)

@@ -126,7 +126,41 @@ def test_discriminator_step_does_not_touch_the_generator():
     ("call", "error", "match"),
     [
         (lambda: feature_l1_loss([torch.zeros(1, 1, 2, 2)], [torch.zeros(1, 1, 3, 3)]), ValueError, "Level 0"),
-        (lambda: feature_l1_loss([torch.zeros(1)], []), TypeError, "non-empty list"),
+        (
+            lambda: feature_l1_loss([torch.zeros(1)], []),
+            ValueError,
+            r"target_features must be a non-empty list.*got \[\]",
+        ),
+        (
+            lambda: srf_loss([torch.zeros(1)], [torch.zeros(1)], [torch.zeros(1)], adversarial_weight="0.1"),
+            TypeError,
+            r"adversarial_weight must be a float in \[0, inf\), got '0.1' of type str",
+        ),
+        (
+            lambda: downsample_targets([torch.zeros(1, 1, 4, 4)], scale=1.5),
+            ValueError,
+            r"scale must be a float in \(0, 1\), got 1.5; the paper's s is 0.5",
+        ),
+        (
+            lambda: downsample_targets([torch.zeros(1, 1, 4, 4)], mode="area"),
+            ValueError,
+            r"mode must be one of \['bicubic', 'bilinear', 'nearest'\], got 'area'",
+        ),
+        (
+            lambda: FeaturePatchDiscriminator(4, hidden_channels=[4, 0]),
+            ValueError,
+            r"hidden_channels\[1\] must be a positive int, got 0",
+        ),
+        (
+            lambda: FeaturePatchDiscriminator(4, hidden_channels=8),
+            TypeError,
+            r"hidden_channels must be a list .*got 8 of type int",
+        ),
+        (
+            lambda: FeaturePatchDiscriminator(4, negative_slope=-1.0),
+            ValueError,
+            r"negative_slope must be a float in \[0, inf\), got -1.0",
+        ),
         (lambda: discriminator_loss([torch.zeros(1)], [torch.zeros(1), torch.zeros(1)]), ValueError, "levels"),
         (
             lambda: srf_loss([torch.zeros(1)], [torch.zeros(1)], [torch.zeros(1)], adversarial_weight=-1),

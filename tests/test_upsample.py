@@ -8,6 +8,7 @@ from torch import nn
 
 from srf_upsample import SRFUpsample
 from srf_upsample.hub import CONFIG_NAME, shipped_weights_dir
+from srf_upsample.upsample import MAX_SCALE_FACTOR
 
 PAPER_SHIPPED = "srf-paper-mobilenetv2-fpn"
 LITE_SHIPPED = "srf-lite-mobilenetv2-fpn"
@@ -306,6 +307,35 @@ def test_bad_forward_input_raises_a_clear_value_error(x, kwargs, match):
         tiny()(x, **kwargs)
 
 
+def test_size_as_a_tensor_is_a_type_error_naming_the_fix():
+    # F.interpolate fails deep inside torch on a tensor size; the message must say what to pass instead.
+    with pytest.raises(
+        TypeError, match=r"size must be an int or a pair of them .*got a torch.Tensor.*tuple\(t.tolist\(\)\)"
+    ):
+        tiny()(torch.randn(1, 4, 8, 8), size=torch.tensor([16, 16]))
+    with pytest.raises(TypeError, match=r"scale_factor must be a positive float or a pair of them .*torch.Tensor"):
+        tiny()(torch.randn(1, 4, 8, 8), scale_factor=torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 0, 8), (1, 4, 8, 0)])
+def test_empty_input_is_a_value_error(shape):
+    # Was a ZeroDivisionError from the pass count (log2 of out / 0).
+    with pytest.raises(ValueError, match=r"x must have H >= 1 and W >= 1, got shape \(1, 4, (0, 8|8, 0)\)"):
+        tiny()(torch.randn(*shape), size=(16, 16))
+
+
+@pytest.mark.parametrize("kwargs", [{"scale_factor": 1e6}, {"scale_factor": (2, 17)}, {"size": (16, 8 * 16 + 1)}])
+def test_enlargement_beyond_the_cap_is_refused_at_once(kwargs):
+    # Pins MAX_SCALE_FACTOR (16 per side, four passes): scale_factor=1e6 used to chain passes until memory ran out.
+    with pytest.raises(ValueError, match=r"at most MAX_SCALE_FACTOR=16 times .*input is 8x8.*at most 128x128"):
+        tiny()(torch.randn(1, 4, 8, 8), **kwargs)
+
+
+def test_the_cap_itself_is_allowed():
+    assert MAX_SCALE_FACTOR == 16
+    assert tiny()(torch.randn(1, 4, 3, 2), scale_factor=16).shape == (1, 4, 48, 32)
+
+
 def test_non_float_input_raises_type_error():
     with pytest.raises(TypeError, match="floating point"):
         tiny()(torch.zeros(1, 4, 8, 8, dtype=torch.long))
@@ -318,13 +348,19 @@ def test_non_float_input_raises_type_error():
         ({"in_channels": 2.5}, TypeError, "in_channels"),
         ({"variant": "huge"}, ValueError, r"variant must be one of \['lite', 'paper'\]"),
         ({"hidden_channels": -1}, ValueError, "hidden_channels"),
-        ({"num_blocks": -1}, ValueError, "num_blocks"),
-        ({"deconv_kernel": 5}, ValueError, r"deconv_kernel must be an even int >= 2 .*got 5; use 6"),
-        ({"deconv_kernel": 0}, ValueError, r"deconv_kernel must be an even int >= 2 .*got 0"),
-        ({"deconv_kernel": 4.0}, ValueError, r"deconv_kernel must be an even int >= 2 .*got 4\.0"),
-        ({"deconv_kernel": True}, ValueError, r"deconv_kernel must be an even int >= 2 .*got True"),
+        ({"deconv_kernel": 5}, ValueError, r"deconv_kernel must be an even int >= 2, got 5; use 6"),
+        ({"deconv_kernel": 0}, ValueError, r"deconv_kernel must be an even int >= 2, got 0"),
+        # A wrong type is a TypeError and a wrong value a ValueError, for every argument (STYLE.md section 5).
+        ({"deconv_kernel": 4.0}, TypeError, r"deconv_kernel must be an even int >= 2, got 4\.0 of type float"),
+        ({"deconv_kernel": True}, TypeError, r"deconv_kernel must be an even int >= 2, got True of type bool"),
         ({"norm": "group"}, ValueError, r"norm must be one of \['batch', 'none'\], got 'group'"),
-        ({"norm": None}, ValueError, r"norm must be one of \['batch', 'none'\], got None"),
+        ({"norm": None}, TypeError, r"norm must be one of \['batch', 'none'\], got None of type NoneType"),
+        ({"hidden_channels": 2.0}, TypeError, "hidden_channels must be a positive int, got 2.0 of type float"),
+        ({"num_blocks": -1}, ValueError, r"num_blocks must be an int >= 0, got -1"),
+        ({"num_blocks": 1.5}, TypeError, r"num_blocks must be an int >= 0, got 1.5 of type float"),
+        ({"negative_slope": -0.1}, ValueError, r"negative_slope must be a float in \[0, inf\), got -0.1"),
+        ({"negative_slope": "0.2"}, TypeError, r"negative_slope must be a float in \[0, inf\), got '0.2' of type str"),
+        ({"variant": 1}, TypeError, r"variant must be one of \['lite', 'paper'\], got 1 of type int"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, error, match):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from srf_upsample.train.synthetic import write_tiny_coco as make_coco
 
 # Tiny everything: 64x64 images, R18-FPN, an 8-channel one-block generator, an 8-channel discriminator.
 TINY = [
@@ -39,45 +38,6 @@ TINY = [
     "milestones=[3]",
     "--allow-untrained-extractor",  # F is a random FPN here; real runs pass --extractor-weights
 ]
-
-
-def make_coco(root: Path, num_images: int = 4, size: tuple[int, int] = (64, 64), seed: int = 0) -> tuple[Path, Path]:
-    """Write ``num_images`` random images with 1-2 boxes (and polygon masks) each; returns (image dir, json)."""
-    rng = np.random.default_rng(seed)
-    image_dir = root / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    height, width = size
-    for index in range(num_images):
-        pixels = (rng.random((height, width, 3)) * 255).astype(np.uint8)
-        name = f"img_{index}.png"
-        Image.fromarray(pixels).save(image_dir / name)
-        images.append({"id": index + 1, "file_name": name, "height": height, "width": width})
-        for box_index in range(1 + index % 2):
-            x, y = float(rng.integers(2, width // 2)), float(rng.integers(2, height // 2))
-            w, h = float(rng.integers(8, width // 2 - 2)), float(rng.integers(8, height // 2 - 2))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": index + 1,
-                    "category_id": 1 + (index + box_index) % 2 * 2,
-                    "bbox": [x, y, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
-                }
-            )
-    ann_file = root / "instances.json"
-    ann_file.write_text(
-        json.dumps(
-            {
-                "images": images,
-                "annotations": annotations,
-                "categories": [{"id": 1, "name": "a"}, {"id": 3, "name": "b"}],
-            }
-        )
-    )
-    return image_dir, ann_file
 
 
 @pytest.fixture(autouse=True)

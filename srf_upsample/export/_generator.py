@@ -1,0 +1,129 @@
+"""Export of one SRFUpsample generator to ONNX, with dynamic batch, input size and output size."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._checks import check_size_pair
+from ..upsample import SRFUpsample
+from ._onnx import DEFAULT_OPSET, check_opset, require_export_deps, torch_export
+
+__all__ = ["GeneratorExportWrapper", "export_generator"]
+
+logger = logging.getLogger(__name__)
+
+
+class GeneratorExportWrapper(nn.Module):
+    """One SRFUpsample pass whose output size is read from a second tensor, the form that exports to ONNX.
+
+    ``SRFUpsample.forward`` picks its number of passes with Python math on the shapes, which would freeze the
+    exported graph to one input size. This wrapper does exactly one pass (what an FPN asks: a target at most twice
+    the input) by calling ``SRFUpsample.single_pass``, the method ``forward`` calls for each pass: the learned
+    residual at ``(2H, 2W)`` resized bilinearly to the target, plus the input resized bilinearly to the target. The
+    target is the spatial shape of ``like`` (only its shape is read, so it may have 0 channels), as an FPN takes it
+    from the lateral feature.
+
+    Args:
+        module: the generator to wrap; it is used as is (not copied).
+
+    Shape:
+        - x: :math:`(N, C, H, W)`
+        - like: :math:`(*, *, H_{out}, W_{out})` with ``H < H_out <= 2H`` or ``H_out == H``, the same for W, and
+          the output larger than the input in at least one dimension.
+        - Output: :math:`(N, C, H_{out}, W_{out})`
+
+    Example:
+        >>> up = SRFUpsample(8, hidden_channels=8, num_blocks=1).eval()
+        >>> wrapper = GeneratorExportWrapper(up)
+        >>> wrapper(torch.randn(2, 8, 17, 25), torch.empty(2, 0, 33, 49)).shape
+        torch.Size([2, 8, 33, 49])
+    """
+
+    def __init__(self, module: SRFUpsample) -> None:
+        super().__init__()
+        if not isinstance(module, SRFUpsample):
+            raise TypeError(f"module must be an SRFUpsample, got {type(module).__name__}.")
+        self.module = module
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Upsample ``x`` to the spatial size of ``like`` in one generator pass."""
+        return self.module.single_pass(x, like.shape[-2:])
+
+
+def export_generator(
+    module: SRFUpsample,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    fuse: bool = False,
+    example_size: tuple[int, int] = (17, 25),
+) -> Path:
+    """Export a generator to ONNX with dynamic batch, height and width; the module itself is not changed.
+
+    The graph has inputs ``x`` ``(N, C, H, W)`` and ``like`` (any tensor whose last two dimensions are the target
+    size; its contents are never read, so ``np.empty((1, 0, H_out, W_out))`` does) and output ``y``
+    ``(N, C, H_out, W_out)``. It runs one generator pass (see :class:`GeneratorExportWrapper`), so targets must
+    satisfy ``H <= H_out <= 2H`` and ``W <= W_out <= 2W`` (what FPN asks); for ``scale_factor=2`` pass a ``like`` of
+    size ``(2H, 2W)``. Larger targets give a resized single pass, not the chained passes of ``forward``.
+
+    Args:
+        module: the generator, in any mode; a deep copy is put in eval mode (and fused if ``fuse``) for export.
+        path: the ``.onnx`` file to write; parent folders are created.
+        opset: ONNX opset version, in ``SUPPORTED_OPSETS`` (18 to 23).
+        fuse: fold BatchNorm into the convolutions first (``SRFUpsample.fuse``).
+        example_size: ``(H, W)`` of the example input traced; any size works afterwards.
+
+    Returns:
+        ``path`` as a Path.
+
+    Shape:
+        - x: :math:`(N, C, H, W)`; like: :math:`(*, *, H_{out}, W_{out})`; y: :math:`(N, C, H_{out}, W_{out})`
+
+    Example:
+        >>> up = SRFUpsample(8, hidden_channels=8, num_blocks=1)
+        >>> export_generator(up, "srf.onnx", fuse=True)  # doctest: +SKIP
+        PosixPath('srf.onnx')
+    """
+    require_export_deps()
+    if not isinstance(module, SRFUpsample):
+        raise TypeError(
+            f"module must be an SRFUpsample, got {type(module).__name__}; "
+            "for a detector patched with patch_fpn use export_backbone."
+        )
+    opset = check_opset(opset)
+    height, width = check_size_pair("example_size", example_size, minimum=2)
+    generator = copy.deepcopy(module).eval()
+    if fuse:
+        generator.fuse()
+    # Batch 2 and a 2-channel ``like``: torch.export specialises dimensions of size 0 and 1 to constants.
+    x = torch.randn(2, module.in_channels, height, width)
+    like = torch.empty(2, 2, 2 * height - 1, 2 * width - 1)
+    batch = torch.export.Dim("batch", min=1)
+    dynamic_shapes = {
+        "x": {0: batch, 2: torch.export.Dim("height", min=2), 3: torch.export.Dim("width", min=2)},
+        "like": {
+            0: torch.export.Dim.DYNAMIC,
+            1: torch.export.Dim.DYNAMIC,
+            2: torch.export.Dim("out_height", min=2),
+            3: torch.export.Dim("out_width", min=2),
+        },
+    }
+    path = Path(path)
+    with torch.no_grad():
+        torch_export(
+            GeneratorExportWrapper(generator).eval(),
+            (x, like),
+            path,
+            opset=opset,
+            input_names=["x", "like"],
+            output_names=["y"],
+            dynamic_shapes=dynamic_shapes,
+        )
+    logger.info("exported %s generator (fused=%s) to %s at opset %d", module.variant, fuse, path, opset)
+    return path
