@@ -44,6 +44,16 @@ def find_upsample_nodes(gm: fx.GraphModule) -> list[fx.Node]:
 
     Returns:
         The matching nodes, in graph order.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> from torch import fx, nn
+        >>> class TopDown(nn.Module):
+        ...     def forward(self, coarse, fine):
+        ...         return fine + F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
+        >>> gm = fx.symbolic_trace(TopDown())
+        >>> [node.name for node in find_upsample_nodes(gm)]
+        ['interpolate']
     """
     return [
         node
@@ -70,6 +80,24 @@ def replace_upsample_node(gm: fx.GraphModule, node: fx.Node, name: str, module: 
 
     Returns:
         The new ``call_function`` node.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from torch import fx, nn
+        >>> from srf_upsample import SRFUpsample
+        >>> class TopDown(nn.Module):
+        ...     def forward(self, coarse, fine):
+        ...         return fine + F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
+        >>> gm = fx.symbolic_trace(TopDown())
+        >>> node = find_upsample_nodes(gm)[0]
+        >>> upsampler = SRFUpsample(8, hidden_channels=8, num_blocks=1)
+        >>> replace_upsample_node(gm, node, "srf_upsampler_c8", upsampler).name
+        'enlarge_or_interpolate'
+        >>> gm.graph.lint()
+        >>> _ = gm.recompile()
+        >>> gm(torch.rand(2, 8, 5, 7), torch.rand(2, 8, 10, 14)).shape  # size still follows `fine`, any input size
+        torch.Size([2, 8, 10, 14])
     """
     arguments = _bound_arguments(gm, node)
     if module is not None and not hasattr(gm, name):

@@ -93,6 +93,17 @@ class PatchReport:
         model: class name of the patched model.
         sites: every upsampling call site found, in model order.
         fallbacks: ``(module path, why fx was not used)`` for each submodule patched without fx.
+
+    Example:
+        >>> import functools
+        >>> from torchvision.ops import FeaturePyramidNetwork
+        >>> from srf_upsample import SRFUpsample, patch_fpn
+        >>> upsampler = functools.partial(SRFUpsample, hidden_channels=8, num_blocks=1)
+        >>> _, report = patch_fpn(FeaturePyramidNetwork([8, 16], 8), upsampler)
+        >>> [(site.node, site.action, site.upsampler) for site in report.sites]
+        [('interpolate', 'replaced', 'srf_upsampler_c8')]
+        >>> report.methods, report.to_dict()["num_replaced"]
+        ({'': 'fx'}, 1)
     """
 
     model: str

@@ -39,6 +39,16 @@ class UpsampleSite(nn.Upsample):
         original: the module replaced.
         upsamplers: channel count to upsampler. They are registered on a parent module (so each shared upsampler has
             one state-dict key); this module only refers to them.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from srf_upsample import SRFUpsample
+        >>> site = UpsampleSite(nn.Upsample(scale_factor=2), {8: SRFUpsample(8, hidden_channels=8, num_blocks=1)})
+        >>> site(torch.rand(2, 8, 5, 7)).shape  # 8 channels: the upsampler
+        torch.Size([2, 8, 10, 14])
+        >>> site(torch.rand(2, 3, 5, 7)).shape  # no upsampler for 3 channels: what nn.Upsample does
+        torch.Size([2, 3, 10, 14])
     """
 
     def __init__(self, original: nn.Upsample, upsamplers: dict[int, nn.Module]) -> None:

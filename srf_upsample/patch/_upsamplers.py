@@ -92,6 +92,17 @@ def enlarge_or_interpolate(
 
     Returns:
         The upsampled (or, for a non-enlargement, interpolated) tensor.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from srf_upsample import SRFUpsample
+        >>> upsampler = SRFUpsample(8, hidden_channels=8, num_blocks=1)
+        >>> x = torch.rand(2, 8, 5, 7)
+        >>> enlarge_or_interpolate(upsampler, x, scale_factor=2).shape  # an enlargement: the upsampler runs
+        torch.Size([2, 8, 10, 14])
+        >>> torch.equal(enlarge_or_interpolate(upsampler, x, size=(3, 4)), F.interpolate(x, size=(3, 4)))  # a shrink
+        True
     """
     if not torch.compiler.is_exporting():
         out_size = _enlarged_size(x, size, scale_factor) if x.dim() == 4 and x.is_floating_point() else None
