@@ -1,109 +1,148 @@
-"""Run-folder I/O: file names, ``manifest.json``, prefixed checkpoint state dicts and JSON-lines logs."""
+"""The trainer's checkpoints: writing every part of one (weights, optimizer state, RNG, folders) and reading it back.
+
+The run folder's other files (``manifest.json``, logs) belong to ``run_folder.py``; its names are re-exported here
+for code that imported them from this module.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 
-from ..hub import load_state_dict_strict
+from ..hub import read_safetensors
+from .run_folder import (
+    CHECKPOINT_NAME,
+    DIVERGED_NAME,
+    EVAL_LOG_NAME,
+    LOG_NAME,
+    MANIFEST_NAME,
+    STATE_NAME,
+    is_finished,
+    read_jsonl,
+    read_manifest,
+    truncate_jsonl,
+    write_json,
+)
+from .state_dicts import load_prefixed, state_for_save, strip_prefix
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "DIVERGED_NAME",
     "EVAL_LOG_NAME",
-    "INIT_STAGES",
     "LOG_NAME",
     "MANIFEST_NAME",
     "STATE_NAME",
+    "TrainingState",
+    "has_checkpoint",
     "is_finished",
+    "load_checkpoint",
     "load_prefixed",
     "read_jsonl",
     "read_manifest",
+    "save_checkpoint",
     "state_for_save",
     "strip_prefix",
     "truncate_jsonl",
     "write_json",
 ]
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-STATE_NAME = "trainer_state.pt"
-MANIFEST_NAME = "manifest.json"
-LOG_NAME = "log.jsonl"
-EVAL_LOG_NAME = "eval.jsonl"
-DIVERGED_NAME = "diverged.json"  # written when a run stops at a non-finite loss; removed when a run (re)starts
-# Which previous stage each stage's --init must come from (section 4: 1 -> 2 -> 3).
-INIT_STAGES = {"stage2": ("stage1",), "stage3": ("stage2",), "evaluate": ("baseline", "stage2", "stage3")}
+
+def _rng_name(rank: int) -> str:
+    return f"rng_state_{rank}.pt"
 
 
-def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of ``state`` whose key starts with ``prefix`` (e.g. ``"detector."``), with the prefix removed."""
-    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+class TrainingState:
+    """What a checkpoint holds besides the modules: optimizers, schedulers, the grad scaler and the counters."""
+
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler],
+        scaler: torch.amp.GradScaler,
+    ) -> None:
+        self.modules, self.optimizers, self.schedulers, self.scaler = modules, optimizers, schedulers, scaler
+
+    def trainer_state(self, counters: Mapping[str, int]) -> dict[str, Any]:
+        """Optimizer and scheduler state dicts, the scaler's, and ``counters`` (step, data cursor, ...)."""
+        return {
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            **counters,
+        }
+
+    def load_trainer_state(self, state: Mapping[str, Any]) -> None:
+        """Restore optimizers, schedulers and scaler from :meth:`trainer_state`'s dict."""
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+            self.schedulers[name].load_state_dict(state["schedulers"][name])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
 
-def load_prefixed(modules: Mapping[str, nn.Module], state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` (keys ``"<name>.<key>"``) strictly into each module of ``modules`` by name."""
-    for name, module in modules.items():
-        load_state_dict_strict(module, strip_prefix(state, name + "."), source=f"{name} weights of {source}")
-
-
-def state_for_save(modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """One flat state dict ``"<name>.<key>"`` on the CPU, every tensor its own contiguous copy."""
-    # Clone: a shared G sits under several names of the patched FPN, and safetensors refuses shared storage.
+def _rng_state() -> dict[str, Any]:
     return {
-        f"{name}.{key}": value.detach().cpu().clone().contiguous()
-        for name, module in modules.items()
-        for key, value in module.state_dict().items()
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
-def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Write ``value`` as indented JSON, atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
+def _set_rng_state(rng: Mapping[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available() and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    random.setstate(rng["python"])
 
 
-def read_manifest(directory: str | os.PathLike, expected: Sequence[str]) -> dict[str, Any]:
-    """Read ``manifest.json`` of a stage output dir and check that it was written by one of ``expected`` stages."""
-    path = Path(directory) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{str(directory)!r} has no {MANIFEST_NAME}; expected the output dir of a {' or '.join(expected)} run."
-        )
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    if manifest.get("stage") not in expected:
-        raise ValueError(
-            f"{str(directory)!r} holds a {manifest.get('stage')!r} checkpoint, but a {' or '.join(expected)} one is "
-            "expected here (progressive learning runs stage1 -> stage2 -> stage3)."
-        )
-    return manifest
+def has_checkpoint(output_dir: str | os.PathLike) -> bool:
+    """Whether ``output_dir`` holds a checkpoint to resume from."""
+    output_dir = Path(output_dir)
+    return (output_dir / CHECKPOINT_NAME).is_file() and (output_dir / STATE_NAME).is_file()
 
 
-def is_finished(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a run that reached its last step."""
-    path = Path(directory) / MANIFEST_NAME
-    return path.is_file() and bool(json.loads(path.read_text(encoding="utf-8")).get("finished", False))
+def save_checkpoint(
+    output_dir: str | os.PathLike,
+    state: TrainingState,
+    counters: Mapping[str, int],
+    *,
+    folders: Mapping[str, nn.Module],
+    rank: int,
+    is_main: bool,
+) -> None:
+    """Write the checkpoint of step ``counters["step"]``: every rank its RNG, the main process everything else."""
+    output_dir = Path(output_dir)
+    # Each rank keeps its own RNG stream (RPN/ROI sampling), so a resumed DDP run continues every stream.
+    torch.save(_rng_state(), output_dir / _rng_name(rank))
+    if not is_main:
+        return
+    weights = state_for_save(state.modules)
+    safetensors.torch.save_file(weights, str(output_dir / (CHECKPOINT_NAME + ".tmp")))
+    os.replace(output_dir / (CHECKPOINT_NAME + ".tmp"), output_dir / CHECKPOINT_NAME)
+    # Optimizer and scheduler state dicts are nested dicts with ints: torch.save, loadable with weights_only.
+    torch.save(state.trainer_state(counters), output_dir / (STATE_NAME + ".tmp"))
+    os.replace(output_dir / (STATE_NAME + ".tmp"), output_dir / STATE_NAME)
+    for name, module in folders.items():
+        module.save_pretrained(output_dir / name)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (``[]`` if it does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def truncate_jsonl(path: str | os.PathLike, last_step: int) -> None:
-    """Drop the records of ``path`` whose ``step`` is after ``last_step`` (a resumed run writes them again)."""
-    path = Path(path)
-    if path.is_file():
-        kept = [record for record in read_jsonl(path) if record.get("step", 0) <= last_step]
-        path.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+def load_checkpoint(output_dir: str | os.PathLike, state: TrainingState, *, rank: int) -> dict[str, int]:
+    """Restore modules, optimizer state and this rank's RNG from ``output_dir``; returns the saved counters."""
+    output_dir = Path(output_dir)
+    load_prefixed(state.modules, read_safetensors(output_dir / CHECKPOINT_NAME), str(output_dir))
+    trainer_state = torch.load(output_dir / STATE_NAME, map_location="cpu", weights_only=True)
+    state.load_trainer_state(trainer_state)
+    rng_path = output_dir / _rng_name(rank)
+    if rng_path.is_file():
+        _set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=True))
+    return {
+        key: int(value) for key, value in trainer_state.items() if key not in ("optimizers", "schedulers", "scaler")
+    }

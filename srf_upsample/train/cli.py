@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from typing import Any
 
-from .stages import STAGES, build_config, load_config_file
+from .stages import STAGES, build_config, field_names, load_config_file
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
-_DESCRIPTION = """Train the SRF-GAN stages of Lee & Bae (section 4) on a COCO-format dataset.
+
+def _description() -> str:
+    """The ``--help`` text; each stage's line comes from its class (``HELP``)."""
+    stages = "\n".join(f"  {name:<9} {cls.HELP}" for name, cls in STAGES.items())
+    return f"""Train the SRF-GAN stages of Lee & Bae (section 4) on a COCO-format dataset.
 
 stages:
-  stage1    SRF-GAN: G and D against a frozen FPN (Eq. 1, 2)
-  stage2    multi-scale SRF extractor: detector with G patched in, fed I_lr, L_INT = Eq. (3) + L_DET (--init stage1 dir)
-  stage3    target detector with G (--init stage2 dir or --generator), full resolution, detection loss only
-  baseline  the detector alone with its plain interpolation (for comparison)
-  evaluate  COCO AP of a baseline/stage2/stage3 output dir (--init DIR --eval-ann-file ...)
+{stages}
 
 Values: defaults (the paper's schedule) < --config FILE < --set key=value < explicit flags.
 Shipped configs: paper_stage1, paper_stage2, paper_stage3, paper_baseline (3x: 270k iterations), paper_stage2_1x,
@@ -30,6 +29,7 @@ paper_stage3_1x, paper_baseline_1x (1x: 90k), cpu_stage1, cpu_stage2, cpu_stage3
 Stages 1 and 2 need a trained F: train the baseline first, then pass
 --extractor-weights <baseline>/checkpoint.safetensors.
 """
+
 
 # Explicit flags: (flag, config key, type). Booleans are handled separately.
 _FLAGS = [
@@ -64,7 +64,7 @@ _FLAGS = [
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="srf-upsample train", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="srf-upsample train", description=_description(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("stage", choices=list(STAGES))
     parser.add_argument("--config", help="JSON config file or shipped name (e.g. cpu_stage1)")
@@ -130,7 +130,7 @@ def parse_config(argv: list[str]):
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}.")
         key, text = item.split("=", 1)
         values[key.strip().replace("-", "_")] = _parse_value(text)
-    names = {f.name for f in dataclasses.fields(STAGES[args.stage])}
+    names = field_names(args.stage)
     for key in [key for _, key, _ in _FLAGS] + [
         "levels",
         "freeze_generator",
@@ -143,8 +143,6 @@ def parse_config(argv: list[str]):
             if key not in names:
                 raise ValueError(f"--{key.replace('_', '-')} does not apply to {args.stage}.")
             values[key] = value
-    if args.stage == "evaluate":
-        values.setdefault("output_dir", values.get("init") or "")
     return build_config(args.stage, values), args
 
 
@@ -163,52 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         root.addHandler(handler)
     root.setLevel(args.log_level.upper())
     try:
-        if config.stage == "evaluate":
-            return _evaluate(config)
-        from .loop import fit
-
-        result = fit(config)
+        summary = config.run()
     except (ValueError, FileNotFoundError) as error:
         print(f"srf-upsample train: error: {error}", file=sys.stderr)
         return 2
-    print(
-        json.dumps(
-            {
-                "stage": config.stage,
-                "step": result.step,
-                "losses": result.losses,
-                "metrics": result.metrics,
-                "skipped_images": result.skipped_images,
-            }
-        )
-    )
-    return 0
-
-
-def _evaluate(config) -> int:
-    import torch
-
-    from .evaluate import evaluate_detector
-    from .models import load_trained_detector
-
-    device = (
-        "cuda"
-        if config.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if config.device == "auto" else config.device)
-    )
-    detector, manifest = load_trained_detector(config.init, device)
-    train_config = manifest["config"]
-    metrics = evaluate_detector(
-        detector,
-        config.eval_data_root or config.data_root or train_config["data_root"],
-        config.eval_ann_file,
-        category_ids=manifest["category_ids"],
-        output_dir=config.output_dir or config.init,
-        min_size=train_config["min_size"],
-        max_size=train_config["max_size"],
-        batch_size=config.batch_size,
-        device=device,
-        quiet=bool(config.quiet),
-    )
-    print(json.dumps(metrics))
+    print(json.dumps(summary))
     return 0

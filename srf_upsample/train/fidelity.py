@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._interpolate import interpolate
 from .pyramid import downsample_images, extract_levels, prepare_batch
 
 __all__ = ["FIDELITY_METRICS", "INTERPOLATIONS", "feature_pairs", "fidelity"]
@@ -17,8 +18,7 @@ FIDELITY_METRICS = ("L1", "PSNR", "cosine")
 
 
 def _interpolation(mode: str) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
-    align = False if mode in ("bilinear", "bicubic") else None
-    return lambda x, size: F.interpolate(x, size=size, mode=mode, align_corners=align)
+    return lambda x, size: interpolate(x, size=size, mode=mode)
 
 
 # The fixed interpolations the paper compares against (Table 5, Fig. 2).

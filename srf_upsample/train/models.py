@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
@@ -17,21 +18,23 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet
 from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
+from .._checks import check_choice, check_int, check_number
+from .._interpolate import interpolate
 from ..hub import load_state_dict_strict, read_safetensors
-from ..upsample import SRFUpsample
-from .checkpoint import CHECKPOINT_NAME, INIT_STAGES, read_manifest, strip_prefix
+from .state_dicts import strip_prefix
 
 __all__ = [
     "BACKBONES",
     "DETECTORS",
     "DEFAULT_ANCHOR_SIZES",
+    "INTERPOLATION_MODES",
+    "DetectorSpec",
     "FixedInterpolation",
     "build_detector",
     "detector_first_level",
     "disable_detector_resize",
     "enable_detector_resize",
     "level_keys",
-    "load_trained_detector",
     "load_weights_file",
     "patch_generator",
     "set_fpn_interpolation",
@@ -47,6 +50,8 @@ _P3_DETECTORS = ("retinanet", "fcos")
 _MOBILENET_V2_LAYERS = {3: 24, 6: 32, 13: 96, 18: 1280}
 # torchvision's R-CNN anchors, one size per FPN output P2-P6.
 DEFAULT_ANCHOR_SIZES = (32, 64, 128, 256, 512)
+# The fixed interpolations an FPN may use instead of its nearest upsampling (arm B of the protocol: bilinear).
+INTERPOLATION_MODES = ("nearest", "bilinear", "bicubic")
 
 
 def detector_first_level(detector: str) -> int:
@@ -118,8 +123,7 @@ def _build_backbone(
     frozen_batchnorm: bool,
     fpn_channels: int = 256,
 ) -> BackboneWithFPN:
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}.")
+    check_choice("backbone", backbone, BACKBONES)
     is_p3 = detector in _P3_DETECTORS
     extra_blocks = LastLevelP6P7(fpn_channels, fpn_channels) if is_p3 else LastLevelMaxPool()
     model = _classifier(backbone, backbone_weights, frozen_batchnorm)
@@ -193,20 +197,16 @@ def build_detector(
     Returns:
         The detector in train mode.
     """
-    if detector not in DETECTORS:
-        raise ValueError(f"detector must be one of {list(DETECTORS)}, got {detector!r}.")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2 (background + one class), got {num_classes}.")
-    if isinstance(fpn_channels, bool) or not isinstance(fpn_channels, int) or fpn_channels < 1:
-        raise ValueError(f"fpn_channels must be a positive integer (torchvision: 256), got {fpn_channels!r}.")
+    check_choice("detector", detector, list(DETECTORS))
+    check_int("num_classes", num_classes, minimum=2, hint="background + at least one class")
+    check_int("fpn_channels", fpn_channels, hint="torchvision's FPN has 256")
+    check_number("anchor_scale", anchor_scale, minimum=0, is_open=True)
     if frozen_batchnorm is None:
         frozen_batchnorm = bool(backbone_weights)
     body = _build_backbone(
         backbone, detector, backbone_weights, trainable_backbone_layers, frozen_batchnorm, fpn_channels
     )
     kwargs: dict = {"min_size": min_size, "max_size": max_size, **(detector_kwargs or {})}
-    if anchor_scale <= 0:
-        raise ValueError(f"anchor_scale must be positive, got {anchor_scale!r}.")
     if anchor_sizes or anchor_scale != 1.0:
         if detector in _P3_DETECTORS:
             raise ValueError(
@@ -260,39 +260,6 @@ def patch_generator(model: nn.Module, generator: nn.Module) -> nn.Module:
     return model
 
 
-def load_trained_detector(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the detector saved by a ``baseline``, ``stage2`` or ``stage3`` run (G patched in where it had one).
-
-    Returns:
-        ``(detector, manifest)``, the detector in eval mode.
-    """
-    manifest = read_manifest(directory, INIT_STAGES["evaluate"])
-    config = manifest["config"]
-    # The weights come from the checkpoint: the files used to initialise training are neither loaded nor required.
-    detector = build_detector(
-        config["detector"],
-        config["backbone"],
-        len(manifest["category_ids"]) + 1,
-        min_size=config["min_size"],
-        max_size=config["max_size"],
-        trainable_backbone_layers=config.get("trainable_backbone_layers"),
-        anchor_sizes=config.get("anchor_sizes"),
-        anchor_scale=config.get("anchor_scale", 1.0),
-        frozen_batchnorm=bool(config.get("backbone_weights")),
-        detector_kwargs=config.get("detector_kwargs"),
-        fpn_channels=config.get("fpn_channels", 256),
-    )
-    if config.get("interpolation", "nearest") != "nearest":
-        set_fpn_interpolation(detector, config["interpolation"])
-    if manifest.get("has_generator"):
-        patch_generator(detector, SRFUpsample.from_pretrained(str(Path(directory) / "generator")))
-    state = read_safetensors(Path(directory) / CHECKPOINT_NAME)
-    load_state_dict_strict(
-        detector, strip_prefix(state, "detector."), source=f"the {manifest['stage']} checkpoint in {str(directory)!r}"
-    )
-    return detector.to(device).eval(), manifest
-
-
 def set_fpn_interpolation(detector: nn.Module, mode: str) -> None:
     """Arm B of the protocol: the FPN's nearest upsampling replaced by ``mode`` interpolation, nothing learned."""
     from ..patch import patch_fpn
@@ -305,17 +272,77 @@ class FixedInterpolation(nn.Module):
 
     def __init__(self, mode: str = "bilinear") -> None:
         super().__init__()
-        if mode not in ("nearest", "bilinear", "bicubic"):
-            raise ValueError(f"interpolation must be nearest, bilinear or bicubic, got {mode!r}.")
-        self.mode = mode
+        self.mode = check_choice("interpolation", mode, INTERPOLATION_MODES)
 
     def forward(
         self, x: torch.Tensor, size: Sequence[int] | None = None, scale_factor: float | Sequence[float] | None = None
     ) -> torch.Tensor:
         """``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``, as ``F.interpolate(x, size, scale_factor, mode)``."""
-        align = False if self.mode in ("bilinear", "bicubic") else None
-        return F.interpolate(x, size=size, scale_factor=scale_factor, mode=self.mode, align_corners=align)
+        return interpolate(x, size=size, scale_factor=scale_factor, mode=self.mode)
 
     def extra_repr(self) -> str:
         """The mode."""
         return f"mode={self.mode!r}"
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """Everything :func:`build_detector` needs to rebuild a detector without its training files (JSON values only).
+
+    One spec serves the trainer (it builds from its config), a run folder's ``manifest.json`` (``"detector"``: the
+    spec that was built) and a shipped detector folder (``detector.json``), so all three rebuild the same way, with
+    the defaults written here once.
+    """
+
+    detector: str
+    backbone: str
+    num_classes: int
+    min_size: int = 800
+    max_size: int = 1333
+    trainable_backbone_layers: int | None = None
+    anchor_sizes: list[int] | None = None
+    anchor_scale: float = 1.0
+    detector_kwargs: dict[str, Any] | None = None
+    fpn_channels: int = 256
+    # None: frozen when ImageNet weights are loaded (torchvision's rule); a rebuild without them passes the saved value.
+    frozen_batchnorm: bool | None = None
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], **overrides: Any) -> DetectorSpec:
+        """The spec from a mapping holding its fields (a config, a manifest entry, ``detector.json``).
+
+        Other keys are ignored, missing optional ones take the defaults above, ``overrides`` win.
+        """
+        names = {field.name for field in dataclasses.fields(cls)}
+        picked = {key: value for key, value in values.items() if key in names}
+        picked.update(overrides)
+        missing = sorted(
+            field.name
+            for field in dataclasses.fields(cls)
+            if field.name not in picked and field.default is dataclasses.MISSING
+        )
+        if missing:
+            raise ValueError(f"A detector spec needs {missing}; got the keys {sorted(values)}.")
+        return cls(**picked)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready values."""
+        return dataclasses.asdict(self)
+
+    def build(self, *, backbone_weights: str | None = None, detector_weights: str | None = None) -> nn.Module:
+        """The detector (train mode), with local ImageNet ``backbone_weights`` and/or ``detector_weights`` loaded."""
+        return build_detector(
+            self.detector,
+            self.backbone,
+            self.num_classes,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            backbone_weights=backbone_weights,
+            detector_weights=detector_weights,
+            trainable_backbone_layers=self.trainable_backbone_layers,
+            anchor_sizes=self.anchor_sizes,
+            anchor_scale=self.anchor_scale,
+            frozen_batchnorm=self.frozen_batchnorm,
+            detector_kwargs=self.detector_kwargs,
+            fpn_channels=self.fpn_channels,
+        )

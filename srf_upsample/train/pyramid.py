@@ -7,8 +7,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .._interpolate import interpolate
 
 __all__ = [
     "IMAGE_MEAN",
@@ -68,13 +69,12 @@ def target_batch_size(low_images: Sequence[torch.Tensor], size_divisible: int = 
 
 def downsample_images(x: torch.Tensor | Sequence[torch.Tensor], mode: str, scale: float = 0.5):
     """I_lr = degradation of I_tr by ``scale``: an ``(N, 3, H, W)`` batch or a list of ``(3, H, W)`` images."""
-    align = False if mode in ("bilinear", "bicubic") else None
     if isinstance(x, torch.Tensor):
-        return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=align)
+        return interpolate(x, scale_factor=scale, mode=mode)
     out = []
     for img in x:
         size = (max(1, math.floor(img.shape[-2] * scale)), max(1, math.floor(img.shape[-1] * scale)))
-        low = F.interpolate(img[None], size=size, mode=mode, align_corners=align)[0]
+        low = interpolate(img[None], size=size, mode=mode)[0]
         out.append(low.clamp(0, 1) if mode == "bicubic" else low)
     return out
 

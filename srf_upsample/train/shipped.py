@@ -10,8 +10,8 @@ from typing import Any
 from torch import nn
 
 from ..hub import load_state_dict_strict, read_safetensors, shipped_weights_dir
-from .checkpoint import strip_prefix
-from .models import build_detector
+from .models import DetectorSpec
+from .state_dicts import strip_prefix
 
 __all__ = [
     "DEFAULT_DETECTOR",
@@ -51,14 +51,14 @@ def _folder(name_or_dir: str | os.PathLike) -> Path:
 def load_shipped_detector(name_or_dir: str | os.PathLike = DEFAULT_DETECTOR) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a detector saved by :func:`save_detector_folder` (float32, eval mode); returns it and its spec.
 
-    The spec (``detector.json``) holds the builder arguments of :func:`~srf_upsample.train.models.build_detector`
-    and the category names; weights may be stored in float16 to halve the file and are cast back to float32.
+    The spec (``detector.json``) holds the fields of :class:`~srf_upsample.train.models.DetectorSpec` (the builder
+    arguments of :func:`~srf_upsample.train.models.build_detector`) and the category names; weights may be stored
+    in float16 to halve the file and are cast back to float32.
     """
     folder = _folder(name_or_dir)
     spec = json.loads((folder / DETECTOR_SPEC_NAME).read_text())
-    model = build_detector(
-        **{key: spec[key] for key in _SPEC_KEYS}, fpn_channels=spec.get("fpn_channels", 256), frozen_batchnorm=True
-    )
+    # A shipped detector carries no ImageNet file: its BatchNorm is frozen as it was in training.
+    model = DetectorSpec.from_values(spec, frozen_batchnorm=True).build()
     state = {key: value.float() for key, value in read_safetensors(folder / DETECTOR_WEIGHTS_NAME).items()}
     load_state_dict_strict(model, state, source=f"detector weights from {str(folder)!r}")
     return model.eval(), spec

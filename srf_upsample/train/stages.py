@@ -1,13 +1,36 @@
-"""One frozen config dataclass per training stage, plus loading them from shipped or user JSON files."""
+"""The training stages, one class each: its config fields plus what the trainer calls (build, step, validate).
+
+Adding a stage is one new subclass of :class:`~srf_upsample.train.config.TrainConfig` and one entry in
+:data:`STAGES`: the CLI lists it, ``--init`` checks follow its ``INIT_FROM``, and the loop runs its ``build`` and
+``step`` without asking its name.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import torch
+
+from ..discriminator import FeaturePatchDiscriminator
+from ..hub import load_state_dict_strict, read_safetensors
+from ..losses import (
+    discriminator_loss,
+    downsample_targets,
+    feature_l1_loss,
+    integral_loss,
+    srf_extractor_loss,
+    srf_loss,
+)
+from ..upsample import SRFUpsample
+from .config import CONFIG_DIR, StageModules, TrainConfig, check_values, load_config_file
+from .data import scale_targets
+from .models import INTERPOLATION_MODES, patch_generator, set_fpn_interpolation
+from .pyramid import downsample_images, extract_levels, prepare_batch, target_batch_size
+from .run_folder import CHECKPOINT_NAME, DISCRIMINATOR_DIR, GENERATOR_DIR, read_manifest
+from .state_dicts import strip_prefix
 
 __all__ = [
     "CONFIG_DIR",
@@ -19,94 +42,85 @@ __all__ = [
     "Stage3Config",
     "TrainConfig",
     "build_config",
+    "field_names",
     "load_config_file",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+def _new_generator(config: TrainConfig) -> SRFUpsample:
+    options = {"norm": config.generator_norm, "deconv_kernel": config.generator_deconv_kernel}
+    return SRFUpsample(
+        config.fpn_channels,
+        hidden_channels=config.generator_hidden_channels,
+        num_blocks=config.generator_num_blocks,
+        zero_init_residual=config.generator_zero_init_residual,
+        variant=config.generator_variant,
+        **{name: value for name, value in options.items() if value is not None},
+    )
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Fields shared by every stage. Defaults are the paper's (section 5.1); ``configs/`` ships CPU-sized ones."""
-
-    stage: str = ""
-    # data
-    data_root: str = ""
-    ann_file: str = ""
-    output_dir: str = ""
-    eval_data_root: str | None = None
-    eval_ann_file: str | None = None
-    min_size: int = 800  # shorter side of I_tr (Detectron2's default for COCO)
-    max_size: int = 1333
-    use_flip: bool = True
-    degradation: str = "bilinear"  # how I_lr is made from I_tr (Table 6: bilinear, nearest, bicubic)
-    num_workers: int = 0  # DataLoader processes decoding images (0: in the training process)
-    # detector / extractor F
-    detector: str = "maskrcnn"
-    backbone: str = "resnet50"
-    backbone_weights: str | None = None
-    detector_weights: str | None = None
-    # Weights of the frozen extractor F (a detector checkpoint, e.g. a trained baseline's); None: detector_weights.
-    # Stage 2 needs both apart: F is the trained detector, M starts from the ImageNet backbone (section 5.1).
-    extractor_weights: str | None = None
-    # Stages 1 and 2 refuse an F that was never trained (random FPN) unless this is set (smoke tests only).
-    allow_untrained_extractor: bool = False
-    trainable_backbone_layers: int | None = None
-    anchor_sizes: list[int] | None = None
-    anchor_scale: float = 1.0  # multiplies every anchor size (R-CNNs); stage 2 halves them for its half-size images
-    detector_kwargs: dict[str, Any] | None = None  # more arguments of the torchvision detector class
-    fpn_channels: int = 256  # channels of the FPN levels, and so of G's and D's input (torchvision: 256)
-    levels: list[int] | None = None  # pyramid levels n_s..n_e; None: P2-P5 (R-CNNs) or P3-P5 (RetinaNet, FCOS)
-    # generator G and discriminator D
-    generator_variant: str = "paper"
-    generator_hidden_channels: int | None = None
-    generator_num_blocks: int | None = None
-    # Start G's learned residual at zero, so G begins as bilinear (not in the paper; helps short schedules).
-    generator_zero_init_residual: bool = False
-    generator_norm: str | None = None  # SRFUpsample's norm ("none" or "batch"); None: its default
-    generator_deconv_kernel: int | None = None  # SRFUpsample's deconv_kernel (paper variant); None: its default
-    discriminator_hidden_channels: list[int] = field(default_factory=lambda: [512, 1024, 1024])
-    adversarial_weight: float = 0.001  # lambda of Eq. (2) and (3)
-    # optimisation (SGD, momentum 0.9, weight decay 1e-4)
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    max_iters: int = 270_000
-    milestones: list[int] = field(default_factory=lambda: [210_000, 250_000])
-    gamma: float = 0.1
-    warmup_iters: int = 0
-    warmup_factor: float = 0.001
-    batch_size: int = 16  # images per step, over all processes
-    seed: int = 0
-    device: str = "auto"
-    amp: str | None = None  # autocast dtype: "bf16" or "fp16" (with a grad scaler); None: float32
-    # evaluation on eval_ann_file every eval_every steps (eval.jsonl), and always at the end
-    eval_every: int | None = None
-    # bookkeeping
-    init: str | None = None  # output dir of the previous stage
-    checkpoint_every: int = 5000
-    stop_after: int | None = None  # stop (with a checkpoint) after this global step, as if the job was killed
-    resume: bool = True
-    quiet: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values."""
-        return dataclasses.asdict(self)
+def _discriminator_update(trainer: Any, real: list[torch.Tensor], sr: list[torch.Tensor]) -> torch.Tensor:
+    """D's step on Eq. (1): real features against ``sr`` detached; returns the detached loss."""
+    trainer.optimizers["discriminator"].zero_grad(set_to_none=True)
+    with trainer.autocast():
+        logits = trainer.discriminator_levels(list(real) + [feat.detach() for feat in sr])
+    logits = [logit.float() for logit in logits]
+    loss = discriminator_loss(logits[: len(real)], logits[len(real) :])
+    trainer.backward_and_step("loss_d", loss, "discriminator")
+    return loss.detach()
 
 
 @dataclass(frozen=True)
 class Stage1Config(TrainConfig):
     """Stage 1, SRF-GAN (section 4.1): G and D against a frozen F; lr 0.001, 150k iterations, x0.1 at 120k."""
 
+    HELP: ClassVar[str] = "SRF-GAN: G and D against a frozen FPN (Eq. 1, 2)"
+
     stage: str = "stage1"
     lr: float = 0.001
     max_iters: int = 150_000
     milestones: list[int] = field(default_factory=lambda: [120_000])
 
+    def build(self, num_classes: int) -> StageModules:
+        """F from the trained detector, a fresh G and D; both train, both are saved as folders."""
+        extractor = self.frozen_extractor(num_classes)
+        generator = _new_generator(self)
+        discriminator = FeaturePatchDiscriminator(self.fpn_channels, hidden_channels=self.discriminator_hidden_channels)
+        modules = {"generator": generator, "discriminator": discriminator}
+        return StageModules(
+            modules,
+            folders={GENERATOR_DIR: generator, DISCRIMINATOR_DIR: discriminator},
+            generator=generator,
+            discriminator=discriminator,
+            extractor=extractor,
+        )
+
+    def step(self, trainer: Any, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """One D step on Eq. (1), then one G step on Eq. (2) through the updated D (its output not detached)."""
+        with torch.no_grad(), trainer.autocast():
+            full = prepare_batch(images)
+            low = downsample_images(full, self.degradation)
+            target_feats = [feat.float() for feat in extract_levels(trainer.extractor, full, trainer.keys)]
+            low_feats = extract_levels(trainer.extractor, low, trainer.keys)
+        with trainer.autocast():
+            sr = trainer.generator_levels(low_feats, [feat.shape[-2:] for feat in target_feats])
+        sr = [feat.float() for feat in sr]
+        d_loss = _discriminator_update(trainer, target_feats, sr)
+        # G step: D's output is not detached, so the adversarial gradient reaches G; only G's optimizer steps.
+        trainer.optimizers["generator"].zero_grad(set_to_none=True)
+        g_loss = srf_loss(sr, target_feats, trainer.fake_logits(sr), adversarial_weight=self.adversarial_weight)
+        trainer.backward_and_step("loss_g", g_loss, "generator")
+        return {"loss_d": d_loss, "loss_g": g_loss.detach()}
+
 
 @dataclass(frozen=True)
 class Stage2Config(TrainConfig):
     """Stage 2, multi-scale SRF extractor (section 4.2): M on I_lr with L_INT, D continued; ``init`` = stage 1."""
+
+    HELP: ClassVar[str] = (
+        "multi-scale SRF extractor: detector with G patched in, fed I_lr, L_INT = Eq. (3) + L_DET (--init stage1 dir)"
+    )
+    INIT_FROM: ClassVar[tuple[str, ...]] = ("stage1",)
 
     stage: str = "stage2"
     warmup_iters: int = 1000  # Detectron2's default warm-up, which the paper keeps; lr 0.02 diverges without it
@@ -117,62 +131,207 @@ class Stage2Config(TrainConfig):
     # False: arm C of the protocol, the same pre-training (half-size images, L1 to F, L_DET) without G and D.
     use_generator: bool = True
 
+    def validate(self) -> None:
+        """The shared checks, then: G and D come from ``init``; ``init_from_extractor`` needs F's weights."""
+        super().validate()
+        if self.use_generator and not self.init:
+            raise ValueError("stage2 needs --init <stage-1 output dir> (its generator/ and discriminator/).")
+        if self.init_from_extractor and not self.extractor_weights:
+            raise ValueError("init_from_extractor needs --extractor-weights (the trained detector M starts from).")
+
+    def build(self, num_classes: int) -> StageModules:
+        """F, then M (half-size anchors) with the stage-1 G patched in and D continued (or neither: arm C)."""
+        extractor = self.frozen_extractor(num_classes)
+        spec = self.detector_spec(num_classes, anchor_scale=self.anchor_scale)
+        # M: fresh (ImageNet body) in the paper's text; init_from_extractor starts it from F's detector.
+        m_weights = self.extractor_weights if self.init_from_extractor else None
+        detector = spec.build(
+            backbone_weights=self.backbone_weights, detector_weights=m_weights or self.detector_weights
+        )
+        if not self.use_generator:
+            return StageModules({"detector": detector}, extractor=extractor, detector_spec=spec, captures_fpn=True)
+        init = Path(self.init)
+        read_manifest(init, self.INIT_FROM)
+        generator = SRFUpsample.from_pretrained(str(init / GENERATOR_DIR)).train()
+        discriminator = FeaturePatchDiscriminator.from_pretrained(str(init / DISCRIMINATOR_DIR)).train()
+        if discriminator.in_channels != self.fpn_channels:
+            raise ValueError(
+                f"The stage-1 discriminator in {str(init)!r} judges {discriminator.in_channels}-channel "
+                f"features but fpn_channels is {self.fpn_channels}: use the stage-1 run's fpn_channels."
+            )
+        patch_generator(detector, generator)
+        return StageModules(
+            {"detector": detector, "discriminator": discriminator},
+            folders={GENERATOR_DIR: generator},
+            generator=generator,
+            discriminator=discriminator,
+            extractor=extractor,
+            detector_spec=spec,
+            captures_fpn=True,
+        )
+
+    def step(self, trainer: Any, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """M on I_lr: L_INT = Eq. (3) on its FPN levels (captured in the same forward) + the detection losses."""
+        low_images = downsample_images(images, self.degradation)
+        low_targets = scale_targets(targets, images, low_images)
+        with torch.no_grad(), trainer.autocast():
+            # I_tr padded to twice the detector's padded I_lr batch, so P_tr level i is exactly 2x M's level i.
+            size = target_batch_size(low_images, trainer.modules["detector"].transform.size_divisible)
+            batch = prepare_batch(images, size=size)
+            target_feats = [feat.float() for feat in extract_levels(trainer.extractor, batch, trainer.keys)]
+        with trainer.autocast():
+            detection = trainer.detector(low_images, low_targets)
+        sr = [feat.float() for feat in trainer.hook.pop(trainer.keys)]
+        out: dict[str, torch.Tensor] = {}
+        if trainer.discriminator is not None:
+            real = downsample_targets(target_feats, [feat.shape[-2:] for feat in sr])
+            out["loss_d"] = _discriminator_update(trainer, real, sr)
+            trainer.optimizers["detector"].zero_grad(set_to_none=True)
+            srf = srf_extractor_loss(
+                sr, target_feats, trainer.fake_logits(sr), adversarial_weight=self.adversarial_weight
+            )
+        else:
+            # Arm C of the protocol: the same pre-training without G and D, i.e. the L1 term of Eq. (3) alone.
+            trainer.optimizers["detector"].zero_grad(set_to_none=True)
+            srf = feature_l1_loss(sr, downsample_targets(target_feats, [feat.shape[-2:] for feat in sr]))
+        total = integral_loss(srf, {name: value.float() for name, value in detection.items()})
+        trainer.backward_and_step("loss_int", total, "detector")
+        out.update({"loss_int": total.detach(), "loss_srf": srf.detach()})
+        out.update({name: value.detach() for name, value in detection.items()})
+        return out
+
 
 @dataclass(frozen=True)
 class Stage3Config(TrainConfig):
     """Stage 3, target detector (section 4.3): detection loss at full resolution with G from stage 2."""
+
+    HELP: ClassVar[str] = (
+        "target detector with G (--init stage2 dir or --generator), full resolution, detection loss only"
+    )
+    INIT_FROM: ClassVar[tuple[str, ...]] = ("stage2",)
+    REUSE_CHOICES: ClassVar[tuple[str, ...]] = ("generator", "extractor")
 
     stage: str = "stage3"
     warmup_iters: int = 1000
     generator: str | None = None  # any from_pretrained folder / shipped name instead of <init>/generator
     reuse: str = "generator"  # "generator", or "extractor": also the stage-2 backbone (body + FPN)
     freeze_generator: bool = False  # ablation A4 of Table 4
+    # A new G from the generator_* settings, trained by the detection loss alone (no stage 1 or 2: arm E2E).
+    use_new_generator: bool = False
+
+    def validate(self) -> None:
+        """The shared checks, then: G comes from ``init``, ``generator`` or is new; ``reuse`` is known and possible."""
+        super().validate()
+        if self.reuse not in self.REUSE_CHOICES:
+            raise ValueError(f"reuse must be 'generator' or 'extractor', got {self.reuse!r}.")
+        if self.use_new_generator and (self.init or self.generator or self.freeze_generator):
+            raise ValueError(
+                "use_new_generator builds G afresh from the generator_* settings and trains it: drop --init, "
+                "--generator and --freeze-generator, or unset use_new_generator to take G from a trained run."
+            )
+        if not self.init and not self.generator and not self.use_new_generator:
+            raise ValueError("stage3 needs --init <stage-2 output dir> or --generator <folder or shipped name>.")
+        if self.reuse == "extractor" and not self.init:
+            raise ValueError("reuse='extractor' needs --init <stage-2 output dir>.")
+
+    def build(self, num_classes: int) -> StageModules:
+        """A fresh detector with G patched in (fine-tuned unless frozen), and with ``reuse=extractor`` M's backbone."""
+        manifest = read_manifest(self.init, self.INIT_FROM) if self.init else {"has_generator": True}
+        spec = self.detector_spec(num_classes)
+        detector = spec.build(backbone_weights=self.backbone_weights, detector_weights=self.detector_weights)
+        has_generator = manifest.get("has_generator", True)
+        if not has_generator and self.reuse != "extractor":
+            raise ValueError(
+                f"{self.init!r} is a stage-2 run without a generator (use_generator=false): "
+                "stage 3 can only reuse its extractor (--reuse extractor)."
+            )
+        generator = None
+        if self.use_new_generator:
+            generator = _new_generator(self)
+        elif has_generator:
+            generator = SRFUpsample.from_pretrained(self.generator or str(Path(self.init) / GENERATOR_DIR)).train()
+        if generator is not None:
+            patch_generator(detector, generator)
+        if self.reuse == "extractor":
+            state = read_safetensors(Path(self.init) / CHECKPOINT_NAME)
+            load_state_dict_strict(
+                detector.backbone,
+                strip_prefix(state, "detector.backbone."),
+                source=f"the stage-2 extractor of {self.init!r}",
+            )
+        if self.freeze_generator and generator is not None:
+            generator.requires_grad_(False)
+        folders = {GENERATOR_DIR: generator} if generator is not None else {}
+        return StageModules({"detector": detector}, folders=folders, generator=generator, detector_spec=spec)
 
 
 @dataclass(frozen=True)
 class BaselineConfig(TrainConfig):
     """The detector alone with its plain interpolation (A1 of Table 4), same schedule as stage 3."""
 
+    HELP: ClassVar[str] = "the detector alone with its plain interpolation (for comparison)"
+
     stage: str = "baseline"
     warmup_iters: int = 1000
     interpolation: str = "nearest"  # the FPN's own upsampling; "bilinear" is arm B of the protocol
+
+    def validate(self) -> None:
+        """The shared checks, then ``interpolation`` is a fixed mode."""
+        super().validate()
+        if self.interpolation not in INTERPOLATION_MODES:
+            raise ValueError(f"interpolation must be one of {list(INTERPOLATION_MODES)}, got {self.interpolation!r}.")
+
+    def build(self, num_classes: int) -> StageModules:
+        """A fresh detector; its FPN's nearest upsampling swapped for ``interpolation`` when that is not nearest."""
+        spec = self.detector_spec(num_classes)
+        detector = spec.build(backbone_weights=self.backbone_weights, detector_weights=self.detector_weights)
+        if self.interpolation != "nearest":
+            set_fpn_interpolation(detector, self.interpolation)
+        return StageModules({"detector": detector}, detector_spec=spec)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig(TrainConfig):
     """Evaluate a baseline / stage2 / stage3 output dir (``init``) on ``eval_ann_file`` (COCO AP)."""
 
+    HELP: ClassVar[str] = "COCO AP of a baseline/stage2/stage3 output dir (--init DIR --eval-ann-file ...)"
+    INIT_FROM: ClassVar[tuple[str, ...]] = ("baseline", "stage2", "stage3")
+
     stage: str = "evaluate"
     batch_size: int = 2
 
+    def validate(self) -> None:
+        """Only the checks that apply without training, and the two inputs it needs."""
+        self._validate_common()
+        if not self.init or not self.eval_ann_file:
+            raise ValueError("evaluate needs --init <trained output dir> and --eval-ann-file (with --eval-data-root).")
+
+    def run(self) -> dict[str, Any]:
+        """COCO AP of the detector in ``init`` (rebuilt from its run folder); metrics go next to it."""
+        from .distributed import resolve_device
+        from .evaluate import evaluate_detector
+        from .run_folder import load_trained_detector
+
+        device = resolve_device(self.device)
+        detector, manifest = load_trained_detector(self.init, device, expected=self.INIT_FROM)
+        train_config = manifest["config"]
+        return evaluate_detector(
+            detector,
+            self.eval_data_root or self.data_root or train_config["data_root"],
+            self.eval_ann_file,
+            category_ids=manifest["category_ids"],
+            output_dir=self.output_dir or self.init,
+            min_size=train_config["min_size"],
+            max_size=train_config["max_size"],
+            batch_size=self.batch_size,
+            device=device,
+            quiet=bool(self.quiet),
+        )
+
 
 STAGES: dict[str, type[TrainConfig]] = {
-    "stage1": Stage1Config,
-    "stage2": Stage2Config,
-    "stage3": Stage3Config,
-    "baseline": BaselineConfig,
-    "evaluate": EvaluateConfig,
+    config.stage: config for config in (Stage1Config, Stage2Config, Stage3Config, BaselineConfig, EvaluateConfig)
 }
-
-
-def load_config_file(name_or_path: str) -> dict[str, Any]:
-    """Read a JSON config: a path, or a shipped name such as ``cpu_stage1`` (see ``configs/``)."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        shipped = CONFIG_DIR / f"{name_or_path}.json"
-        if not shipped.is_file():
-            names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-            raise FileNotFoundError(f"Config {name_or_path!r} is neither a file nor a shipped config ({names}).")
-        path = shipped
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Config {str(path)!r} is not valid JSON: {error}.") from error
-    if not isinstance(values, dict):
-        raise ValueError(f"Config {str(path)!r} must hold a JSON object, got {type(values).__name__}.")
-    values.pop("_comment", None)
-    return values
 
 
 def build_config(stage: str, values: dict[str, Any]) -> TrainConfig:
@@ -180,51 +339,16 @@ def build_config(stage: str, values: dict[str, Any]) -> TrainConfig:
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}.")
     cls = STAGES[stage]
-    names = {f.name for f in dataclasses.fields(cls)}
     values = dict(values)
     file_stage = values.pop("stage", stage)
     if file_stage != stage:
         raise ValueError(f"The config is for stage {file_stage!r} but the command is {stage!r}; use a matching file.")
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"Unknown config keys {unknown} for {stage}; valid keys: {sorted(names)}.")
+    check_values(cls, values)
     config = cls(**values)
-    _validate(config)
+    config.validate()
     return config
 
 
-def _validate(config: TrainConfig) -> None:
-    if config.stage != "evaluate":
-        for name in ("data_root", "ann_file", "output_dir"):
-            if not getattr(config, name):
-                raise ValueError(f"{name} is required (--{name.replace('_', '-')}).")
-        if config.max_iters <= 0 or config.batch_size <= 0:
-            raise ValueError(f"max_iters and batch_size must be positive, got {config.max_iters}, {config.batch_size}.")
-    if config.degradation not in ("bilinear", "nearest", "bicubic"):
-        raise ValueError(f"degradation must be bilinear, nearest or bicubic (Table 6), got {config.degradation!r}.")
-    if config.stage == "stage2" and config.use_generator and not config.init:
-        raise ValueError("stage2 needs --init <stage-1 output dir> (its generator/ and discriminator/).")
-    if config.stage == "stage2" and config.init_from_extractor and not config.extractor_weights:
-        raise ValueError("init_from_extractor needs --extractor-weights (the trained detector M starts from).")
-    if config.amp not in (None, "bf16", "fp16"):
-        raise ValueError(f"amp must be bf16, fp16 or unset (float32), got {config.amp!r}.")
-    if config.eval_every is not None and config.eval_every <= 0:
-        raise ValueError(f"eval_every must be a positive number of steps, got {config.eval_every}.")
-    if config.num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {config.num_workers}.")
-    if config.anchor_scale <= 0:
-        raise ValueError(f"anchor_scale must be positive, got {config.anchor_scale}.")
-    if config.stage == "stage3":
-        if not config.init and not config.generator:
-            raise ValueError("stage3 needs --init <stage-2 output dir> or --generator <folder or shipped name>.")
-        if config.reuse not in ("generator", "extractor"):
-            raise ValueError(f"reuse must be 'generator' or 'extractor', got {config.reuse!r}.")
-        if config.reuse == "extractor" and not config.init:
-            raise ValueError("reuse='extractor' needs --init <stage-2 output dir>.")
-    if config.stage == "evaluate" and (not config.init or not config.eval_ann_file):
-        raise ValueError("evaluate needs --init <trained output dir> and --eval-ann-file (with --eval-data-root).")
-    if config.stop_after is not None and config.stop_after <= 0:
-        raise ValueError(f"stop_after must be a positive step, got {config.stop_after}.")
-    same_dir = config.init and os.path.abspath(config.output_dir or ".") == os.path.abspath(config.init)
-    if same_dir and config.stage != "evaluate":
-        raise ValueError("output_dir must differ from init (the previous stage's folder).")
+def field_names(stage: str) -> set[str]:
+    """The config keys of ``stage``."""
+    return {f.name for f in dataclasses.fields(STAGES[stage])}

@@ -10,14 +10,15 @@ import sys
 import torch.distributed as dist
 
 from srf_upsample.train.cli import parse_config
-from srf_upsample.train.loop import _parameter_hash, fit
+from srf_upsample.train.distributed import parameter_hash
+from srf_upsample.train.loop import fit
 
 if __name__ == "__main__":
     out, *common = sys.argv[1:]
     hashes = {}
     for stage, extra in (("stage1", []), ("stage2", ["--init", os.path.join(out, "s1")])):
         config, _ = parse_config([stage, *common, *extra, "--output-dir", os.path.join(out, "s" + stage[-1])])
-        hashes[stage] = _parameter_hash(fit(config).modules)
+        hashes[stage] = parameter_hash(fit(config).modules)
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
         json.dump(hashes, f)
     dist.destroy_process_group()

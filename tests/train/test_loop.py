@@ -54,6 +54,13 @@ def test_three_stages_write_checkpoints_and_generators(stage_dirs):
         lines = (stage_dirs / name / "log.jsonl").read_text().splitlines()
         assert [json.loads(line)["step"] for line in lines] == [1, 2]
     assert (stage_dirs / "s1" / "discriminator" / "model.safetensors").is_file()
+    # Manifests record what ran: stage 3 trained no D, and its G is the one loaded from stage 2.
+    s3 = json.loads((stage_dirs / "s3" / "manifest.json").read_text())
+    assert s3["config"]["discriminator_hidden_channels"] is None and s3["config"]["adversarial_weight"] is None
+    assert s3["config"]["generator_hidden_channels"] == 8 and s3["config"]["generator_num_blocks"] == 1
+    assert s3["detector"]["detector"] == "maskrcnn" and s3["modules"] == ["detector"]
+    s2 = json.loads((stage_dirs / "s2" / "manifest.json").read_text())
+    assert s2["config"]["discriminator_hidden_channels"] == [8, 8, 8] and s2["detector"]["anchor_scale"] == 0.5
     log = json.loads((stage_dirs / "s2" / "log.jsonl").read_text().splitlines()[-1])
     assert {"loss_d", "loss_int", "loss_srf", "loss_classifier"} <= set(log["losses"])
 

@@ -51,8 +51,8 @@ def test_fpn_channels_set_every_level_and_the_heads_follow(detector, backbone, k
         detections = model([torch.rand(3, 64, 64)])
     assert len(levels) == keys and {level.shape[1] for level in levels.values()} == {16}
     assert set(detections[0]) >= {"boxes", "scores", "labels"}
-    for bad in (0, -8, 1.5, True):
-        with pytest.raises(ValueError, match="fpn_channels must be a positive integer"):
+    for bad in (0, -8, 1.5, True):  # a wrong value is a ValueError, a wrong type (float, bool) a TypeError
+        with pytest.raises((ValueError, TypeError), match="fpn_channels must be a positive int"):
             build_detector(detector, backbone, 3, fpn_channels=bad)
 
 

@@ -11,7 +11,8 @@ from srf_upsample.train.checkpoint import read_jsonl
 from srf_upsample.train.cli import main, parse_config
 from srf_upsample.train.data import collate
 from srf_upsample.train.loop import _Trainer
-from srf_upsample.train.models import FixedInterpolation, load_trained_detector
+from srf_upsample.train.models import FixedInterpolation
+from srf_upsample.train.run_folder import load_trained_detector
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,7 @@ def _generator_grads(argv: list[str], weight: float, optimizer: str) -> list[tor
     opt.step = step
     batch = collate([trainer.dataset[(0, False)], trainer.dataset[(1, False)]])
     torch.manual_seed(0)  # the same box sampling in both runs
-    step_fn = trainer._stage1_step if config.stage == "stage1" else trainer._stage2_step
-    step_fn(batch.images, batch.targets)
+    config.step(trainer, batch.images, batch.targets)
     assert captured and all(torch.isfinite(g).all() for g in captured)
     return captured
 

@@ -1,0 +1,310 @@
+"""The fields every training stage shares, their checks, and reading them from shipped or user JSON files.
+
+A stage (``stages.py``) is a subclass of :class:`TrainConfig`: its fields are the config, its methods are what the
+trainer calls (``build``, ``step``, ``validate``, ``run``). The loop never asks which stage it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .._checks import check_choice, check_int, check_number
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .models import DetectorSpec
+
+__all__ = [
+    "AMP_CHOICES",
+    "CONFIG_DIR",
+    "DEGRADATIONS",
+    "StageModules",
+    "TrainConfig",
+    "check_values",
+    "load_config_file",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEGRADATIONS = ("bilinear", "nearest", "bicubic")  # how I_lr is made from I_tr (Table 6)
+AMP_CHOICES = ("bf16", "fp16")
+
+
+@dataclass
+class StageModules:
+    """What a stage's ``build`` returns: the modules it trains and how the trainer treats each.
+
+    Attributes:
+        modules: the trained modules by name; each gets one SGD optimizer and is checkpointed under ``"<name>."``.
+        folders: ``save_pretrained`` folders written with every checkpoint (``generator/``, ``discriminator/``).
+        generator: G, trained alone (stage 1) or patched into the detector; ``None`` without one.
+        discriminator: D, when the stage trains one.
+        extractor: the frozen multi-scale extractor F, when the stage has a target for G.
+        detector_spec: how ``modules["detector"]`` was built (recorded in the manifest to rebuild it).
+        captures_fpn: keep the detector's FPN outputs of each forward (stage 2's Eq. 3 in the same pass as L_DET).
+    """
+
+    modules: dict[str, nn.Module]
+    folders: dict[str, nn.Module] = field(default_factory=dict)
+    generator: nn.Module | None = None
+    discriminator: nn.Module | None = None
+    extractor: nn.Module | None = None
+    detector_spec: DetectorSpec | None = None
+    captures_fpn: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fields shared by every stage. Defaults are the paper's (section 5.1); ``configs/`` ships CPU-sized ones."""
+
+    HELP: ClassVar[str] = ""  # one line for ``srf-upsample train --help``
+    INIT_FROM: ClassVar[tuple[str, ...]] = ()  # the stages whose output dir ``--init`` takes
+
+    stage: str = ""
+    # data
+    data_root: str = ""
+    ann_file: str = ""
+    output_dir: str = ""
+    eval_data_root: str | None = None
+    eval_ann_file: str | None = None
+    min_size: int = 800  # shorter side of I_tr (Detectron2's default for COCO)
+    max_size: int = 1333
+    use_flip: bool = True
+    degradation: str = "bilinear"  # how I_lr is made from I_tr (Table 6: bilinear, nearest, bicubic)
+    num_workers: int = 0  # DataLoader processes decoding images (0: in the training process)
+    # detector / extractor F
+    detector: str = "maskrcnn"
+    backbone: str = "resnet50"
+    backbone_weights: str | None = None
+    detector_weights: str | None = None
+    # Weights of the frozen extractor F (a detector checkpoint, e.g. a trained baseline's); None: detector_weights.
+    # Stage 2 needs both apart: F is the trained detector, M starts from the ImageNet backbone (section 5.1).
+    extractor_weights: str | None = None
+    # Stages 1 and 2 refuse an F that was never trained (random FPN) unless this is set (smoke tests only).
+    allow_untrained_extractor: bool = False
+    trainable_backbone_layers: int | None = None
+    anchor_sizes: list[int] | None = None
+    anchor_scale: float = 1.0  # multiplies every anchor size (R-CNNs); stage 2 halves them for its half-size images
+    detector_kwargs: dict[str, Any] | None = None  # more arguments of the torchvision detector class
+    fpn_channels: int = 256  # channels of the FPN levels, and so of G's and D's input (torchvision: 256)
+    levels: list[int] | None = None  # pyramid levels n_s..n_e; None: P2-P5 (R-CNNs) or P3-P5 (RetinaNet, FCOS)
+    # generator G and discriminator D
+    generator_variant: str = "paper"
+    generator_hidden_channels: int | None = None
+    generator_num_blocks: int | None = None
+    # Start G's learned residual at zero, so G begins as bilinear (not in the paper; helps short schedules).
+    generator_zero_init_residual: bool = False
+    generator_norm: str | None = None  # SRFUpsample's norm ("none" or "batch"); None: its default
+    generator_deconv_kernel: int | None = None  # SRFUpsample's deconv_kernel (paper variant); None: its default
+    discriminator_hidden_channels: list[int] = field(default_factory=lambda: [512, 1024, 1024])
+    adversarial_weight: float = 0.001  # lambda of Eq. (2) and (3)
+    # optimisation (SGD, momentum 0.9, weight decay 1e-4)
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iters: int = 270_000
+    milestones: list[int] = field(default_factory=lambda: [210_000, 250_000])
+    gamma: float = 0.1
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001
+    batch_size: int = 16  # images per step, over all processes
+    seed: int = 0
+    device: str = "auto"
+    amp: str | None = None  # autocast dtype: "bf16" or "fp16" (with a grad scaler); None: float32
+    # evaluation on eval_ann_file every eval_every steps (eval.jsonl), and always at the end
+    eval_every: int | None = None
+    # bookkeeping
+    init: str | None = None  # output dir of the previous stage
+    checkpoint_every: int = 5000
+    stop_after: int | None = None  # stop (with a checkpoint) after this global step, as if the job was killed
+    resume: bool = True
+    quiet: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready values."""
+        return dataclasses.asdict(self)
+
+    # ---- validation
+    def validate(self) -> None:
+        """Raise a ValueError naming the field, the value and the fix for the first invalid value."""
+        self._validate_common()
+        for name in ("data_root", "ann_file", "output_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is required (--{name.replace('_', '-')}).")
+        check_int("max_iters", self.max_iters)
+        check_int("batch_size", self.batch_size, hint="images per step over all processes")
+        check_int("checkpoint_every", self.checkpoint_every)
+        if self.init and os.path.abspath(self.output_dir) == os.path.abspath(self.init):
+            raise ValueError("output_dir must differ from init (the previous stage's folder).")
+
+    def _validate_common(self) -> None:
+        check_choice("degradation", self.degradation, DEGRADATIONS)
+        if self.amp is not None:
+            check_choice("amp", self.amp, AMP_CHOICES)
+        if self.eval_every is not None:
+            check_int("eval_every", self.eval_every, hint="a number of steps")
+        check_int("num_workers", self.num_workers, minimum=0)
+        check_number("anchor_scale", self.anchor_scale, minimum=0, is_open=True)
+        if self.stop_after is not None:
+            check_int("stop_after", self.stop_after, hint="the global step to stop after")
+
+    # ---- what the trainer calls
+    def run(self) -> dict[str, Any]:
+        """Train this stage (``loop.fit``); returns the summary ``srf-upsample train`` prints."""
+        from .loop import fit
+
+        result = fit(self)
+        return {
+            "stage": self.stage,
+            "step": result.step,
+            "losses": result.losses,
+            "metrics": result.metrics,
+            "skipped_images": result.skipped_images,
+        }
+
+    def build(self, num_classes: int) -> StageModules:
+        """Build the modules this stage trains (seeded by the trainer just before)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a training stage; use one of stages.STAGES.")
+
+    def step(self, trainer: Any, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """One detection step (baseline and stage 3): the detector's summed losses, backpropagated and stepped."""
+        with trainer.autocast():
+            detection = trainer.detector(images, targets)
+        total = sum(value.float() for value in detection.values())
+        trainer.optimizers["detector"].zero_grad(set_to_none=True)
+        trainer.backward_and_step("loss", total, "detector")
+        out = {"loss": total.detach()}
+        out.update({name: value.detach() for name, value in detection.items()})
+        return out
+
+    def recorded(self, built: StageModules) -> dict[str, Any]:
+        """The config as it ran, for the manifest.
+
+        G's and D's fields are those of the modules that trained (loaded from ``init`` in stages 2 and 3), ``None``
+        where the stage has none.
+        """
+        values = self.to_dict()
+        generator, discriminator = built.generator, built.discriminator
+        for name in ("variant", "hidden_channels", "num_blocks", "zero_init_residual", "norm", "deconv_kernel"):
+            values[f"generator_{name}"] = getattr(generator, name, None) if generator is not None else None
+        values["discriminator_hidden_channels"] = (
+            list(discriminator.hidden_channels) if discriminator is not None else None
+        )
+        if discriminator is None:
+            values["adversarial_weight"] = None
+        return values
+
+    # ---- shared building blocks
+    def detector_spec(self, num_classes: int, *, anchor_scale: float = 1.0) -> DetectorSpec:
+        """The spec of this config's detector (``anchor_scale`` is 1 except for stage 2's half-size M)."""
+        from .models import DetectorSpec
+
+        return DetectorSpec.from_values(
+            self.to_dict(),
+            num_classes=num_classes,
+            anchor_scale=anchor_scale,
+            frozen_batchnorm=bool(self.backbone_weights),
+        )
+
+    def frozen_extractor(self, num_classes: int) -> nn.Module:
+        """F: the backbone (body + FPN) of the trained detector of ``extractor_weights``, frozen, in eval mode."""
+        if not (self.extractor_weights or self.detector_weights or self.allow_untrained_extractor):
+            raise ValueError(
+                f"{self.stage} trains against the FPN of a trained detector (F, section 4.1), but neither "
+                "--extractor-weights nor --detector-weights is given: F would be an ImageNet body under a randomly "
+                "initialised FPN, and G would learn to imitate noise. Train the baseline first and pass "
+                "--extractor-weights <baseline output dir>/checkpoint.safetensors (set allow_untrained_extractor=true "
+                "only for smoke tests)."
+            )
+        spec = self.detector_spec(num_classes)
+        weights = self.extractor_weights or self.detector_weights
+        extractor = spec.build(backbone_weights=self.backbone_weights, detector_weights=weights).backbone
+        return extractor.eval().requires_grad_(False)
+
+
+def _matches(value: Any, kind: Any) -> bool:
+    """Whether a JSON ``value`` fits the field type ``kind`` (``int | None``, ``list[int]``, ...)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if kind is type(None):
+        return value is None
+    if kind is Any:
+        return True
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+_KIND_NAMES = {int: "an int", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _describe(kind: Any) -> str:
+    """``int | None`` -> ``"an int or null"``, ``list[int]`` -> ``"a list of an int"``: the type in words."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is list:
+        return f"a JSON list of {_describe(args[0]).split(' ', 1)[-1]}s"
+    if origin is dict:
+        return "a JSON object"
+    return _KIND_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def check_values(cls: type[TrainConfig], values: dict[str, Any]) -> None:
+    """Raise a ValueError for an unknown key of ``cls`` or a value of the wrong type (e.g. ``--set lr=abc``)."""
+    kinds = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"Unknown config keys {unknown} for {cls.stage}; valid keys: {sorted(fields)}.")
+    for key, value in values.items():
+        if not _matches(value, kinds[key]):
+            raise ValueError(
+                f"{key} must be {_describe(kinds[key])}, got {value!r} ({type(value).__name__}); give it a value of "
+                f"that type in the config file or as --set {key}=VALUE (VALUE is read as JSON: 0.01, true, [3,4,5])."
+            )
+
+
+def load_config_file(name_or_path: str) -> dict[str, Any]:
+    """Read a JSON config: a path, or a shipped name such as ``cpu_stage1`` (see ``configs/``)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        shipped = CONFIG_DIR / f"{name_or_path}.json"
+        if not shipped.is_file():
+            names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+            raise FileNotFoundError(f"Config {name_or_path!r} is neither a file nor a shipped config ({names}).")
+        path = shipped
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"Config {str(path)!r} is not valid JSON: {error}.") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"Config {str(path)!r} must hold a JSON object, got {type(values).__name__}.")
+    values.pop("_comment", None)
+    return values
+
+
+def stage_names(stages: Sequence[str]) -> str:
+    """``"stage1"``, ``"stage1 or stage2"``: how messages name the stages an ``--init`` may come from."""
+    return " or ".join(stages)
