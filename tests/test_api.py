@@ -9,6 +9,11 @@ from pathlib import Path
 import srf_upsample
 
 
+def _run_python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (nothing imported yet) and return what it printed, stripped."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_public_names_are_pinned():
     # Pins the public surface: removing or renaming a public name must be a deliberate change of this file.
     pinned = json.loads((Path(__file__).parent / "api_surface.json").read_text())
@@ -24,8 +29,7 @@ def test_import_needs_no_training_or_export_extras():
         "bad = [m for m in extras if m in sys.modules]; "
         "print(bad)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert _run_python(code) == "[]"
 
 
 def test_issue_command_prints_the_requested_shape():
@@ -33,8 +37,7 @@ def test_issue_command_prints_the_requested_shape():
         "from srf_upsample import SRFUpsample; import torch; "
         "print(SRFUpsample()(torch.randn(1,256,17,25), size=(33,49)).shape)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "torch.Size([1, 256, 33, 49])"
+    assert _run_python(code) == "torch.Size([1, 256, 33, 49])"
 
 
 def test_cli_lists_commands():
@@ -82,5 +85,4 @@ def test_every_module_imports_without_the_optional_extras():
         "            failed.append(f'{module.name}: {error}')\n"
         "print(failed)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert _run_python(code) == "[]"
