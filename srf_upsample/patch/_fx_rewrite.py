@@ -124,29 +124,14 @@ def _bound_arguments(gm: fx.GraphModule, node: fx.Node) -> dict[str, Any]:
     if node.op == "call_function" and node.target is enlarge_or_interpolate:
         bound = inspect.signature(enlarge_or_interpolate).bind(*node.args, **node.kwargs).arguments
         upsampler = bound["upsampler"]
-        return {
-            "input": bound["x"],
-            "size": bound.get("size"),
-            "scale_factor": bound.get("scale_factor"),
-            "mode": None,
-            "align_corners": None,
-            "kind": "SRFUpsample",
-            "target": str(upsampler.target) if isinstance(upsampler, fx.Node) else "upsampler",
-        }
+        target = str(upsampler.target) if isinstance(upsampler, fx.Node) else "upsampler"
+        return _upsampler_call(bound["x"], bound, target)
     module = _upsample_module(gm, node)
     if module is not None:
         bound = inspect.signature(module.forward).bind(*node.args, **node.kwargs).arguments
         first = next(iter(bound.values()))
         if is_upsampler(module):
-            return {
-                "input": first,
-                "size": bound.get("size"),
-                "scale_factor": bound.get("scale_factor"),
-                "mode": None,
-                "align_corners": None,
-                "kind": "SRFUpsample",
-                "target": str(node.target),
-            }
+            return _upsampler_call(first, bound, str(node.target))
         kind = "nn.Upsample" if type(module) is nn.Upsample else f"nn.Upsample ({type(module).__name__})"
         return {
             "input": first,
@@ -173,6 +158,19 @@ def _bound_arguments(gm: fx.GraphModule, node: fx.Node) -> dict[str, Any]:
         "antialias": bound.get("antialias", False),
         "kind": kind,
         "target": kind,
+    }
+
+
+def _upsampler_call(x: Any, bound: dict[str, Any], target: str) -> dict[str, Any]:
+    """The bound arguments of a node that already calls an upsampler (a patched graph traced again)."""
+    return {
+        "input": x,
+        "size": bound.get("size"),
+        "scale_factor": bound.get("scale_factor"),
+        "mode": None,
+        "align_corners": None,
+        "kind": "SRFUpsample",
+        "target": target,
     }
 
 
