@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -10,8 +11,11 @@ from typing import Any, ClassVar
 import safetensors.torch
 import torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
+
+from ._checks import check_device
 
 __all__ = [
     "CONFIG_NAME",
@@ -51,14 +55,19 @@ def read_safetensors(path: str | os.PathLike, *, device: str | torch.device = "c
     """Read a safetensors file, turning a missing, truncated or corrupt file into a clear ValueError."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Weights file {str(path)!r} does not exist.")
+        raise FileNotFoundError(
+            f"Weights file {str(path)!r} does not exist; save_pretrained() writes it next to {CONFIG_NAME}: save the "
+            "module again, or pass the folder that holds both."
+        )
     try:
         return safetensors.torch.load_file(str(path), device=str(device))
-    except Exception as error:  # safetensors raises SafetensorError / OSError / ValueError depending on the damage
+    # safetensors raises SafetensorError / OSError / ValueError depending on the damage; the message says which, so the
+    # library's own traceback is left out.
+    except Exception as error:
         raise ValueError(
             f"Weights file {str(path)!r} is not a readable safetensors file ({type(error).__name__}: {error}); "
             "it may be truncated or corrupt: save or download it again."
-        ) from error
+        ) from None
 
 
 def load_state_dict_strict(
@@ -107,27 +116,44 @@ class SRFHubMixin(PyTorchModelHubMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any):  # type: ignore[override]
-        """Load a module from a folder, a shipped short name or a Hub repo id; returns it in ``eval()`` mode."""
+        """Load a module from a folder, a shipped short name or a Hub repo id; returns it in ``eval()`` mode.
+
+        Every mistake that can be seen before loading is a ValueError (TypeError for a wrong type) that names the
+        argument, the value and the fix, raised before anything is read or downloaded: a path to a missing folder, a
+        ``map_location`` this machine lacks, a ``config.json`` that is not a JSON object, has a key the class does not
+        take, or describes another class. Weights that do not match the config, or a damaged weights file, are a
+        ValueError as well (``load_state_dict_strict``, ``read_safetensors``).
+        """
         name = str(pretrained_model_name_or_path)
+        check_device("map_location", kwargs.get("map_location", "cpu"))
         if not os.path.isdir(name) and name in list_shipped():
             name = str(shipped_weights_dir() / name)
         if os.path.isdir(name):
-            if not (Path(name) / CONFIG_NAME).is_file():
+            config_file = Path(name) / CONFIG_NAME
+            if not config_file.is_file():
                 raise ValueError(f"Folder {name!r} has no {CONFIG_NAME}; was it written by save_pretrained()?")
-            with open(Path(name) / CONFIG_NAME, encoding="utf-8") as f:
-                try:
-                    json.load(f)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{CONFIG_NAME} in {name!r} is not valid JSON: {error}.") from error
+        elif os.path.exists(name):
+            raise ValueError(
+                f"pretrained_model_name_or_path={name!r} is a file, not a folder: pass the folder that "
+                f"save_pretrained() wrote (it holds {CONFIG_NAME} and {SAFE_WEIGHTS_NAME})."
+            )
+        elif not _is_repo_id(name):
+            raise ValueError(
+                f"pretrained_model_name_or_path={name!r}: the local folder {name!r} does not exist (and the name is "
+                f"neither a shipped name, {list_shipped()}, nor a Hub repo id such as 'owner/name'). Check the path, "
+                "or write a generator there first with save_pretrained()."
+            )
         else:
             try:
-                hf_hub_download(
-                    repo_id=name,
-                    filename=CONFIG_NAME,
-                    revision=kwargs.get("revision"),
-                    cache_dir=kwargs.get("cache_dir"),
-                    local_files_only=kwargs.get("local_files_only", False),
-                    token=kwargs.get("token"),
+                config_file = Path(
+                    hf_hub_download(
+                        repo_id=name,
+                        filename=CONFIG_NAME,
+                        revision=kwargs.get("revision"),
+                        cache_dir=kwargs.get("cache_dir"),
+                        local_files_only=kwargs.get("local_files_only", False),
+                        token=kwargs.get("token"),
+                    )
                 )
             except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
                 raise ValueError(
@@ -135,8 +161,25 @@ class SRFHubMixin(PyTorchModelHubMixin):
                     f"(shipped: {list_shipped()}), and the Hub could not provide it at revision "
                     f"{kwargs.get('revision') or 'main'} ({type(error).__name__}). Offline (HF_HUB_OFFLINE=1) only "
                     "repos already in the Hub cache resolve; check the name or download it first."
-                ) from error
+                ) from None
+        cls._check_config(_read_config(config_file, name), name)
         return super().from_pretrained(name, **kwargs)
+
+    @classmethod
+    def _config_keys(cls) -> list[str]:
+        """The constructor arguments a ``config.json`` of this class may hold."""
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        return sorted(p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+    @classmethod
+    def _check_config(cls, config: dict[str, Any], source: str) -> None:
+        """Raise a ValueError if ``config`` has a key that ``cls.__init__`` does not take, listing the valid ones."""
+        unknown = sorted(set(config) - set(cls._config_keys()))
+        if unknown:
+            raise ValueError(
+                f"{CONFIG_NAME} of {source!r} has keys that {cls.__name__} does not take: {unknown}. Valid keys: "
+                f"{cls._config_keys()}; fix or remove the others{_other_classes_hint(cls, config)}."
+            )
 
     @classmethod
     def _from_pretrained(  # type: ignore[override]
@@ -154,6 +197,19 @@ class SRFHubMixin(PyTorchModelHubMixin):
     ):
         if not strict:
             raise ValueError("strict=False is not supported: srf_upsample always loads every weight or none.")
+        given = dict(model_kwargs)
+        # The mixin passes only the fields config.json holds (plus the caller's keyword arguments), so a field that
+        # is still missing here was absent from the file.
+        for name, value in cls._legacy_config_defaults.items():
+            model_kwargs.setdefault(name, value)
+        try:
+            model = cls(**model_kwargs)
+        except (TypeError, ValueError) as error:
+            hint = _other_classes_hint(cls, given) or ", or write the folder again with save_pretrained()"
+            raise ValueError(
+                f"{CONFIG_NAME} of {model_id!r} does not describe a {cls.__name__} ({str(error).rstrip('.')}); "
+                f"fix that value{hint}."
+            ) from None
         if os.path.isdir(model_id):
             model_file = os.path.join(model_id, SAFE_WEIGHTS_NAME)
         else:
@@ -166,13 +222,63 @@ class SRFHubMixin(PyTorchModelHubMixin):
                 token=token,
                 local_files_only=local_files_only,
             )
-        state_dict = read_safetensors(model_file, device=map_location)
-        # The mixin passes only the fields config.json holds (plus the caller's keyword arguments), so a field that
-        # is still missing here was absent from the file.
-        for name, value in cls._legacy_config_defaults.items():
-            model_kwargs.setdefault(name, value)
-        model = cls(**model_kwargs)
+        # Read on the CPU and move the built module after: a damaged file and a missing device are different errors,
+        # and check_device (in from_pretrained) has already vouched for map_location.
+        state_dict = read_safetensors(model_file)
         load_state_dict_strict(model, state_dict, source=f"weights from {model_id!r}")
         model.to(map_location)
         model.eval()
         return model
+
+
+def _is_repo_id(name: str) -> bool:
+    """Whether ``name`` has the form of a Hub repo id (``name`` or ``owner/name``), as opposed to a path."""
+    if name.startswith((".", "~")) or os.sep in name.replace("/", ""):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _read_config(config_file: Path, source: str) -> dict[str, Any]:
+    """Read a ``config.json`` and check that it is a JSON object; the errors name the file and the fix."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{CONFIG_NAME} of {source!r} is not valid JSON ({error}); write it again with save_pretrained()."
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{CONFIG_NAME} of {source!r} must be a JSON object of constructor arguments such as "
+            f'{{"in_channels": 256}}, got a JSON {type(config).__name__}; write it again with save_pretrained().'
+        )
+    return config
+
+
+def _other_classes_hint(cls: type, config: dict[str, Any]) -> str:
+    """A message tail naming the other SRFHubMixin classes that ``config`` builds; empty if there is none.
+
+    It catches a folder loaded with the wrong class, e.g. a discriminator's with ``SRFUpsample.from_pretrained``.
+    """
+    fits = []
+    for other in _hub_classes():
+        if other is cls or not set(config) <= set(other._config_keys()):
+            continue
+        try:
+            other(**config)
+        except (TypeError, ValueError):
+            continue
+        fits.append(other.__name__)
+    return "".join(f", or, as it describes a {name}, load it with {name}.from_pretrained()" for name in sorted(fits))
+
+
+def _hub_classes() -> list[type]:
+    found, pending = [], list(SRFHubMixin.__subclasses__())
+    while pending:
+        subclass = pending.pop()
+        found.append(subclass)
+        pending += subclass.__subclasses__()
+    return found

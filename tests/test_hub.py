@@ -151,3 +151,121 @@ def test_push_to_hub_uploads_a_saved_folder(tmp_path, monkeypatch):
     loaded = SRFUpsample.from_pretrained(tmp_path / "uploaded")
     x = torch.randn(1, 4, 5, 5)
     torch.testing.assert_close(loaded(x), up(x), rtol=0, atol=0)
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
+
+
+def _raises_cleanly(error_type, match, call, *, folder=None):
+    """Check that ``call()`` raises ``error_type`` matching ``match`` from srf_upsample code, with no chained error
+    from torch or huggingface_hub in the traceback, and that ``folder`` is left byte for byte as it was."""
+    before = _snapshot(folder) if folder is not None else None
+    with pytest.raises(error_type, match=match) as info:
+        call()
+    error = info.value
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__), repr(error)
+    assert "srf_upsample" in str(info.traceback[-1].path), info.traceback[-1].path
+    if folder is not None:
+        assert _snapshot(folder) == before
+    return error
+
+
+def test_missing_local_folder_says_so_and_touches_no_hub_cache(tmp_path, monkeypatch):
+    # Was an HFValidationError about repo ids, which never said that the folder is missing.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    for name in ("/missing/dir", "./missing", str(tmp_path / "a" / "b")):
+        _raises_cleanly(
+            ValueError,
+            rf"pretrained_model_name_or_path='{name}': the local folder '{name}' does not exist .*save_pretrained\(\)",
+            lambda name=name: SRFUpsample.from_pretrained(name),
+        )
+    assert not (tmp_path / "cache").exists()
+
+
+def test_weights_file_instead_of_folder(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    _raises_cleanly(
+        ValueError,
+        r"is a file, not a folder: pass the folder that save_pretrained\(\) wrote",
+        lambda: SRFUpsample.from_pretrained(tmp_path / SAFE_WEIGHTS_NAME),
+        folder=tmp_path,
+    )
+
+
+@pytest.mark.parametrize(
+    ("map_location", "error", "match"),
+    [
+        ("cuda", ValueError, r"map_location must be a device this machine has, got 'cuda'; CUDA is not available"),
+        ("gpu", ValueError, r"map_location must be a torch.device or a device string .*got 'gpu'"),
+        (0.5, TypeError, r"map_location must be a torch.device or a device string .*got 0.5 of type float"),
+    ],
+)
+def test_unavailable_map_location_is_named_not_called_corrupt(tmp_path, monkeypatch, map_location, error, match):
+    # Was "Weights file ... may be truncated or corrupt" for map_location="cuda" on a machine without a GPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tiny().save_pretrained(tmp_path)
+    _raises_cleanly(
+        error, match, lambda: SRFUpsample.from_pretrained(tmp_path, map_location=map_location), folder=tmp_path
+    )
+
+
+@pytest.mark.parametrize("key", ["hiden_channels", "dropout"])
+def test_config_with_an_unknown_key_is_rejected_listing_the_valid_keys(tmp_path, key):
+    # Was loaded, the key ignored: a misspelled hidden_channels silently built the default width.
+    tiny().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    config[key] = 8
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    _raises_cleanly(
+        ValueError,
+        rf"config.json of .* has keys that SRFUpsample does not take: \['{key}'\]\. Valid keys: \['deconv_kernel', "
+        r"'hidden_channels', 'in_channels', 'negative_slope', 'norm', 'num_blocks', 'variant', 'zero_init_residual'\]",
+        lambda: SRFUpsample.from_pretrained(tmp_path),
+        folder=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"paper"', "{not json"])
+def test_config_that_is_not_a_json_object(tmp_path, content):
+    # A list was an AttributeError ('list' object has no attribute 'items') from inside huggingface_hub.
+    tiny().save_pretrained(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text(content)
+    match = "is not valid JSON" if content.startswith("{") else r"must be a JSON object of constructor arguments"
+    _raises_cleanly(ValueError, match, lambda: SRFUpsample.from_pretrained(tmp_path), folder=tmp_path)
+
+
+def test_folder_of_the_other_class_names_the_class_to_use(tmp_path):
+    # A discriminator folder loaded as a generator was a TypeError from the constructor, and the reverse loaded keys
+    # the discriminator ignores.
+    FeaturePatchDiscriminator(4, hidden_channels=[8, 8, 8]).save_pretrained(tmp_path / "disc")
+    tiny().save_pretrained(tmp_path / "gen")
+    _raises_cleanly(
+        ValueError,
+        r"does not describe a SRFUpsample \(hidden_channels must be a positive int, got \[8, 8, 8\] of type list\); "
+        r"fix that value, or, as it describes a FeaturePatchDiscriminator, load it with "
+        r"FeaturePatchDiscriminator.from_pretrained\(\)\.",
+        lambda: SRFUpsample.from_pretrained(tmp_path / "disc"),
+        folder=tmp_path,
+    )
+    _raises_cleanly(
+        ValueError,
+        r"has keys that FeaturePatchDiscriminator does not take: .*load it with SRFUpsample.from_pretrained\(\)",
+        lambda: FeaturePatchDiscriminator.from_pretrained(tmp_path / "gen"),
+        folder=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("damage", ["shape", "truncate"])
+def test_bad_weights_say_so_and_write_nothing(tmp_path, damage):
+    tiny().save_pretrained(tmp_path)
+    if damage == "shape":
+        SRFUpsample(4, hidden_channels=6, num_blocks=1).save_pretrained(tmp_path / "other")
+        shutil.copy(tmp_path / "other" / SAFE_WEIGHTS_NAME, tmp_path / SAFE_WEIGHTS_NAME)
+        shutil.rmtree(tmp_path / "other")
+        match = r"Cannot load weights from .* shape mismatches .*the module was left unchanged"
+    else:
+        weights = tmp_path / SAFE_WEIGHTS_NAME
+        weights.write_bytes(weights.read_bytes()[:100])
+        match = r"Weights file .*model.safetensors' is not a readable safetensors file .*save or download it again"
+    _raises_cleanly(ValueError, match, lambda: SRFUpsample.from_pretrained(tmp_path), folder=tmp_path)
