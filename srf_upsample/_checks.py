@@ -36,17 +36,27 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_int(name: str, value: object, *, minimum: int = 1, multiple_of: int = 1, hint: str = "") -> int:
-    """Return ``value`` if it is an int (not a bool), ``>= minimum`` and a multiple of ``multiple_of``; else raise."""
-    if minimum == 1 and multiple_of == 1:
+def check_int(
+    name: str,
+    value: object,
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+    multiple_of: int = 1,
+    hint: str = "",
+) -> int:
+    """Return ``value`` if it is an int (not a bool) in ``[minimum, maximum]`` and a multiple of ``multiple_of``."""
+    if maximum is not None:
+        expectation = f"an int between {minimum} and {maximum}"
+    elif minimum == 1 and multiple_of == 1:
         expectation = "a positive int"
     else:
         expectation = f"{'an even' if multiple_of == 2 else 'an'} int >= {minimum}"
-        if multiple_of > 2:
-            expectation += f" and a multiple of {multiple_of}"
+    if multiple_of > 2:
+        expectation += f" and a multiple of {multiple_of}"
     if not _is_int(value):
         raise TypeError(_message(name, expectation, value, hint, with_type=True))
-    if value < minimum or value % multiple_of:
+    if value < minimum or (maximum is not None and value > maximum) or value % multiple_of:
         raise ValueError(_message(name, expectation, value, hint))
     return value
 

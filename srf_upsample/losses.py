@@ -8,14 +8,13 @@ The discriminator returns logits; ``D(.)`` of the paper is ``sigmoid(logits)``, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ._checks import check_choice, check_levels, check_number
-from ._interpolate import interpolate
+from ._interpolate import interpolate, output_size
 
 __all__ = [
     "ADVERSARIAL_WEIGHT",
@@ -131,7 +130,7 @@ def downsample_targets(
         if sizes is not None:
             size = tuple(int(s) for s in sizes[level])
         else:
-            size = (math.floor(scale * feat.shape[-2]), math.floor(scale * feat.shape[-1]))
+            size = output_size(feat.shape[-2:], None, scale)
         out.append(interpolate(feat, size=size, mode=mode))
     return out
 

@@ -181,17 +181,17 @@ def test_cli_routes_through_srf_upsample_command(tmp_path, capsys):
     from srf_upsample.cli import main as cli_main
 
     assert cli_main(["export", str(tmp_path / "missing"), str(tmp_path / "out.onnx"), "--opset", "12"]) == 2
-    assert "opset must be between 18 and 23, got 12" in capsys.readouterr().err
+    assert "opset must be an int between 18 and 23, got 12" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("opset", [12, 17, 99])
 def test_unsupported_opset_raises(tmp_path, opset):
-    with pytest.raises(ValueError, match=rf"opset must be between 18 and 23, got {opset}.*--opset 18"):
+    with pytest.raises(ValueError, match=rf"opset must be an int between 18 and 23, got {opset}; .*--opset 18"):
         export_generator(_trained_looking("paper"), tmp_path / "srf.onnx", opset=opset)
 
 
 def test_non_int_opset_raises(tmp_path):
-    with pytest.raises(TypeError, match="opset must be an int"):
+    with pytest.raises(TypeError, match="opset must be an int between 18 and 23, got '18' of type str"):
         export_generator(_trained_looking("paper"), tmp_path / "srf.onnx", opset="18")
 
 

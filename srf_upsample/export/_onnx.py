@@ -49,19 +49,14 @@ def require_export_deps() -> tuple[Any, Any]:
 
 def check_opset(opset: object) -> int:
     """Return ``opset`` if it is an int in ``SUPPORTED_OPSETS``, else raise."""
-    expectation = f"an int between {SUPPORTED_OPSETS.start} and {SUPPORTED_OPSETS.stop - 1}"
-    if isinstance(opset, bool) or not isinstance(opset, int):
-        raise TypeError(
-            f"opset must be {expectation}, got {opset!r} of type {type(opset).__name__}; pass --opset "
-            f"{DEFAULT_OPSET} (the default)."
-        )
-    if opset not in SUPPORTED_OPSETS:
-        raise ValueError(
-            f"opset must be between {SUPPORTED_OPSETS.start} and {SUPPORTED_OPSETS.stop - 1}, got {opset}. "
-            f"The dynamo exporter of torch {torch.__version__.split('+')[0]} implements opset 18 and newer, and "
-            f"onnxruntime runs up to {SUPPORTED_OPSETS.stop - 1}; pass --opset {DEFAULT_OPSET} (the default)."
-        )
-    return opset
+    return check_int(
+        "opset",
+        opset,
+        minimum=SUPPORTED_OPSETS.start,
+        maximum=SUPPORTED_OPSETS.stop - 1,
+        hint=f"the dynamo exporter of torch {torch.__version__.split('+')[0]} implements opset 18 and newer, and "
+        f"onnxruntime runs up to {SUPPORTED_OPSETS.stop - 1}: pass --opset {DEFAULT_OPSET} (the default)",
+    )
 
 
 def inference_session(path: str | os.PathLike, num_threads: int | None = None) -> Any:
