@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import resolve_output_size
+from .._interpolate import output_size
 from ..upsample import SRFUpsample
 
 PARAMETER_REASON = "resizes a parameter (e.g. a position embedding), not a feature map"
@@ -47,20 +47,6 @@ def direction(input_shape: Sequence[int] | None, output_shape: Sequence[int] | N
     if out_height < height or out_width < width:
         return "enlarges one side and shrinks the other"
     return ""
-
-
-def _enlarged_size(x: torch.Tensor, size: Any, scale_factor: Any) -> tuple[int, int] | None:
-    """The (H_out, W_out) F.interpolate gives a 4D input, or None where the arguments are not a valid 2D resize.
-
-    On None the original call runs, so F.interpolate itself accepts the arguments or raises its own error.
-    """
-    if (size is None) == (scale_factor is None):
-        # resolve_output_size reads "neither" as SRFUpsample's default scale_factor=2; F.interpolate raises.
-        return None
-    try:
-        return resolve_output_size(x.shape[-2:], size, scale_factor)
-    except (TypeError, ValueError):
-        return None
 
 
 def enlarge_or_interpolate(
@@ -105,7 +91,7 @@ def enlarge_or_interpolate(
         True
     """
     if not torch.compiler.is_exporting():
-        out_size = _enlarged_size(x, size, scale_factor) if x.dim() == 4 and x.is_floating_point() else None
+        out_size = output_size(x.shape[-2:], size, scale_factor) if x.dim() == 4 and x.is_floating_point() else None
         if out_size is None or direction(tuple(x.shape), (*x.shape[:2], *out_size)):
             return F.interpolate(
                 x,
