@@ -24,15 +24,31 @@ class NearestUpsample(nn.Module):
         return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
 
 
-def trained_looking(variant: str, channels: int = 8, num_blocks: int = 1) -> SRFUpsample:
-    """A small eval-mode generator whose BN layers hold non-trivial statistics and affine parameters.
+def give_trained_weights(module: SRFUpsample) -> SRFUpsample:
+    """Give a generator the kind of weights training leaves, in place; returns it (its mode unchanged).
 
-    Fresh BN (mean 0, var 1, weight 1, bias 0) is almost the identity, so fusing or exporting it would prove little.
+    Fresh BN (mean 0, var 1, weight 1, bias 0) is almost the identity, and with norm="none" the last conv of each
+    residual block starts at zero (the block is the identity), so fusing, exporting or comparing routes of a fresh
+    generator would prove little. BN layers get random statistics and affine parameters, the last convs random weights.
     """
-    module = SRFUpsample(channels, hidden_channels=8, num_blocks=num_blocks, variant=variant)
-    for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
-        torch.nn.init.uniform_(bn.bias, -0.2, 0.2)
-    return module.eval()
+    with torch.no_grad():
+        for bn in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(bn.weight, 0.5, 1.5)
+            nn.init.uniform_(bn.bias, -0.2, 0.2)
+        if module.norm == "none":
+            for block in module.body:
+                nn.init.kaiming_normal_(block.last_conv.weight, a=module.negative_slope, nonlinearity="leaky_relu")
+                nn.init.uniform_(block.last_conv.bias, -0.1, 0.1)
+    return module
+
+
+def trained_looking(
+    variant: str = "paper", channels: int = 8, num_blocks: int = 1, *, norm: str = "none", deconv_kernel: int = 6
+) -> SRFUpsample:
+    """A small eval-mode generator (8 hidden channels) with trained-looking weights (:func:`give_trained_weights`)."""
+    module = SRFUpsample(
+        channels, hidden_channels=8, num_blocks=num_blocks, variant=variant, norm=norm, deconv_kernel=deconv_kernel
+    )
+    return give_trained_weights(module).eval()

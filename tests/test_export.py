@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 from _helpers import trained_looking
-from torch import nn
 
 from srf_upsample import SRFUpsample
 from srf_upsample.export import (
@@ -43,24 +42,7 @@ def _seed() -> None:
 
 
 def _trained_looking(variant: str, norm: str = "none", deconv_kernel: int = 6) -> SRFUpsample:
-    """A small eval-mode generator with non-trivial weights: random BN statistics, or (norm="none") non-zero last
-    convs in the residual blocks, which start at zero and would make the body an identity."""
-    if norm == "none" and deconv_kernel == 6:
-        module = trained_looking(variant)
-    else:
-        module = SRFUpsample(
-            8, hidden_channels=8, num_blocks=1, variant=variant, norm=norm, deconv_kernel=deconv_kernel
-        )
-    for bn in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        nn.init.uniform_(bn.weight, 0.5, 1.5)
-        nn.init.uniform_(bn.bias, -0.2, 0.2)
-    if norm == "none":
-        for block in module.body:
-            nn.init.kaiming_normal_(block.last_conv.weight, a=module.negative_slope, nonlinearity="leaky_relu")
-            nn.init.uniform_(block.last_conv.bias, -0.1, 0.1)
-    return module.eval()
+    return trained_looking(variant, norm=norm, deconv_kernel=deconv_kernel)
 
 
 def _default_domain_opset(path) -> int:

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _helpers import trained_looking
-from torch import nn
 
 from srf_upsample import SRFUpsample
 
@@ -19,27 +18,8 @@ def _seed() -> None:
 
 
 def _trained_looking(variant: str, norm: str = "batch", deconv_kernel: int = 6, channels: int = 8) -> SRFUpsample:
-    """A small eval-mode generator with non-trivial weights for ``norm``.
-
-    ``norm="batch"``: the shared helper's BN statistics and affine parameters. ``norm="none"``: the last conv of each
-    residual block starts at zero (the block is the identity), so give it weights, as training would.
-    """
-    if norm == "batch":
-        module = SRFUpsample(
-            channels, hidden_channels=8, num_blocks=2, variant=variant, deconv_kernel=deconv_kernel, norm="batch"
-        )
-        for bn in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-            nn.init.uniform_(bn.weight, 0.5, 1.5)
-            nn.init.uniform_(bn.bias, -0.2, 0.2)
-        return module.eval()
-    module = trained_looking(variant, channels, num_blocks=2)
-    assert module.norm == "none" and module.deconv_kernel == deconv_kernel
-    for block in module.body:
-        nn.init.kaiming_normal_(block.last_conv.weight, a=module.negative_slope, nonlinearity="leaky_relu")
-        nn.init.uniform_(block.last_conv.bias, -0.1, 0.1)
-    return module.eval()
+    """Two residual blocks with trained-looking weights (BN statistics, or non-zero last convs with norm="none")."""
+    return trained_looking(variant, channels, num_blocks=2, norm=norm, deconv_kernel=deconv_kernel)
 
 
 def _max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import give_trained_weights
 from torch import nn
 
 from srf_upsample import SRFUpsample
@@ -23,19 +24,6 @@ def tiny(**kwargs) -> SRFUpsample:
     kwargs.setdefault("hidden_channels", 8)
     kwargs.setdefault("num_blocks", 1)
     return SRFUpsample(4, **kwargs)
-
-
-def trained_like(module: SRFUpsample) -> SRFUpsample:
-    """Give the zero-initialised last conv of each residual block (norm="none") non-zero weights, as training would.
-
-    A fresh norm="none" body is the identity, so tests of the body's computation would otherwise prove little.
-    """
-    with torch.no_grad():
-        for block in module.body:
-            nn.init.kaiming_normal_(block.last_conv.weight, a=module.negative_slope, nonlinearity="leaky_relu")
-            if block.last_conv.bias is not None:
-                nn.init.uniform_(block.last_conv.bias, -0.1, 0.1)
-    return module
 
 
 def num_parameters(module: nn.Module) -> int:
@@ -124,7 +112,7 @@ def test_output_has_exactly_the_requested_size(in_size, kwargs, expected, varian
 def test_any_batch_size_and_gradients_reach_every_parameter(batch, variant, norm):
     # trained_like: at initialisation a norm="none" block's first conv gets no gradient (the zero-initialised conv
     # after it blocks it), exactly as with torchvision's zero_init_residual; after one step it does.
-    up = trained_like(tiny(variant=variant, norm=norm)).train()
+    up = give_trained_weights(tiny(variant=variant, norm=norm)).train()
     x = torch.randn(batch, 4, 5, 7, requires_grad=True)
     up(x, size=(9, 13)).square().mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
@@ -134,7 +122,7 @@ def test_any_batch_size_and_gradients_reach_every_parameter(batch, variant, norm
 
 @pytest.mark.parametrize("norm", ["none", "batch"])
 def test_gradcheck_float64(norm):
-    up = trained_like(SRFUpsample(2, hidden_channels=2, num_blocks=1, norm=norm)).double().eval()
+    up = give_trained_weights(SRFUpsample(2, hidden_channels=2, num_blocks=1, norm=norm)).double().eval()
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: up(t, size=(5, 7)), (x,))
 
@@ -175,7 +163,7 @@ def test_norm_none_output_is_the_same_in_train_and_eval_mode(variant):
     # Why norm="none" is the default: one G serves every pyramid level, and BN would normalise each call with its own
     # level's statistics in training but with running statistics mixed over the levels in eval mode. Without it,
     # training and inference compute the same function, bit for bit, on every level.
-    up = trained_like(tiny(variant=variant, num_blocks=2))
+    up = give_trained_weights(tiny(variant=variant, num_blocks=2))
     levels = [torch.randn(2, 4, 5, 7), 3.0 * torch.randn(2, 4, 10, 14) + 1.0, torch.randn(2, 4, 20, 28)]
     with torch.no_grad():
         trained = [up.train()(level) for level in levels]
@@ -210,7 +198,7 @@ def test_non_exact_target_resizes_the_learned_residual():
 @pytest.mark.parametrize("deconv_kernel", [4, 6])
 @pytest.mark.parametrize("norm", ["none", "batch"])
 def test_x4_chains_two_passes(deconv_kernel, norm):
-    up = trained_like(tiny(deconv_kernel=deconv_kernel, norm=norm)).eval()
+    up = give_trained_weights(tiny(deconv_kernel=deconv_kernel, norm=norm)).eval()
     x = torch.randn(1, 4, 5, 7)
     torch.testing.assert_close(up(x, scale_factor=4), up(up(x)))
     torch.testing.assert_close(up(x, size=(19, 27)), up(up(x), size=(19, 27)))
@@ -221,7 +209,7 @@ def test_single_pass_always_resizing_gives_the_same_numbers(variant):
     # Pins what the one single-pass method relies on under torch.export (symbolic sizes): resizing the (2H, 2W)
     # residual to (2H, 2W) with bilinear, align_corners=False, is an exact identity, so always resizing (export) and
     # skipping the no-op resize (eager) give bit-identical outputs.
-    up = trained_like(tiny(variant=variant)).eval()
+    up = give_trained_weights(tiny(variant=variant)).eval()
     x = torch.randn(2, 4, 9, 13)
     with torch.no_grad():
         residual = up.residual(x)
@@ -244,7 +232,7 @@ def test_bfloat16_autocast():
 @pytest.mark.parametrize("variant", ["paper", "lite"])
 @pytest.mark.parametrize("norm", ["none", "batch"])
 def test_bfloat16_module_matches_float32(variant, norm):
-    up = trained_like(tiny(variant=variant, norm=norm)).eval()
+    up = give_trained_weights(tiny(variant=variant, norm=norm)).eval()
     x = torch.randn(2, 4, 9, 13).to(torch.bfloat16)
     with torch.no_grad():
         expected = up(x.float())  # float32 on the same (bf16-rounded) input: only the module's arithmetic differs
@@ -452,7 +440,7 @@ def test_shipped_generators_give_the_pinned_outputs(name):
 
 
 def test_new_saves_write_the_new_fields(tmp_path):
-    up = trained_like(tiny())
+    up = give_trained_weights(tiny())
     up.save_pretrained(tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert (config["deconv_kernel"], config["norm"]) == (6, "none")
