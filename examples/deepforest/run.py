@@ -17,6 +17,7 @@ Usage: ``python examples/deepforest/run.py [--quick] [--seeds 0 1 2] [--jobs 1] 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare import prepare  # noqa: E402
+from prepare import SPLITS, prepare  # noqa: E402
 
 from srf_upsample.train.checkpoint import DIVERGED_NAME, is_finished  # noqa: E402
 from srf_upsample.train.experiment import (  # noqa: E402
@@ -42,6 +43,9 @@ from srf_upsample.train.experiment import (  # noqa: E402
     run_jobs,
     summarize,
 )
+from srf_upsample.train.experiment.archive import ARCHIVE_NAME, open_runs, read_archive, write_archive  # noqa: E402
+from srf_upsample.train.experiment.detections import DETECTIONS_NAME  # noqa: E402
+from srf_upsample.train.experiment.summary import resampled_ap_of_runs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -184,10 +188,23 @@ def experiment_values(
     }
 
 
-def copy_small_outputs(work: Path, target: Path) -> None:
-    """Copy each finished or diverged run's manifest, logs and curve data (no weights) from ``work`` to ``target``.
+def _relative_paths(data: bytes, name: str) -> bytes:
+    """A small output with this checkout's folder taken out of its paths (JSON, and the detections' ann_file)."""
+    if name.endswith(".json"):
+        return data.decode().replace(f"{REPO}/", "").encode()
+    if name.endswith(DETECTIONS_NAME):
+        text = gzip.decompress(data).decode().replace(f"{REPO}/", "")
+        return gzip.compress(text.encode(), mtime=0)
+    return data
 
-    Paths inside this checkout are written relative to it, so the copies do not carry the machine's folders.
+
+def copy_small_outputs(work: Path, target: Path) -> None:
+    """Pack each finished or diverged run's manifest, logs, curve data and detections (no weights) from ``work``
+    into ``target/runs.tar.gz``, and copy the results and experiment config next to it.
+
+    Runs already in the archive stay unless ``work`` has them again; the validation ground truth goes in as
+    ``annotations/instances_val.json`` (the bootstrap's reference). Paths inside this checkout are written relative
+    to it, so the copies do not carry the machine's folders.
     """
     if work.resolve() == target.resolve():
         return  # rebuilding the table from the committed copies
@@ -195,18 +212,21 @@ def copy_small_outputs(work: Path, target: Path) -> None:
     sources = [
         path
         for path in work.glob("seed*/*/*")
-        if path.name in small and (is_finished(path.parent) or (path.parent / DIVERGED_NAME).is_file())
+        if path.name in (*small, DETECTIONS_NAME)
+        and (is_finished(path.parent) or (path.parent / DIVERGED_NAME).is_file())
     ]
-    sources += [work / name for name in ("results.json", "results.md", "experiment_config.json")]
+    archive = target / ARCHIVE_NAME
+    files = read_archive(archive) if archive.is_file() else {}
     for path in sources:
-        if not path.is_file():
-            continue
-        destination = target / path.relative_to(work)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".json":
-            destination.write_text(path.read_text().replace(f"{REPO}/", ""))
-        else:
-            shutil.copyfile(path, destination)
+        name = path.relative_to(work).as_posix()
+        files[name] = _relative_paths(path.read_bytes(), name)
+    ground_truth = work / "data" / "annotations" / "instances_val.json"
+    if ground_truth.is_file():
+        files["annotations/instances_val.json"] = ground_truth.read_bytes()
+    write_archive(archive, files)
+    for name in ("results.json", "results.md", "experiment_config.json"):
+        if (work / name).is_file():
+            (target / name).write_bytes(_relative_paths((work / name).read_bytes(), name))
 
 
 def write_results_section(text: str, name: str) -> None:
@@ -222,25 +242,52 @@ def write_results_section(text: str, name: str) -> None:
     path.write_text(content)
 
 
-def pooled_text(profile: str, folds: list[int]) -> str:
-    """The paired AP differences of the committed folds' results, pooled: one pair per fold and seed."""
+def fold_name(split: str, fold: int) -> str:
+    """A fold's folder name: ``fold<k>`` for the rows split (the first two folds), ``block<k>`` for the blocks."""
+    return f"{'fold' if split == 'rows' else 'block'}{fold}"
+
+
+def pooled_text(profile: str, folds: list[int], split: str = "rows", replicates: int = 1000) -> str:
+    """The paired AP differences of the committed folds' results, pooled: one pair per fold and seed.
+
+    Where the runs kept per-image detections (in each fold's ``runs.tar.gz``), each difference gets a paired
+    bootstrap interval over the fold's tiles and seeds.
+    """
     prefix = "cpu_" if profile == "cpu" else ""
-    summaries = {}
+    summaries, resampled = {}, {}
     for fold in folds:
-        path = RESULTS_DIR / f"{prefix}fold{fold}" / "results.json"
+        folder = RESULTS_DIR / f"{prefix}{fold_name(split, fold)}"
+        path = folder / "results.json"
         if not path.is_file():
+            split_flag = "" if split == "rows" else f" --split {split}"
             raise FileNotFoundError(
                 f"--pool-folds: no committed results for fold {fold} of the {profile} profile ({path}); "
-                f"write them first with --profile {profile} --fold {fold} --summarize-only --write-results."
+                f"write them first with --profile {profile}{split_flag} --fold {fold} --summarize-only "
+                "--write-results."
             )
-        summaries[f"fold {fold}"] = json.loads(path.read_text())
-    command = f"python examples/deepforest/run.py --profile {profile} --pool-folds {' '.join(map(str, folds))}"
+        label = f"{'fold' if split == 'rows' else 'block'} {fold}"
+        summaries[label] = json.loads(path.read_text())
+        config = load_experiment(json.loads((folder / "experiment_config.json").read_text()))
+        with open_runs(folder) as runs:
+            per_seed = summaries[label]["per_seed"]
+            seeds = summaries[label].get("seeds") or sorted({int(s) for runs_of in per_seed.values() for s in runs_of})
+            jobs = plan_jobs(config, seeds, runs)
+            resampled[label] = resampled_ap_of_runs(
+                jobs, annotations_dir=runs / "annotations", replicates=replicates, seed=fold
+            )
+    command = f"python examples/deepforest/run.py --profile {profile}"
+    command += "" if split == "rows" else f" --split {split}"
+    command += f" --pool-folds {' '.join(map(str, folds))}"
     header = (
-        f"Command: `{command}` (from the committed `results.json` of each fold). Paired AP differences over every "
+        f"Command: `{command}` (from the committed results of each fold). Paired AP differences over every "
         "(fold, seed) pair: a difference is taken within one fold and seed (both runs trained and validated on the "
-        "same tiles), then pooled; the last columns give each fold's own mean ± sd (per-seed values)."
+        "same tiles), then pooled. Per difference: the mean ± sd over the pairs; a 95 % interval from a paired "
+        f"bootstrap ({replicates} resamples of each fold's validation tiles, the same for both runs of a pair, and of "
+        "its seeds; n/a where the runs kept no per-image detections); how many pairs are above 0 and the two-sided "
+        "sign test's p; the smallest true difference a paired t-test at 5 % finds with 80 % power given the pairs' "
+        "sd. The last columns give each fold's own mean ± sd (per-seed values)."
     )
-    return header + "\n\n" + pooled_markdown(pool_paired(summaries))
+    return header + "\n\n" + pooled_markdown(pool_paired(summaries, resampled))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         default=list(DEFAULT_ARMS),
         help="arms to run (A1 always runs: every other arm needs it)",
     )
-    parser.add_argument("--fold", type=int, default=0, choices=[0, 1])
+    parser.add_argument(
+        "--split",
+        default="rows",
+        choices=sorted(SPLITS),
+        help="blocks: spatial k-fold, 4 folds each validating on one block of the large crop (issue 32); rows: the "
+        "first two folds (bottom / top 800 rows), kept to rebuild their results",
+    )
+    parser.add_argument("--fold", type=int, default=0, help="0..3 for --split blocks, 0..1 for --split rows")
     parser.add_argument(
         "--profile",
         default="gpu",
@@ -302,19 +356,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick and args.write_results:
         parser.error("--quick runs never write the committed results.")
+    for fold in args.pool_folds or [args.fold]:
+        if fold not in range(SPLITS[args.split]):
+            parser.error(f"folds of --split {args.split} are 0..{SPLITS[args.split] - 1}, got {fold}.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.pool_folds:
         try:
-            text = pooled_text(args.profile, args.pool_folds) + (f"\n\n{args.note}" if args.note else "")
+            text = pooled_text(args.profile, args.pool_folds, args.split) + (f"\n\n{args.note}" if args.note else "")
         except FileNotFoundError as error:
             parser.error(str(error))
         print(text)
         if args.write_results:
-            write_results_section(text, f"deepforest-{'cpu-' if args.profile == 'cpu' else ''}pooled")
+            pooled_name = "pooled" if args.split == "rows" else f"{args.split}-pooled"
+            write_results_section(text, f"deepforest-{'cpu-' if args.profile == 'cpu' else ''}{pooled_name}")
         return 0
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     prefix = "cpu_" if args.profile == "cpu" and not args.quick else ""
-    suffix = ("_quick" if args.quick else "") + (f"_fold{args.fold}" if args.fold else "")
+    fold = fold_name(args.split, args.fold)  # fold<k> (rows split) or block<k>
+    suffix = ("_quick" if args.quick else "") + (f"_{fold}" if args.fold or args.split != "rows" else "")
     work = args.work_dir or REPO / "runs" / f"deepforest{'_cpu' if prefix else ''}{suffix}"
     work.mkdir(parents=True, exist_ok=True)
     if args.summarize_only:
@@ -327,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = counts.get("counts", counts)
     else:
         data = work / "data"
-        counts = prepare(data, args.cache_dir / "deepforest", args.fold)
+        counts = prepare(data, args.cache_dir / "deepforest", args.fold, args.split)
         weights = fetch_mobilenet_weights(args.cache_dir / "mobilenet")
         values = experiment_values(
             data,
@@ -341,19 +400,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         (work / "experiment_config.json").write_text(json.dumps(values, indent=2))
     config = load_experiment(values)
-    jobs = plan_jobs(config, seeds, work)
-    states = {} if args.summarize_only else run_jobs(jobs, max_parallel=args.jobs)
-    summary = summarize(jobs, config)
+    if args.summarize_only:
+        states = {}
+        with open_runs(work) as runs:  # the run folders, or the committed runs.tar.gz unpacked
+            summary = summarize(plan_jobs(config, seeds, runs), config)
+    else:
+        jobs = plan_jobs(config, seeds, work)
+        states = run_jobs(jobs, max_parallel=args.jobs)
+        summary = summarize(jobs, config)
     summary.update(states=states, counts=counts, seeds=seeds, fold=args.fold)
+    if args.split != "rows":
+        summary["split"] = args.split
     (work / "results.json").write_text(json.dumps(summary, indent=2))
     command = "python examples/deepforest/run.py" + (f" --profile {args.profile}" if prefix else "")
+    command += "" if args.split == "rows" else f" --split {args.split}"
     command += f" --fold {args.fold}" if args.fold else ""
     if config.variants != default_variants(args.profile):
         command += " --variants " + " ".join(config.variants)
     if "paper" in config.variant_seeds:
         command += " --paper-seeds " + " ".join(map(str, config.variant_seeds["paper"]))
+    where = f"fold {args.fold}" if args.split == "rows" else f"spatial block {args.fold} of {SPLITS[args.split]}"
     header = (
-        f"Command: `{command}` (seeds {seeds}; fold {args.fold}: {counts['train']['tiles']} train tiles, "
+        f"Command: `{command}` (seeds {seeds}; {where}: {counts['train']['tiles']} train tiles, "
         f"{counts['val']['tiles']} validation tiles with {counts['val']['boxes']} boxes). Every target detector: "
         f"{config.schedule.max_iters} iterations of {config.schedule.batch_size} images, lr {config.schedule.lr}, "
         f"warm-up {config.schedule.warmup_iters}, x0.1 at {config.schedule.milestones}, validation every "
@@ -363,16 +431,14 @@ def main(argv: list[str] | None = None) -> int:
     (work / "results.md").write_text(text + "\n")
     print(text)
     if summary["curves"]:
-        title = f"DeepForest{' (CPU profile)' if prefix else ''} fold {args.fold}: validation AP"
+        title = f"DeepForest{' (CPU profile)' if prefix else ''} {where}: validation AP"
         plot_curves(summary, work / "curves.png", title=title)
     if args.write_results:
-        target = RESULTS_DIR / f"{prefix}fold{args.fold}"
+        target = RESULTS_DIR / f"{prefix}{fold}"
         copy_small_outputs(work, target)
         if (work / "curves.png").is_file():
-            shutil.copyfile(
-                work / "curves.png", REPO / "docs" / "images" / f"deepforest_curves_{prefix}fold{args.fold}.png"
-            )
-        write_results_section(text, f"deepforest-{prefix.replace('_', '-')}fold{args.fold}")
+            shutil.copyfile(work / "curves.png", REPO / "docs" / "images" / f"deepforest_curves_{prefix}{fold}.png")
+        write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}")
     failed = [name for name, state in states.items() if state != "done"]
     return 1 if failed else 0
 

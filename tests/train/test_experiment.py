@@ -186,9 +186,16 @@ def test_pooled_pairs_stay_within_their_fold_and_count_signs():
     assert pooled["B"]["AP_minus_A1"]["pairs"] == {"fold 0": {0: 1.0, 1: -1.0}, "fold 1": {0: -1.0}}
     assert pooled["A5-lite"]["AP_minus_C"]["pairs"] == {"fold 0": {0: 1.0, 1: -0.5}}  # no C in fold 1
     assert "AP_minus_C" not in pooled["C"] and "A1" not in pooled
+    # Without per-image detections there is no interval over tiles; the sign test and the power still apply. By hand:
+    # 3 of 4 above 0 gives p = 2 * (1 + 4) / 16; the sd of (2.0, 0.5, 0.5, -1.0) is sqrt(1.5), and at 80 % power a
+    # paired t-test finds (t(0.975, 3) + t(0.8, 3)) * sd / 2 = (3.182 + 0.978) * 1.225 / 2 = 2.5 points.
+    assert against_a1["interval"] is None and against_a1["sign_test_p"] == pytest.approx(2 * 5 / 16)
+    assert against_a1["mde_80"] == pytest.approx((3.18245 + 0.97847) * 1.5**0.5 / 2, abs=1e-4)
     text = pooled_markdown(pooled)
-    assert "| A5-lite | A1 | 4 | +0.5 ± 1.2 | 3 of 4 | +1.2 ± 1.1 (+2.0, +0.5) | -0.2 ± 1.1 (+0.5, -1.0) |" in text
-    assert "| B | A1 | 3 | -0.3 ± 1.2 | 1 of 3 | +0.0 ± 1.4 (+1.0, -1.0) | -1.0 |" in text  # one pair: its value alone
+    row = "| A5-lite | A1 | 4 | +0.5 ± 1.2 | n/a | 3 of 4 | 0.62 | 2.5 | +1.2 ± 1.1 (+2.0, +0.5) |"
+    assert row + " -0.2 ± 1.1 (+0.5, -1.0) |" in text
+    # One pair in fold 1: its value alone.
+    assert "| B | A1 | 3 | -0.3 ± 1.2 | n/a | 1 of 3 | 1.00 | 3.6 | +0.0 ± 1.4 (+1.0, -1.0) | -1.0 |" in text
 
 
 def test_registry_takes_variants_from_the_model_and_schedule_keys_from_the_schedule():

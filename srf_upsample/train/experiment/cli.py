@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import write_json
+from .archive import open_runs
 from .config import load_experiment
 from .plan import plan_jobs
 from .report import markdown_table, plot_curves
@@ -46,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.work_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.work_dir / "experiment.json", {"config": config.to_dict(), "seeds": args.seeds})
-    states = {} if args.summarize_only else run_jobs(jobs, max_parallel=args.jobs)
-    summary = summarize(jobs, config)
+    if args.summarize_only:
+        states = {}
+        with open_runs(args.work_dir) as runs_dir:  # the run folders, or their archive unpacked
+            summary = summarize(plan_jobs(config, args.seeds, runs_dir), config)
+    else:
+        states = run_jobs(jobs, max_parallel=args.jobs)
+        summary = summarize(jobs, config)
     summary["states"] = states
     write_json(args.work_dir / "results.json", summary)
     text = markdown_table(summary)

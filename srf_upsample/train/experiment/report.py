@@ -103,12 +103,31 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pooled_cells(entry: dict[str, Any]) -> list[str]:
+    """The statistics of one pooled difference: mean ± sd, interval, signs, sign test, smallest detectable effect."""
+    interval = entry.get("interval")
+    p_value, effect = entry.get("sign_test_p"), entry.get("mde_80")
+    return [
+        _cell(*entry["mean_sd"], one_seed=entry["n"] == 1, sign=True),
+        f"[{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else "n/a",
+        f"{entry['above_zero']} of {entry['n']}",
+        f"{p_value:.2f}" if p_value is not None else "n/a",
+        f"{effect:.1f}" if effect is not None else "n/a",
+    ]
+
+
 def pooled_markdown(pooled: dict[str, dict[str, Any]]) -> str:
-    """:func:`pool_paired` as Markdown: per arm and reference, mean ± sd over all pairs, each experiment's mean."""
+    """:func:`pool_paired` as Markdown: per arm and reference, the pooled statistics and each experiment's mean.
+
+    Columns: mean ± sd over all pairs, the 95 % paired-bootstrap interval (tiles and seeds resampled; "n/a" where
+    the runs kept no per-image detections), pairs above 0 with the two-sided sign test's p, the smallest effect a
+    paired t-test at 5 % finds with 80 % power given the pairs' sd, and each experiment's mean ± sd (per seed).
+    """
     labels = sorted({label for rows in pooled.values() for e in rows.values() for label in e["pairs"]})
     lines = [
-        "| arm | against | pairs | mean ± sd (all pairs) | pairs above 0 | " + " | ".join(labels) + " |",
-        "|---|---|---|---|---|" + "---|" * len(labels),
+        "| arm | against | pairs | mean ± sd (all pairs) | 95 % interval (bootstrap: tiles, seeds) | pairs above 0 "
+        "| sign test p | effect found at 80 % power | " + " | ".join(labels) + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(labels),
     ]
     for arm in sorted(pooled, key=arm_order):
         for reference in references(arm):
@@ -123,11 +142,8 @@ def pooled_markdown(pooled: dict[str, dict[str, Any]]) -> str:
                     cells.append(mean_sd_text if len(pairs) == 1 else f"{mean_sd_text} ({values})")
                 else:
                     cells.append("")
-            overall = _cell(*entry["mean_sd"], one_seed=entry["n"] == 1, sign=True)
-            lines.append(
-                f"| {arm} | {reference} | {entry['n']} | {overall} | "
-                f"{entry['above_zero']} of {entry['n']} | " + " | ".join(cells) + " |"
-            )
+            statistics_cells = _pooled_cells(entry)
+            lines.append(f"| {arm} | {reference} | {entry['n']} | " + " | ".join(statistics_cells + cells) + " |")
     return "\n".join(lines)
 
 

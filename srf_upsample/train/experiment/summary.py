@@ -7,12 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..checkpoint import DIVERGED_NAME, EVAL_LOG_NAME, LOG_NAME, MANIFEST_NAME, is_finished, read_jsonl
 from .config import ExperimentConfig
+from .detections import DETECTIONS_NAME, match_run, read_detections, read_ground_truth, resampled_ap
 from .plan import Job
-from .stats import mean_sd, paired_differences
+from .stats import mean_sd, paired_differences, tile_resamples
 
-__all__ = ["DETECTOR_KEYS", "METRICS", "summarize"]
+__all__ = ["DETECTOR_KEYS", "METRICS", "resampled_ap_of_runs", "summarize"]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm")
 # What makes two target detectors the same detector apart from their upsampling: every arm must agree on these.
@@ -127,3 +130,35 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         "diverged": diverged,
         "compute_minutes": compute,
     }
+
+
+def resampled_ap_of_runs(
+    jobs: Sequence[Job], *, annotations_dir: Path | None = None, replicates: int = 1000, seed: int = 0
+) -> dict[str, dict[int, np.ndarray]]:
+    """Per arm and seed, the AP (points) of each finished target run on ``replicates`` resamples of its tiles.
+
+    Reads each run's ``detections.json.gz``; runs without one are left out. Every run of ``jobs`` gets the same
+    resamples (``seed``), so two runs of one seed form a pair on each. The ground truth is the file the detections
+    name, or its copy of the same name in ``annotations_dir`` (the one archived with the results) where there is one.
+    """
+    matches: dict[tuple[str, int], list] = {}
+    truths: dict[Path, dict[str, Any]] = {}
+    for job in jobs:
+        file = job.output_dir / DETECTIONS_NAME
+        if job.arm is None or not is_finished(job.output_dir) or not file.is_file():
+            continue
+        detections = read_detections(file)
+        ann_file = Path(detections["ann_file"])
+        if annotations_dir is not None and (annotations_dir / ann_file.name).is_file():
+            ann_file = annotations_dir / ann_file.name
+        if ann_file not in truths:
+            truths[ann_file] = read_ground_truth(ann_file)
+        matches[(job.arm, job.seed)] = match_run(detections, truths[ann_file])
+    if not matches:
+        return {}
+    num_images = len(next(iter(matches.values())))
+    replicated = resampled_ap(matches, tile_resamples(num_images, replicates, seed))
+    result: dict[str, dict[int, np.ndarray]] = {}
+    for (arm, run_seed), values in replicated.items():
+        result.setdefault(arm, {})[run_seed] = values
+    return result
