@@ -239,8 +239,50 @@ def plan_runtime(
     Returns:
         ``(plan or None if nothing is replaced, one PatchSite per call, grouped later by code location)``.
     """
-    routed: list[Call] = []  # the calls the router sees: not inside an upsampler or an excluded child
-    decisions: list[tuple[Call, str, str]] = []  # (call, action, reason)
+    decisions, routed, pause_paths = _decide_calls(path, owner, calls, provider, exclude)
+    replaced = [call for call, action, _ in decisions if action == REPLACED]
+    is_swap = _is_swap(path, owner, replaced, reason)
+    plan = RuntimePlan(path=path, method=MODULE if is_swap else RUNTIME, pause_paths=tuple(sorted(pause_paths)))
+    sites: list[PatchSite] = []
+    by_channels: dict[int, str] = {}
+    by_call: dict[int, tuple[str, int]] = {}
+    per_module: dict[str, dict[int, nn.Module]] = {}
+    for call, action, why in decisions:
+        if action != REPLACED:
+            sites.append(site_from_call(call, action, why, method=plan.method if action == SKIPPED else ""))
+            continue
+        channels = call.input_shape[1]
+        if is_swap:
+            site_name = _swap_site_name(call, path, replaced, provider.share)
+            name, upsampler = _get(provider, plan, channels, site_name)
+            per_module.setdefault(_inner_path(call), {})[channels] = upsampler
+        else:
+            index = _index_in_forward(call, routed, path)
+            name, upsampler = _get(provider, plan, channels, f"call{index}")
+            if provider.share:
+                by_channels[channels] = name
+            else:
+                by_call[index] = (name, channels)
+        sites.append(site_from_call(call, REPLACED, "", upsampler=name, method=plan.method))
+    if not replaced:
+        return None, sites
+    if is_swap:
+        _add_swaps(plan, owner, per_module)
+    else:
+        plan.router = RuntimeRouter(by_channels, by_call)
+    return plan, sites
+
+
+def _decide_calls(
+    path: str, owner: nn.Module, calls: Sequence[Call], provider: UpsamplerProvider, exclude: Sequence[str]
+) -> tuple[list[tuple[Call, str, str]], list[Call], set[str]]:
+    """Decide each call's action; return ``(call, action, reason)`` per call, the routed calls and the paused paths.
+
+    The routed calls are those the router sees (not inside an upsampler or an excluded child); the paused paths are
+    the children whose calls the router must not see.
+    """
+    routed: list[Call] = []
+    decisions: list[tuple[Call, str, str]] = []
     pause_paths: set[str] = set()
     for call in calls:
         inside = [p for p, _ in call.stack[_owner_depth(call, path) + 1 :]]
@@ -263,10 +305,12 @@ def plan_runtime(
         if not why:
             why = provider.mismatch(call.input_shape[1])
         decisions.append((call, REPLACED if not why else SKIPPED, why))
+    return decisions, routed, pause_paths
 
-    replaced = [call for call, action, _ in decisions if action == REPLACED]
+
+def _is_swap(path: str, owner: nn.Module, replaced: Sequence[Call], reason: str) -> bool:
+    """True if every replaced call is an nn.Upsample module call (swap the modules), False to route at run time."""
     is_swap = bool(replaced) and all(isinstance(_inner(call), nn.Upsample) for call in replaced)
-    method = MODULE if is_swap else RUNTIME
     if replaced and not is_swap and isinstance(owner, _CONTAINERS):
         raise ValueError(
             f"patch_fpn cannot patch submodule {path or '<model>'!r} ({type(owner).__name__}): {reason}, and its "
@@ -274,50 +318,35 @@ def plan_runtime(
             "module with its own forward (not a container). Pass exclude=[...] to leave it alone, or "
             "concrete_args / leaf_modules so that fx can trace it."
         )
+    return is_swap
 
-    plan = RuntimePlan(path=path, method=method, pause_paths=tuple(sorted(pause_paths)))
-    sites: list[PatchSite] = []
-    by_channels: dict[int, str] = {}
-    by_call: dict[int, tuple[str, int]] = {}
-    per_module: dict[str, dict[int, nn.Module]] = {}
-    for call, action, why in decisions:
-        if action != REPLACED:
-            sites.append(site_from_call(call, action, why, method=method if action == SKIPPED else ""))
-            continue
-        channels = call.input_shape[1]
-        if is_swap:
-            upsample_path = _inner_path(call)
-            relative = upsample_path[len(path) + 1 :] if path else upsample_path
-            site_name = relative.replace(".", "_")
-            if not provider.share and any(
-                c is not call and _inner_path(c) == upsample_path and c.input_shape[1] != channels for c in replaced
-            ):
-                site_name += f"_c{channels}"
-            name, upsampler = _get(provider, plan, channels, site_name)
-            per_module.setdefault(upsample_path, {})[channels] = upsampler
-        else:
-            index = _index_in_forward(call, routed, path)
-            name, upsampler = _get(provider, plan, channels, f"call{index}")
-            if provider.share:
-                by_channels[channels] = name
-            else:
-                by_call[index] = (name, channels)
-        sites.append(site_from_call(call, REPLACED, "", upsampler=name, method=method))
-    if not replaced:
-        return None, sites
-    if is_swap:
-        modules = dict(owner.named_modules(prefix=path))
-        for upsample_path, upsamplers in per_module.items():
-            plan.swaps[upsample_path] = UpsampleSite(modules[upsample_path], upsamplers)
-        if isinstance(owner, _CONTAINERS):
-            # A container's forward iterates its children: keep the upsamplers on the sites instead.
-            for site in plan.swaps.values():
-                for channels, upsampler in site.upsamplers.items():
-                    site.register_module(f"upsampler_c{channels}", upsampler)
-            plan.upsamplers.clear()
-    else:
-        plan.router = RuntimeRouter(by_channels, by_call)
-    return plan, sites
+
+def _swap_site_name(call: Call, path: str, replaced: Sequence[Call], share: bool) -> str:
+    """Name a swapped nn.Upsample's site (used with ``share=False``): its path in the owner, ``.`` as ``_``.
+
+    ``_c<C>`` is added where one nn.Upsample serves several channel counts.
+    """
+    upsample_path = _inner_path(call)
+    channels = call.input_shape[1]
+    site_name = (upsample_path[len(path) + 1 :] if path else upsample_path).replace(".", "_")
+    if not share and any(
+        c is not call and _inner_path(c) == upsample_path and c.input_shape[1] != channels for c in replaced
+    ):
+        site_name += f"_c{channels}"
+    return site_name
+
+
+def _add_swaps(plan: RuntimePlan, owner: nn.Module, per_module: dict[str, dict[int, nn.Module]]) -> None:
+    """Build the UpsampleSite replacing each nn.Upsample (path -> channel count -> upsampler)."""
+    modules = dict(owner.named_modules(prefix=plan.path))
+    for upsample_path, upsamplers in per_module.items():
+        plan.swaps[upsample_path] = UpsampleSite(modules[upsample_path], upsamplers)
+    if isinstance(owner, _CONTAINERS):
+        # A container's forward iterates its children: keep the upsamplers on the sites instead.
+        for site in plan.swaps.values():
+            for channels, upsampler in site.upsamplers.items():
+                site.register_module(f"upsampler_c{channels}", upsampler)
+        plan.upsamplers.clear()
 
 
 def _get(provider: UpsamplerProvider, plan: RuntimePlan, channels: int, site_name: str) -> tuple[str, nn.Module]:
