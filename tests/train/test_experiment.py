@@ -266,3 +266,180 @@ def test_e2e_arm_trains_a_new_generator_from_its_bilinear_start_and_pairs_with_a
     assert "AP - A2-<variant>, paired (end to end against G's GAN pre-training; below 0: it helps): E2E-lite +0.5" in (
         markdown_table(summary)
     )
+
+
+def test_sign_test_p_value_is_the_hand_computed_binomial_tail():
+    from srf_upsample.train.experiment.stats import sign_test
+
+    # 5 of 6 above zero: P(X <= 1) = (C(6, 0) + C(6, 1)) / 2^6 = 7 / 64, two-sided 14 / 64.
+    assert sign_test([0.4, 1.2, 0.1, 2.0, 0.3, -0.5]) == {"n": 6, "above_zero": 5, "p": pytest.approx(14 / 64)}
+    # A zero difference has no sign and is left out; 6 of 6 gives 2 / 64; an even split gives 1 (capped).
+    assert sign_test([0.0, 1.0, 1.0, -1.0])["n"] == 3 and sign_test([1.0] * 6)["p"] == pytest.approx(2 / 64)
+    assert sign_test([1.0, -1.0])["p"] == 1.0 and sign_test([0.0])["p"] is None
+
+
+def test_t_quantiles_and_the_effect_found_at_80_percent_power():
+    from srf_upsample.train.experiment.stats import minimal_detectable_effect, student_t_quantile
+
+    # Values of a printed t table.
+    for probability, df, value in ((0.975, 1, 12.7062), (0.975, 5, 2.5706), (0.8, 5, 0.9195), (0.975, 30, 2.0423)):
+        assert student_t_quantile(probability, df) == pytest.approx(value, abs=1e-4)
+    assert student_t_quantile(0.2, 5) == pytest.approx(-0.9195, abs=1e-4)
+    # The issue-32 audit: 6 pairs of sd 0.9 detect about 1.25 AP at 80 % power, of sd 0.4 about 0.6.
+    assert minimal_detectable_effect(0.9, 6) == pytest.approx((2.5706 + 0.9195) * 0.9 / 6**0.5, abs=1e-3)
+    assert minimal_detectable_effect(0.4, 6) == pytest.approx(0.57, abs=0.01)
+    assert minimal_detectable_effect(1.0, 1) is None
+
+
+def _synthetic_differences(rng, true_mean, *, folds=4, seeds=3, tiles=12, replicates=400):
+    """Per fold, (seeds, replicates) mean differences over resampled tiles: tile effects around ``true_mean``."""
+    from srf_upsample.train.experiment.stats import tile_resamples
+
+    differences = {}
+    for fold in range(folds):
+        tile_effect = true_mean + rng.normal(0.0, 0.6, size=tiles)
+        per_seed = tile_effect[None, :] + rng.normal(0.0, 0.3, size=(seeds, 1)) + rng.normal(0, 0.2, (seeds, tiles))
+        indices = tile_resamples(tiles, replicates, seed=fold)
+        differences[f"fold {fold}"] = per_seed[:, indices].mean(axis=-1)
+    return differences
+
+
+def test_paired_bootstrap_interval_covers_a_known_mean():
+    import numpy as np
+
+    from srf_upsample.train.experiment.stats import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    replicates = paired_bootstrap(_synthetic_differences(rng, 0.8))
+    low, high = np.quantile(replicates, [0.025, 0.975])
+    assert low < 0.8 < high and high - low < 1.0
+    # Over many synthetic experiments, the 95 % interval holds the true mean about 95 % of the time.
+    covered = []
+    for trial in range(200):
+        replicates = paired_bootstrap(_synthetic_differences(rng, -0.3), seed=trial)
+        low, high = np.quantile(replicates, [0.025, 0.975])
+        covered.append(low < -0.3 < high)
+    assert 0.88 <= np.mean(covered) <= 0.99
+    # Nothing random left (every tile and seed differs by exactly 0.5): the interval is that value.
+    constant = {"fold 0": np.full((3, 50), 0.5), "fold 1": np.full((2, 50), 0.5)}
+    assert np.allclose(paired_bootstrap(constant), 0.5)
+
+
+def _coco_ground_truth(rng, num_images):
+    images, annotations = [], []
+    for index in range(num_images):
+        image_id = 10 + 3 * index
+        images.append({"id": image_id, "width": 400, "height": 400, "file_name": f"{image_id}.png"})
+        for _ in range(int(rng.integers(1, 7))):
+            x, y, w, h = (*rng.uniform(0, 300, 2), *rng.uniform(10, 80, 2))
+            crowd = int(rng.random() < 0.1)
+            box = {"image_id": image_id, "category_id": 1, "bbox": [x, y, w, h], "area": w * h, "iscrowd": crowd}
+            annotations.append({"id": len(annotations) + 1, **box})
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "tree"}]}
+
+
+def _noisy_detections(rng, ground_truth, jitter):
+    """Per image of ``ground_truth``: detections near its boxes (and a few false ones), detections.json.gz style."""
+    images = []
+    for image in ground_truth["images"]:
+        boxes = [a["bbox"] for a in ground_truth["annotations"] if a["image_id"] == image["id"]]
+        boxes = [[x + rng.normal(0, jitter), y + rng.normal(0, jitter), w, h] for x, y, w, h in boxes]
+        boxes += [[*rng.uniform(0, 300, 2), 30.0, 30.0] for _ in range(int(rng.integers(0, 3)))]
+        scores = [round(float(v), 2) for v in rng.random(len(boxes))]  # rounded: ties, as real scores have
+        images.append({"image_id": image["id"], "boxes": boxes, "scores": scores, "labels": [1] * len(boxes)})
+    return images
+
+
+def test_average_precision_on_resampled_images_is_pycocotools_on_those_images(tmp_path):
+    import contextlib
+    import io
+
+    import numpy as np
+
+    pytest.importorskip("pycocotools")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from srf_upsample.train.experiment.detections import average_precision, match_run, read_ground_truth
+
+    rng = np.random.default_rng(0)
+    truth = _coco_ground_truth(rng, 6)
+    detections = _noisy_detections(rng, truth, jitter=6.0)
+    (tmp_path / "gt.json").write_text(json.dumps(truth))
+    matches = match_run({"ann_file": "gt.json", "images": detections}, read_ground_truth(tmp_path / "gt.json"))
+    # A bootstrap resample counts an image as often as it is drawn: COCOeval on copies of those images must agree.
+    for indices in ([0, 1, 2, 3, 4, 5], [0, 0, 2, 3, 3, 3], [5, 1, 1, 4, 4, 2]):
+        copies = {"images": [], "annotations": [], "categories": truth["categories"]}
+        results = []
+        for copy, index in enumerate(indices):
+            image, new_id = truth["images"][index], 1000 + copy
+            copies["images"].append({**image, "id": new_id})
+            for annotation in (a for a in truth["annotations"] if a["image_id"] == image["id"]):
+                copies["annotations"].append({**annotation, "id": len(copies["annotations"]) + 1, "image_id": new_id})
+            found = detections[index]
+            results += [
+                {"image_id": new_id, "category_id": 1, "bbox": box, "score": score}
+                for box, score in zip(found["boxes"], found["scores"], strict=True)
+            ]
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO()
+            coco.dataset = copies
+            coco.createIndex()
+            evaluator = COCOeval(coco, coco.loadRes(results), "bbox")
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        assert average_precision(matches, indices) == pytest.approx(evaluator.stats[0], abs=1e-12)
+
+
+def _write_detections(folder, ann_file, images):
+    import gzip
+
+    with gzip.open(folder / "detections.json.gz", "wt", encoding="utf-8") as f:
+        json.dump({"ann_file": str(ann_file), "step": SCHEDULE["max_iters"], "images": images}, f)
+
+
+def test_runs_archive_rebuilds_the_same_table_and_intervals_come_from_detections(tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from srf_upsample.train.experiment.archive import ARCHIVE_NAME, open_runs, read_archive, write_archive
+    from srf_upsample.train.experiment.detections import average_precision, match_run, read_ground_truth
+    from srf_upsample.train.experiment.summary import resampled_ap_of_runs
+
+    rng = np.random.default_rng(1)
+    truth = _coco_ground_truth(rng, 8)
+    work = tmp_path / "block0"
+    (work / "annotations").mkdir(parents=True)
+    (work / "annotations" / "instances_val.json").write_text(json.dumps(truth))
+    config = _config(variants=["lite"], variant_seeds={}, arms=["A1", "B"])
+    jobs = plan_jobs(config, [0, 1, 2], work)
+    ground_truth = read_ground_truth(work / "annotations" / "instances_val.json")
+    for job in jobs:  # B's boxes are closer to the truth than A1's
+        images = _noisy_detections(rng, truth, jitter=2.0 if job.arm == "B" else 8.0)
+        ap = average_precision(match_run({"images": images}, ground_truth))
+        _finish(job, [(2, ap / 2), (4, ap)])
+        _write_detections(job.output_dir, "/elsewhere/instances_val.json", images)  # found by name in annotations/
+    summary = summarize(jobs, config)
+    # One archive holds every run file; the table rebuilt from it is the same.
+    files = {p.relative_to(work).as_posix(): p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file()}
+    write_archive(work / ARCHIVE_NAME, files)
+    first = (work / ARCHIVE_NAME).read_bytes()
+    write_archive(work / ARCHIVE_NAME, files)
+    assert (work / ARCHIVE_NAME).read_bytes() == first and read_archive(work / ARCHIVE_NAME) == files
+    with pytest.raises(ValueError, match="both runs.tar.gz and loose run folders"):
+        with open_runs(work):
+            pass
+    for folder in ("seed0", "seed1", "seed2", "annotations"):
+        shutil.rmtree(work / folder)
+    with open_runs(work) as runs:
+        rebuilt_jobs = plan_jobs(config, [0, 1, 2], runs)
+        assert summarize(rebuilt_jobs, config) == summary
+        resampled = resampled_ap_of_runs(rebuilt_jobs, annotations_dir=runs / "annotations", replicates=300)
+    assert sorted(resampled) == ["A1", "B"] and resampled["B"][0].shape == (300,)
+    pooled = pool_paired({"block 0": json.loads(json.dumps(summary))}, {"block 0": resampled})
+    entry = pooled["B"]["AP_minus_A1"]
+    low, high = entry["interval"]
+    assert low < entry["mean_sd"][0] < high and low > 0  # B's better boxes: the whole interval above 0
+    assert "[+" in pooled_markdown(pooled)
