@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ._blocks import NORMS, Chain, ResidualBlock, SeparableResidualBlock
 from ._checks import check_choice, check_feature_map, check_int, check_number, check_positive_int, resolve_output_size
 from ._interpolate import interpolate
 from .hub import SRFHubMixin
@@ -24,31 +23,10 @@ VARIANTS: dict[str, dict[str, int]] = {
     "lite": {"hidden_channels": 64, "num_blocks": 2},
 }
 
-
-def _no_norm(channels: int) -> nn.Module:
-    return nn.Identity()
-
-
-# Normalisation inside the residual blocks. "batch" is the paper's text (BN in each residual block); "none" is the
-# authors' released code, and our default: one G serves every pyramid level, and BN's running statistics mix the
-# levels, so a BN generator computes something else in eval mode than in training (docs/paper_fidelity.md).
-NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm2d, "none": _no_norm}
-
 # The largest enlargement one call may ask for, per side: 16 = four chained x2 passes, twice FPN's largest step
 # (P5 -> P2 is x8). The generator learns one x2 step; without a cap, a typo such as scale_factor=1e6 keeps chaining
 # passes until memory runs out instead of failing at once.
 MAX_SCALE_FACTOR = 16
-
-
-def _leaky_relu(layer: nn.LeakyReLU, x: torch.Tensor, inplace: bool) -> torch.Tensor:
-    return F.leaky_relu_(x, layer.negative_slope) if inplace else layer(x)
-
-
-def _fold_norm(conv: nn.Conv2d, norm: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """Return ``(conv, norm)`` with a BatchNorm folded into ``conv``; without BatchNorm there is nothing to fold."""
-    if isinstance(norm, nn.BatchNorm2d):
-        return fuse_conv_bn_eval(conv, norm), nn.Identity()
-    return conv, norm
 
 
 def _request(x: torch.Tensor, out_size: tuple[int, int], size: object, scale_factor: object) -> str:
@@ -57,78 +35,6 @@ def _request(x: torch.Tensor, out_size: tuple[int, int], size: object, scale_fac
         f"input is {height}x{width}, requested {out_size[0]}x{out_size[1]} "
         f"(size={size!r}, scale_factor={scale_factor!r})"
     )
-
-
-class _Chain(nn.Sequential):
-    """An ``nn.Sequential`` that can apply its LeakyReLUs in place (inference without autograd: less memory).
-
-    Both inference routes of SRFUpsample run the same chain of layers, so they cannot drift apart; ``inplace`` only
-    changes where the activations are written. Keys stay those of ``nn.Sequential`` (``head.0.weight``, ...).
-    """
-
-    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        for layer in self:
-            x = _leaky_relu(layer, x, inplace) if isinstance(layer, nn.LeakyReLU) else layer(x)
-        return x
-
-
-class _ResidualBlock(nn.Module):
-    """3x3 conv, norm, LeakyReLU, 3x3 conv, norm, plus the identity (the paper's residual block). Shape-preserving."""
-
-    def __init__(self, channels: int, negative_slope: float, norm: str) -> None:
-        super().__init__()
-        # A conv followed by BN needs no bias (BN cancels it); without normalisation the conv keeps its bias. The
-        # norm layers keep the names bn1/bn2 for every choice, so state dicts saved before `norm` existed still load.
-        has_bias = norm == "none"
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=has_bias)
-        self.bn1 = NORMS[norm](channels)
-        self.act = nn.LeakyReLU(negative_slope)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=has_bias)
-        self.bn2 = NORMS[norm](channels)
-
-    @property
-    def last_conv(self) -> nn.Conv2d:
-        """The convolution that ends the residual branch (zero-initialised when there is no normalisation)."""
-        return self.conv2
-
-    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        branch = self.bn2(self.conv2(_leaky_relu(self.act, self.bn1(self.conv1(x)), inplace)))
-        return branch.add_(x) if inplace else x + branch
-
-    def fuse(self) -> None:
-        self.conv1, self.bn1 = _fold_norm(self.conv1, self.bn1)
-        self.conv2, self.bn2 = _fold_norm(self.conv2, self.bn2)
-
-
-class _SeparableResidualBlock(nn.Module):
-    """The lite residual block: each 3x3 conv of the paper's block is a depthwise 3x3 then a pointwise 1x1."""
-
-    def __init__(self, channels: int, negative_slope: float, norm: str) -> None:
-        super().__init__()
-        # As in _ResidualBlock: bias only without BN, and the norm layers keep their old names. A depthwise conv
-        # needs no bias either way: the pointwise conv after it is linear and absorbs it.
-        has_bias = norm == "none"
-        self.depthwise1 = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
-        self.pointwise1 = nn.Conv2d(channels, channels, 1, bias=has_bias)
-        self.bn1 = NORMS[norm](channels)
-        self.act = nn.LeakyReLU(negative_slope)
-        self.depthwise2 = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
-        self.pointwise2 = nn.Conv2d(channels, channels, 1, bias=has_bias)
-        self.bn2 = NORMS[norm](channels)
-
-    @property
-    def last_conv(self) -> nn.Conv2d:
-        """The convolution that ends the residual branch (zero-initialised when there is no normalisation)."""
-        return self.pointwise2
-
-    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        branch = _leaky_relu(self.act, self.bn1(self.pointwise1(self.depthwise1(x))), inplace)
-        branch = self.bn2(self.pointwise2(self.depthwise2(branch)))
-        return branch.add_(x) if inplace else x + branch
-
-    def fuse(self) -> None:
-        self.pointwise1, self.bn1 = _fold_norm(self.pointwise1, self.bn1)
-        self.pointwise2, self.bn2 = _fold_norm(self.pointwise2, self.bn2)
 
 
 class SRFUpsample(
@@ -254,12 +160,12 @@ class SRFUpsample(
         self.use_fast_inference = True
 
         if variant == "paper":
-            self.head = _Chain(nn.Conv2d(in_channels, hidden_channels, 3, padding=1), nn.LeakyReLU(negative_slope))
+            self.head = Chain(nn.Conv2d(in_channels, hidden_channels, 3, padding=1), nn.LeakyReLU(negative_slope))
             self.body = nn.Sequential(
-                *(_ResidualBlock(hidden_channels, negative_slope, norm) for _ in range(num_blocks))
+                *(ResidualBlock(hidden_channels, negative_slope, norm) for _ in range(num_blocks))
             )
             # Output (H - 1) * 2 - 2 * padding + kernel = 2H for any even kernel with padding = kernel / 2 - 1.
-            self.upsample = _Chain(
+            self.upsample = Chain(
                 nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
                 nn.LeakyReLU(negative_slope),
                 nn.ConvTranspose2d(
@@ -268,14 +174,14 @@ class SRFUpsample(
                 nn.LeakyReLU(negative_slope),
             )
         else:
-            self.head = _Chain(nn.Conv2d(in_channels, hidden_channels, 1), nn.LeakyReLU(negative_slope))
+            self.head = Chain(nn.Conv2d(in_channels, hidden_channels, 1), nn.LeakyReLU(negative_slope))
             self.body = nn.Sequential(
-                *(_SeparableResidualBlock(hidden_channels, negative_slope, norm) for _ in range(num_blocks))
+                *(SeparableResidualBlock(hidden_channels, negative_slope, norm) for _ in range(num_blocks))
             )
             # The LeakyReLU comes before the pixel shuffle, which only moves values: the same function as after it,
             # at no extra cost, and one that the in-place route can apply to the conv's output directly. Neither
             # layer has weights, so the order changes no state-dict key.
-            self.upsample = _Chain(
+            self.upsample = Chain(
                 nn.Conv2d(hidden_channels, 4 * hidden_channels, 1),
                 nn.LeakyReLU(negative_slope),
                 nn.PixelShuffle(2),

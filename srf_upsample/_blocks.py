@@ -1,0 +1,105 @@
+"""The layers SRFUpsample is built from: normalisation choices, conv chains and the two residual blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+__all__ = ["NORMS", "Chain", "ResidualBlock", "SeparableResidualBlock"]
+
+
+def _no_norm(channels: int) -> nn.Module:
+    return nn.Identity()
+
+
+# Normalisation inside the residual blocks. "batch" is the paper's text (BN in each residual block); "none" is the
+# authors' released code, and our default: one G serves every pyramid level, and BN's running statistics mix the
+# levels, so a BN generator computes something else in eval mode than in training (docs/paper_fidelity.md).
+NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm2d, "none": _no_norm}
+
+
+def _leaky_relu(layer: nn.LeakyReLU, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    return F.leaky_relu_(x, layer.negative_slope) if inplace else layer(x)
+
+
+def _fold_norm(conv: nn.Conv2d, norm: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Return ``(conv, norm)`` with a BatchNorm folded into ``conv``; without BatchNorm there is nothing to fold."""
+    if isinstance(norm, nn.BatchNorm2d):
+        return fuse_conv_bn_eval(conv, norm), nn.Identity()
+    return conv, norm
+
+
+class Chain(nn.Sequential):
+    """An ``nn.Sequential`` that can apply its LeakyReLUs in place (inference without autograd: less memory).
+
+    Both inference routes of SRFUpsample run the same chain of layers, so they cannot drift apart; ``inplace`` only
+    changes where the activations are written. Keys stay those of ``nn.Sequential`` (``head.0.weight``, ...).
+    """
+
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        for layer in self:
+            x = _leaky_relu(layer, x, inplace) if isinstance(layer, nn.LeakyReLU) else layer(x)
+        return x
+
+
+class ResidualBlock(nn.Module):
+    """3x3 conv, norm, LeakyReLU, 3x3 conv, norm, plus the identity (the paper's residual block). Shape-preserving."""
+
+    def __init__(self, channels: int, negative_slope: float, norm: str) -> None:
+        super().__init__()
+        # A conv followed by BN needs no bias (BN cancels it); without normalisation the conv keeps its bias. The
+        # norm layers keep the names bn1/bn2 for every choice, so state dicts saved before `norm` existed still load.
+        has_bias = norm == "none"
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=has_bias)
+        self.bn1 = NORMS[norm](channels)
+        self.act = nn.LeakyReLU(negative_slope)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=has_bias)
+        self.bn2 = NORMS[norm](channels)
+
+    @property
+    def last_conv(self) -> nn.Conv2d:
+        """The convolution that ends the residual branch (zero-initialised when there is no normalisation)."""
+        return self.conv2
+
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        branch = self.bn2(self.conv2(_leaky_relu(self.act, self.bn1(self.conv1(x)), inplace)))
+        return branch.add_(x) if inplace else x + branch
+
+    def fuse(self) -> None:
+        self.conv1, self.bn1 = _fold_norm(self.conv1, self.bn1)
+        self.conv2, self.bn2 = _fold_norm(self.conv2, self.bn2)
+
+
+class SeparableResidualBlock(nn.Module):
+    """The lite residual block: each 3x3 conv of the paper's block is a depthwise 3x3 then a pointwise 1x1."""
+
+    def __init__(self, channels: int, negative_slope: float, norm: str) -> None:
+        super().__init__()
+        # As in ResidualBlock: bias only without BN, and the norm layers keep their old names. A depthwise conv
+        # needs no bias either way: the pointwise conv after it is linear and absorbs it.
+        has_bias = norm == "none"
+        self.depthwise1 = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.pointwise1 = nn.Conv2d(channels, channels, 1, bias=has_bias)
+        self.bn1 = NORMS[norm](channels)
+        self.act = nn.LeakyReLU(negative_slope)
+        self.depthwise2 = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.pointwise2 = nn.Conv2d(channels, channels, 1, bias=has_bias)
+        self.bn2 = NORMS[norm](channels)
+
+    @property
+    def last_conv(self) -> nn.Conv2d:
+        """The convolution that ends the residual branch (zero-initialised when there is no normalisation)."""
+        return self.pointwise2
+
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        branch = _leaky_relu(self.act, self.bn1(self.pointwise1(self.depthwise1(x))), inplace)
+        branch = self.bn2(self.pointwise2(self.depthwise2(branch)))
+        return branch.add_(x) if inplace else x + branch
+
+    def fuse(self) -> None:
+        self.pointwise1, self.bn1 = _fold_norm(self.pointwise1, self.bn1)
+        self.pointwise2, self.bn2 = _fold_norm(self.pointwise2, self.bn2)
