@@ -203,6 +203,30 @@ def _relative_paths(data: bytes, name: str) -> bytes:
     return data
 
 
+def detections_from_coco_results(run: Path) -> bytes | None:
+    """``detections.json.gz`` of a finished run, from the trainer's ``detections_bbox.json`` (COCO results format).
+
+    The trainer's evaluation rewrites ``detections_bbox.json`` at every validation, so in a finished run it holds the
+    final one's. Every image of the run's validation set is listed, with empty lists where nothing was detected.
+    ``None`` without that file or without the run's ``run_config.json``.
+    """
+    results_file, config_file = run / "detections_bbox.json", run / "run_config.json"
+    if not results_file.is_file() or not config_file.is_file():
+        return None
+    ann_file = json.loads(config_file.read_text())["eval_ann_file"]
+    images = {
+        image["id"]: {"image_id": image["id"], "boxes": [], "scores": [], "labels": []}
+        for image in json.loads(Path(ann_file).read_text())["images"]
+    }
+    for result in json.loads(results_file.read_text()):
+        image = images[result["image_id"]]
+        image["boxes"].append(result["bbox"])  # unrounded: AP on all tiles stays the trainer's to the last digit
+        image["scores"].append(result["score"])
+        image["labels"].append(result["category_id"])
+    values = {"ann_file": ann_file, "images": [images[key] for key in sorted(images)]}
+    return gzip.compress(json.dumps(values).encode(), mtime=0)
+
+
 def copy_small_outputs(work: Path, target: Path) -> None:
     """Pack each finished or diverged run's manifest, logs, curve data and detections (no weights) from ``work``
     into ``target/runs.tar.gz``, and copy the results and experiment config next to it.
@@ -225,6 +249,11 @@ def copy_small_outputs(work: Path, target: Path) -> None:
     for path in sources:
         name = path.relative_to(work).as_posix()
         files[name] = _relative_paths(path.read_bytes(), name)
+    for run in {path.parent for path in sources if is_finished(path.parent)}:
+        name = f"{run.relative_to(work).as_posix()}/{DETECTIONS_NAME}"
+        converted = None if (run / DETECTIONS_NAME).is_file() else detections_from_coco_results(run)
+        if converted is not None:  # a trainer that keeps only detections_bbox.json
+            files[name] = _relative_paths(converted, name)
     ground_truth = work / "data" / "annotations" / "instances_val.json"
     if ground_truth.is_file():
         files["annotations/instances_val.json"] = ground_truth.read_bytes()
