@@ -85,13 +85,15 @@ def load_state_dict_strict(
         for key in expected
         if key in state_dict and state_dict[key].shape != expected[key].shape
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    if mismatched:
-        problems.append(f"shape mismatches {mismatched[:5]}{' ...' if len(mismatched) > 5 else ''}")
+    problems = [
+        f"{label} {items[:5]}" + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
+        if items
+    ]
     if problems:
         raise ValueError(
             f"Cannot load {source} into {type(module).__name__}: " + "; ".join(problems) + ". "
