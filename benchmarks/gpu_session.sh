@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One lent-GPU session: gpu_check.py, then the DeepForest protocol grid (examples/deepforest/run.py) until a deadline,
+# One lent-GPU session: first the GPU latency table (benchmarks/bench_gpu_latency.py, alone on the GPU), then
+# gpu_check.py, then the DeepForest protocol grid (examples/deepforest/run.py) until a deadline,
 # packing the small outputs (manifests, logs, eval curves, lite generators) into $OUT every 30 s, so that a run cut
 # off by the deadline still returns everything finished so far (every run resumes from its checkpoint elsewhere).
 # Usage: OUT=/some/dir bash benchmarks/gpu_session.sh SECONDS_FOR_EVERYTHING [data cache dir] [extra run.py args]
-# Environment: GPU_CHECK_ARGS (default "--repeats 15"); GPU_CHECK_PARALLEL=1 runs gpu_check beside the grid instead
-# of before it; SEED_WORK=DIR copies finished runs (manifests, generators) of an earlier session into the work dir.
+# Environment: GPU_CHECK_ARGS (default "--repeats 15 --skip-latency": bench_gpu_latency.py measures latency);
+# GPU_CHECK_PARALLEL=1 runs gpu_check beside the grid instead of before it; SEED_WORK=DIR copies finished runs
+# (manifests, generators) of an earlier session into the work dir; LATENCY_SECONDS (default 300) caps the latency run.
 set -u
 budget=${1:-540}; cache=${2:-.gpu/cache}; shift 2 || true
 start=$(date +%s)
@@ -13,8 +15,14 @@ work=/tmp/deepforest_grid
 mkdir -p "$OUT" "$work"
 if [ -n "${SEED_WORK:-}" ]; then cp -r "$SEED_WORK/." "$work/"; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_check.txt"
+# Latency first, before anything else shares the GPU. Its gpu_latency.md and .json go to the work dir, so they come
+# back inside grid.tgz and add no file to $OUT (at most 8 come back; the checkpoint parts below take most of them);
+# the printed table goes into gpu_check.txt. PYTHONPATH: the device's python3 has torch, not this package.
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "${LATENCY_SECONDS:-300}" python3 benchmarks/bench_gpu_latency.py \
+    --device cuda --out "$work/gpu_latency" --no-write >>"$OUT/gpu_check.txt" 2>&1
+echo "bench_gpu_latency exit $? after $(( $(date +%s) - start )) s" >>"$OUT/gpu_check.txt"
 check() {
-    timeout 200 python3 benchmarks/gpu_check.py ${GPU_CHECK_ARGS:---repeats 15} >>"$OUT/gpu_check.txt" 2>&1
+    timeout 200 python3 benchmarks/gpu_check.py ${GPU_CHECK_ARGS:---repeats 15 --skip-latency} >>"$OUT/gpu_check.txt" 2>&1
     echo "gpu_check exit $? after $(( $(date +%s) - start )) s" >>"$OUT/gpu_check.txt"
 }
 if [ "${GPU_CHECK_PARALLEL:-0}" = 1 ]; then check & else check; fi

@@ -156,3 +156,40 @@ def test_bench_generator_train_step_quick_writes_its_table(tmp_path: Path) -> No
     rows = _table_rows(text)[1:]
     assert [row[0] for row in rows] == ["lite", "paper, body 8", "paper, body 16"]
     assert rows[0][3] == "1.0"  # lite against itself
+
+
+def test_bench_gpu_latency_runs_on_cpu_at_a_tiny_size(tmp_path: Path) -> None:
+    # The GPU latency script is first run on a lent GPU, with no chance to debug there: this runs every part of it on
+    # the CPU (perf_counter instead of CUDA events). bf16 stands in for fp16 through the same autocast code, since CPU
+    # fp16 convolutions are about 10x slower than fp32; 16 fixed proposals instead of 1000 keep the heads cheap.
+    import json
+
+    import bench_gpu_latency
+
+    path = tmp_path / "RESULTS.md"
+    argv = ["--device", "cpu", "--size", "64x96", "--repeats", "2", "--warmup", "1", "--proposals", "16"]
+    argv += ["--dtypes", "fp32", "bf16", "--out", str(tmp_path), "--results", str(path)]
+    assert bench_gpu_latency.main(argv) == 0
+    report = json.loads((tmp_path / "gpu_latency.json").read_text())
+    assert report["timer"] == "time.perf_counter" and report["image"] == [64, 96]
+    parts = ("backbone + FPN", "whole detector")
+    expected = [(d, p, m) for d in ("fp32", "bf16") for p in parts for m in bench_gpu_latency.MODELS]
+    assert [(r["dtype"], r["part"], r["model"]) for r in report["results"]] == expected
+    for entry in report["results"]:
+        assert len(entry["samples_ms"]) == 2
+        assert entry["min_ms"] <= entry["q1_ms"] <= entry["median_ms"] <= entry["q3_ms"] <= entry["max_ms"]
+        if entry["model"] == "unpatched":
+            assert entry["ratio"] == 1.0
+    # The fixed head workload: no box survives box_score_thresh=1.01, so no mask head work in any model.
+    assert report["detections"] == {d: dict.fromkeys(bench_gpu_latency.MODELS, 0) for d in ("fp32", "bf16")}
+    costs = report["costs"]
+    assert costs["unpatched"]["generator_params"] == 0 < costs["lite"]["generator_params"]
+    assert costs["lite"]["generator_params"] < costs["paper"]["generator_params"]
+    assert {c["rpn_proposals"] for c in costs.values()} == {16}
+    base_flops = costs["unpatched"]["backbone_fpn_flops"]
+    assert all(c["backbone_fpn_flops"] > base_flops for name, c in costs.items() if name != "unpatched")
+    # The same markdown goes to --out and to the gpu-latency section of the results file.
+    markdown = (tmp_path / "gpu_latency.md").read_text()
+    assert markdown.rstrip() in path.read_text() and "<!-- gpu-latency:start -->" in path.read_text()
+    assert "CPU run, not a GPU measurement" in markdown and "### Params and FLOPs" in markdown
+    assert [tuple(row[:3]) for row in _table_rows(markdown)[1:13]] == expected
