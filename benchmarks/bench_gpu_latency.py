@@ -66,7 +66,6 @@ MODELS = ("unpatched", "lite", "paper")
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_DTYPES = ("fp32", "fp16")
 PROPOSALS = 1000  # bench_detectors.FixedWorkRPN's default: the fixed head workload
-PARTS = ("backbone + FPN", "whole detector")
 MARKDOWN_NAME = "gpu_latency.md"
 JSON_NAME = "gpu_latency.json"
 
