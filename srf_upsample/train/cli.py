@@ -59,6 +59,31 @@ _FLAGS = [
     ("--stop-after", "stop_after", int),
     ("--amp", "amp", str),
     ("--eval-every", "eval_every", int),
+    ("--keep-checkpoints", "keep_checkpoints", int),
+]
+# Switches: (flag, config key, value when given, help).
+_SWITCHES = [
+    ("--freeze-generator", "freeze_generator", True, "stage3: keep G fixed (ablation A4)"),
+    (
+        "--allow-untrained-extractor",
+        "allow_untrained_extractor",
+        True,
+        "stages 1-2: accept an F without trained weights (smoke tests only)",
+    ),
+    ("--no-resume", "resume", False, "start over even if --output-dir holds checkpoints (they are deleted)"),
+    (
+        "--resume-despite-changes",
+        "resume_despite_changes",
+        True,
+        "resume --output-dir although this config differs from its run's (the differences go to its manifest)",
+    ),
+    (
+        "--allow-unfinished-init",
+        "allow_unfinished_init",
+        True,
+        "accept an --init / --extractor-weights run that has not finished (its last checkpoint)",
+    ),
+    ("--quiet", "quiet", True, "no progress bar"),
 ]
 
 
@@ -83,31 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="pyramid levels, e.g. 2,3,4,5 (P2-P5) or 3,4,5",
     )
-    parser.add_argument(
-        "--freeze-generator",
-        dest="freeze_generator",
-        action="store_const",
-        const=True,
-        default=None,
-        help="stage3: keep G fixed (ablation A4)",
-    )
-    parser.add_argument(
-        "--allow-untrained-extractor",
-        dest="allow_untrained_extractor",
-        action="store_const",
-        const=True,
-        default=None,
-        help="stages 1-2: accept an F without trained weights (smoke tests only)",
-    )
-    parser.add_argument(
-        "--no-resume",
-        dest="resume",
-        action="store_const",
-        const=False,
-        default=None,
-        help="start over even if --output-dir holds a checkpoint",
-    )
-    parser.add_argument("--quiet", dest="quiet", action="store_const", const=True, default=None, help="no progress bar")
+    for flag, key, value, text in _SWITCHES:
+        parser.add_argument(flag, dest=key, action="store_const", const=value, default=None, help=text)
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -131,13 +133,7 @@ def parse_config(argv: list[str]):
         key, text = item.split("=", 1)
         values[key.strip().replace("-", "_")] = _parse_value(text)
     names = field_names(args.stage)
-    for key in [key for _, key, _ in _FLAGS] + [
-        "levels",
-        "freeze_generator",
-        "allow_untrained_extractor",
-        "resume",
-        "quiet",
-    ]:
+    for key in [key for _, key, _ in _FLAGS] + ["levels"] + [key for _, key, _, _ in _SWITCHES]:
         value = getattr(args, key)
         if value is not None:
             if key not in names:

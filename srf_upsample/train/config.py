@@ -68,6 +68,25 @@ class TrainConfig:
 
     HELP: ClassVar[str] = ""  # one line for ``srf-upsample train --help``
     INIT_FROM: ClassVar[tuple[str, ...]] = ()  # the stages whose output dir ``--init`` takes
+    # What does not change the trained result, so a run may resume with other values (the rest is the fingerprint).
+    NOT_IN_FINGERPRINT: ClassVar[frozenset[str]] = frozenset(
+        {
+            "output_dir",
+            "num_workers",
+            "device",
+            "quiet",
+            "resume",
+            "stop_after",
+            "checkpoint_every",
+            "eval_every",
+            "eval_data_root",
+            "eval_ann_file",
+            "keep_checkpoints",
+            "resume_despite_changes",
+            "allow_unfinished_init",
+            "max_dropped_fraction",
+        }
+    )
 
     stage: str = ""
     # data
@@ -128,6 +147,11 @@ class TrainConfig:
     stop_after: int | None = None  # stop (with a checkpoint) after this global step, as if the job was killed
     resume: bool = True
     quiet: bool = False
+    keep_checkpoints: int = 2  # complete checkpoints kept in <output_dir>/checkpoints (the newest ones)
+    # Resume a run folder although this config differs from the one it was started with (recorded in its manifest).
+    resume_despite_changes: bool = False
+    allow_unfinished_init: bool = False  # accept an --init (or --extractor-weights) run that has not finished
+    max_dropped_fraction: float = 0.1  # the largest share of unusable annotations (data.DROP_REASONS) accepted
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values."""
@@ -143,6 +167,12 @@ class TrainConfig:
         check_int("max_iters", self.max_iters)
         check_int("batch_size", self.batch_size, hint="images per step over all processes")
         check_int("checkpoint_every", self.checkpoint_every)
+        check_int("keep_checkpoints", self.keep_checkpoints, hint="the newest complete checkpoints kept")
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise ValueError(
+                f"output_dir {self.output_dir!r} is a file, not a folder; pass a folder path (--output-dir), "
+                "which is created if missing."
+            )
         if self.init and os.path.abspath(self.output_dir) == os.path.abspath(self.init):
             raise ValueError("output_dir must differ from init (the previous stage's folder).")
 
@@ -156,6 +186,10 @@ class TrainConfig:
         check_number("anchor_scale", self.anchor_scale, minimum=0, is_open=True)
         if self.stop_after is not None:
             check_int("stop_after", self.stop_after, hint="the global step to stop after")
+        check_number("max_dropped_fraction", self.max_dropped_fraction, minimum=0, maximum=1)
+        from .distributed import resolve_device
+
+        resolve_device(self.device)  # --device cuda on a machine without a GPU fails here, before anything is written
 
     # ---- what the trainer calls
     def run(self) -> dict[str, Any]:
@@ -204,6 +238,24 @@ class TrainConfig:
         return values
 
     # ---- shared building blocks
+    def read_init(self) -> dict[str, Any]:
+        """The manifest of ``init``: a run of one of ``INIT_FROM``, finished unless ``allow_unfinished_init``."""
+        from .run_folder import read_manifest
+
+        manifest = read_manifest(self.init, self.INIT_FROM)
+        self._refuse_unfinished(self.init, manifest, "--init")
+        return manifest
+
+    def _refuse_unfinished(self, directory: str, manifest: dict[str, Any], flag: str) -> None:
+        if manifest.get("finished") or self.allow_unfinished_init:
+            return
+        total = manifest.get("config", {}).get("max_iters", "?")
+        raise ValueError(
+            f"{flag} {directory!r} is a {manifest.get('stage')} run that stopped at step {manifest.get('step')} of "
+            f"{total}: it has not finished. Finish it first (rerun its command: it resumes), or pass "
+            "--allow-unfinished-init to start from its last checkpoint anyway."
+        )
+
     def detector_spec(self, num_classes: int, *, anchor_scale: float = 1.0) -> DetectorSpec:
         """The spec of this config's detector (``anchor_scale`` is 1 except for stage 2's half-size M)."""
         from .models import DetectorSpec
@@ -225,8 +277,13 @@ class TrainConfig:
                 "--extractor-weights <baseline output dir>/checkpoint.safetensors (set allow_untrained_extractor=true "
                 "only for smoke tests)."
             )
-        spec = self.detector_spec(num_classes)
+        from .run_folder import MANIFEST_NAME, read_json
+
         weights = self.extractor_weights or self.detector_weights
+        run = Path(weights).parent if weights else None
+        if run is not None and (run / MANIFEST_NAME).is_file():  # the weights of one of our runs: finished?
+            self._refuse_unfinished(str(run), read_json(run / MANIFEST_NAME), "--extractor-weights from")
+        spec = self.detector_spec(num_classes)
         extractor = spec.build(backbone_weights=self.backbone_weights, detector_weights=weights).backbone
         return extractor.eval().requires_grad_(False)
 

@@ -17,16 +17,55 @@ from torchvision.datasets import CocoDetection
 from torchvision.transforms import v2
 
 __all__ = [
+    "DROP_REASONS",
     "Batch",
     "CocoDetectionDataset",
     "KeyBatchSampler",
     "collate",
+    "describe_drops",
+    "log_report",
     "epoch_batches",
     "read_image",
     "scale_targets",
 ]
 
 logger = logging.getLogger(__name__)
+
+# Why an annotation is left out of training, in the words the summary and the errors use.
+DROP_REASONS = {
+    "unknown_image": "image id not among the file's images",
+    "unknown_category": "unknown category id",
+    "malformed": "bbox is not 4 numbers",
+    "not_finite": "NaN or infinite coordinates",
+    "empty": "zero or negative width or height",
+    "outside": "entirely outside its image",
+}
+
+
+def _drop_reason(ann: dict, images: dict, label_of: dict) -> str | None:
+    """The key of :data:`DROP_REASONS` that rules ``ann`` out, or ``None`` for a usable box."""
+    image = images.get(ann.get("image_id"))
+    if image is None:
+        return "unknown_image"
+    if ann.get("category_id") not in label_of:
+        return "unknown_category"
+    box = ann.get("bbox")
+    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
+        return "malformed"
+    x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "not_finite"
+    if w <= 0 or h <= 0:
+        return "empty"
+    width, height = image.get("width"), image.get("height")
+    if width and height and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
+        return "outside"
+    return None
+
+
+def describe_drops(dropped: dict[str, int]) -> str:
+    """``{"empty": 2}`` -> ``"2 zero or negative width or height"``."""
+    return ", ".join(f"{count} {DROP_REASONS[reason]}" for reason, count in dropped.items()) or "none"
 
 
 def _pil_to_tensor(pil) -> torch.Tensor:
@@ -51,7 +90,10 @@ def _require_pycocotools() -> None:
 class CocoDetectionDataset(CocoDetection):
     """A COCO-format folder (images + instances json) as ``(image, target)`` pairs for torchvision detectors.
 
-    Checks up front that the annotation file exists, that the set is not empty and that every image is on disk.
+    Checks up front that the annotation file exists, that the set is not empty and that every image is on disk, and
+    audits every annotation: boxes that cannot be trained on (see :data:`DROP_REASONS`) are left out and counted by
+    reason in :attr:`report`; a file with no usable box, or with more than ``max_dropped_fraction`` of its boxes
+    unusable, is a ValueError naming the file and the counts.
     Each item resizes the image so that its shorter side is ``min_size`` (longer side at most ``max_size``; ``None``
     keeps the original size) and flips it when the sampler asks, with boxes and masks transformed in step
     (transforms v2). Category ids are mapped to contiguous labels ``1..K`` (``category_ids[label - 1]`` maps back).
@@ -64,6 +106,7 @@ class CocoDetectionDataset(CocoDetection):
         max_size: cap on the longer side.
         use_masks: also return instance masks (Mask R-CNN).
         category_ids: fix the label mapping (e.g. the training set's at evaluation); default the file's sorted ids.
+        max_dropped_fraction: the largest share of non-crowd annotations that may be unusable; ``None``: no limit.
     """
 
     def __init__(
@@ -75,6 +118,7 @@ class CocoDetectionDataset(CocoDetection):
         max_size: int | None = None,
         use_masks: bool = False,
         category_ids: Sequence[int] | None = None,
+        max_dropped_fraction: float | None = None,
     ) -> None:
         _require_pycocotools()
         root, ann_file = str(root), str(ann_file)
@@ -104,8 +148,42 @@ class CocoDetectionDataset(CocoDetection):
         if not self.category_ids:
             raise ValueError(f"Dataset {ann_file!r} has no categories.")
         self.label_of = {cat_id: label + 1 for label, cat_id in enumerate(self.category_ids)}
+        self.report = self._audit(ann_file, max_dropped_fraction)
         self.min_size, self.max_size, self.use_masks = min_size, max_size, use_masks
         self.sanitize = v2.SanitizeBoundingBoxes(min_size=1.0)
+
+    def _audit(self, ann_file: str, max_dropped_fraction: float | None) -> dict:
+        """Count the usable, crowd and unusable annotations (by reason); raise when too few are usable."""
+        dropped: dict[str, int] = {}
+        self.dropped_ids: set = set()
+        crowd = 0
+        for ann in self.coco.dataset.get("annotations", []):
+            if ann.get("iscrowd", 0):
+                crowd += 1
+                continue
+            reason = _drop_reason(ann, self.coco.imgs, self.label_of)
+            if reason is not None:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                self.dropped_ids.add(ann.get("id"))
+        total = len(self.coco.dataset.get("annotations", []))
+        candidates = total - crowd
+        usable = candidates - sum(dropped.values())
+        report = {"ann_file": ann_file, "annotations": total, "usable": usable, "crowd_ignored": crowd}
+        report["dropped"] = dropped
+        if usable == 0:
+            raise ValueError(
+                f"{ann_file!r} has no usable box: {total} annotation(s), {crowd} crowd (ignored), unusable: "
+                f"{describe_drops(dropped)}. Fix the annotation file (bbox is [x, y, width, height] in pixels, "
+                "category_id one of its 'categories'): a detector can neither learn from nor be scored on background "
+                "alone."
+            )
+        if max_dropped_fraction is not None and sum(dropped.values()) > max_dropped_fraction * candidates:
+            raise ValueError(
+                f"{ann_file!r}: {sum(dropped.values())} of {candidates} annotations are unusable "
+                f"({describe_drops(dropped)}), more than max_dropped_fraction={max_dropped_fraction:g}. Fix the "
+                "file, or allow more with --set max_dropped_fraction=<share> to train on the usable ones."
+            )
+        return report
 
     @property
     def num_classes(self) -> int:
@@ -127,7 +205,7 @@ class CocoDetectionDataset(CocoDetection):
         anns = [
             ann
             for ann in self._load_target(image_id)
-            if not ann.get("iscrowd", 0) and ann["category_id"] in self.label_of
+            if not ann.get("iscrowd", 0) and ann.get("id") not in self.dropped_ids
         ]
         boxes = torch.tensor([ann["bbox"] for ann in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
@@ -164,6 +242,19 @@ class CocoDetectionDataset(CocoDetection):
         return image.as_subclass(torch.Tensor), {
             k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v for k, v in target.items()
         }
+
+
+def log_report(report: dict) -> None:
+    """Log a dataset's annotation summary (:attr:`CocoDetectionDataset.report`): WARNING when boxes were left out."""
+    log = logger.warning if report["dropped"] else logger.info
+    log(
+        "%s: %d annotation(s), %d usable, %d crowd (ignored), left out: %s",
+        report["ann_file"],
+        report["annotations"],
+        report["usable"],
+        report["crowd_ignored"],
+        describe_drops(report["dropped"]),
+    )
 
 
 @dataclass

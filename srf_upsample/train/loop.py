@@ -6,7 +6,6 @@ What differs between stages (what is built, how one step goes) is the stage conf
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import json
 import logging
@@ -21,18 +20,21 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import TrainingState, has_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import TrainingState, choose_checkpoint, clear_checkpoints, load_checkpoint, save_checkpoint
 from .config import StageModules, TrainConfig
-from .data import CocoDetectionDataset, KeyBatchSampler, collate, epoch_batches
+from .data import CocoDetectionDataset, KeyBatchSampler, collate, epoch_batches, log_report
 from .distributed import all_ranks_true, gather_parameter_hashes, init_distributed
 from .models import detector_first_level, disable_detector_resize, level_keys
+from .optim import optimizers_for
 from .pyramid import FeaturePyramidHook
 from .run_folder import (
     DIVERGED_NAME,
     EVAL_LOG_NAME,
     LOG_NAME,
     MANIFEST_NAME,
-    read_manifest,
+    check_run_folder,
+    fingerprint,
+    read_json,
     truncate_jsonl,
     update_manifest,
     write_json,
@@ -75,26 +77,6 @@ def _levels(config: TrainConfig) -> list[int]:
     return list(range(detector_first_level(config.detector), 6))
 
 
-def _lr_lambda(config: TrainConfig):
-    milestones = sorted(config.milestones)
-
-    def factor(step: int) -> float:
-        warm = 1.0
-        if step < config.warmup_iters:
-            alpha = step / config.warmup_iters
-            warm = config.warmup_factor * (1 - alpha) + alpha
-        return warm * config.gamma ** bisect.bisect_right(milestones, step)
-
-    return factor
-
-
-def _sgd(params, config: TrainConfig) -> torch.optim.SGD:
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        raise ValueError("Nothing to train: every parameter is frozen.")
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-
-
 class _Trainer:
     """Runs one stage config; the stage's ``step`` reaches the modules, optimizers and helpers through it."""
 
@@ -116,7 +98,12 @@ class _Trainer:
             min_size=config.min_size,
             max_size=config.max_size,
             use_masks=config.detector == "maskrcnn",
+            max_dropped_fraction=config.max_dropped_fraction,
         )
+        if self.is_main:  # the data summary, once per run (also in the manifest)
+            log_report(self.dataset.report)
+        self.fingerprint = fingerprint(config)
+        self.accepted_changes: dict[str, Any] = {}
         self.built = StageModules({})
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -157,10 +144,7 @@ class _Trainer:
             disable_detector_resize(self.modules["detector"])
         for module in self.modules.values():
             module.to(self.device).train()
-        self.optimizers = {name: _sgd(module.parameters(), config) for name, module in self.modules.items()}
-        self.schedulers = {
-            name: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config)) for name, opt in self.optimizers.items()
-        }
+        self.optimizers, self.schedulers = optimizers_for(self.modules, config)
 
     def wrap(self) -> None:
         """Wrap what trains in DDP; forward passes go through the wrappers, so gradients are all-reduced."""
@@ -185,18 +169,31 @@ class _Trainer:
     def _training_state(self) -> TrainingState:
         return TrainingState(self.modules, self.optimizers, self.schedulers, self.scaler)
 
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
     def maybe_resume(self) -> None:
-        """Continue from the checkpoint in ``output_dir`` if there is one (and ``resume``); else start clean."""
-        if (self.output_dir / MANIFEST_NAME).is_file():
-            read_manifest(self.output_dir, (self.config.stage,))
+        """Continue from the newest complete checkpoint in ``output_dir`` (``resume``); else start clean."""
         if self.is_main:
             (self.output_dir / DIVERGED_NAME).unlink(missing_ok=True)
-        if not (self.config.resume and has_checkpoint(self.output_dir)):
-            if self.is_main:  # a run that starts over keeps no records of an attempt that died before a checkpoint
+        counters = None
+        if self.config.resume:
+            # The main process chooses the checkpoint, so that every rank loads the same one.
+            choice = [choose_checkpoint(self.output_dir) if self.is_main else None]
+            if self.world_size > 1:
+                dist.broadcast_object_list(choice, src=0)
+            step, skipped = choice[0]
+            counters = load_checkpoint(
+                self.output_dir, self._training_state(), rank=self.rank, step=step, skipped=skipped
+            )
+        if counters is None:
+            self._barrier()
+            if self.is_main:  # a run that starts over keeps nothing of an earlier attempt
+                clear_checkpoints(self.output_dir)
                 truncate_jsonl(self.output_dir / LOG_NAME, 0)
                 truncate_jsonl(self.output_dir / EVAL_LOG_NAME, 0)
             return
-        counters = load_checkpoint(self.output_dir, self._training_state(), rank=self.rank)
         self.step = counters["step"]
         self.batch_cursor = counters["batch_cursor"]
         self.skipped_images = counters["skipped_images"]
@@ -213,16 +210,19 @@ class _Trainer:
             self._training_state(),
             counters,
             folders=self.built.folders,
+            record=self._manifest_values(finished),
             rank=self.rank,
             is_main=self.is_main,
+            keep=self.config.keep_checkpoints,
+            barrier=self._barrier,
         )
         if self.is_main:
             self.write_manifest(finished)
 
-    def write_manifest(self, finished: bool, **extra: Any) -> None:
-        """Record the run in ``manifest.json``: stage, step, what ran (config, detector spec) and ``extra``."""
+    def _manifest_values(self, finished: bool) -> dict[str, Any]:
+        """What the run is at this step: stage, step, what ran (config, detector spec), its fingerprint and data."""
         spec = self.built.detector_spec
-        values = {
+        return {
             "stage": self.config.stage,
             "step": self.step,
             "finished": finished,
@@ -232,8 +232,13 @@ class _Trainer:
             "modules": sorted(self.modules),
             "config": self.config.recorded(self.built),
             **({"detector": spec.to_dict()} if spec is not None else {}),
+            "fingerprint": self.fingerprint,
+            "data": self.dataset.report,
         }
-        update_manifest(self.output_dir, {**values, **extra})
+
+    def write_manifest(self, finished: bool, **extra: Any) -> None:
+        """Record the run in its top-level ``manifest.json`` (:meth:`_manifest_values` and ``extra``)."""
+        update_manifest(self.output_dir, {**self._manifest_values(finished), **extra})
 
     # ---- what a stage's step uses
     def autocast(self):
@@ -350,12 +355,24 @@ class _Trainer:
     def run(self) -> FitResult:
         """Build, resume, train to ``max_iters`` (or ``stop_after``), checkpoint, evaluate, write the manifest."""
         config = self.config
-        if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self.world_size > 1:
-            dist.barrier()
         self.build()
+        # Before anything is written: the folder must be new or hold this very run.
+        self.accepted_changes = check_run_folder(self.output_dir, config, self.fingerprint)
+        if self.is_main:
+            try:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ValueError(
+                    f"output_dir {str(self.output_dir)!r} cannot be created ({error.strerror}); pass a folder path "
+                    "whose parents are folders you can write to."
+                ) from None
+        self._barrier()
         self.maybe_resume()
+        if self.accepted_changes and self.is_main:
+            logger.warning("resuming %s despite changes to %s", self.output_dir, sorted(self.accepted_changes))
+            history = read_json(self.output_dir / MANIFEST_NAME).get("resumed_despite_changes", [])
+            history.append({"step": self.step, "changes": self.accepted_changes})
+            update_manifest(self.output_dir, {"resumed_despite_changes": history})
         if self.step == 0:
             # Per-rank streams for the detectors' box sampling; a resumed run restored its streams above.
             torch.manual_seed(config.seed + 1000 * self.rank)

@@ -6,11 +6,12 @@ written and read by ``checkpoint.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from torch import nn
 from ..hub import load_state_dict_strict, read_safetensors
 from ..upsample import SRFUpsample
 from .models import DetectorSpec, patch_generator, set_fpn_interpolation
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 from .state_dicts import strip_prefix
 
 __all__ = [
@@ -29,7 +33,9 @@ __all__ = [
     "LOG_NAME",
     "MANIFEST_NAME",
     "STATE_NAME",
+    "check_run_folder",
     "detector_spec_of",
+    "fingerprint",
     "is_finished",
     "load_trained_detector",
     "read_json",
@@ -161,3 +167,47 @@ def load_trained_detector(
         detector, strip_prefix(state, "detector."), source=f"the {manifest['stage']} checkpoint in {str(directory)!r}"
     )
     return detector.to(device).eval(), manifest
+
+
+def _file_sha256(path: str | os.PathLike) -> str | None:
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(config: TrainConfig) -> dict[str, Any]:
+    """What defines a run: its config without the keys that do not change the result, and its data's SHA-256."""
+    values = {key: value for key, value in config.to_dict().items() if key not in config.NOT_IN_FINGERPRINT}
+    values["ann_file_sha256"] = _file_sha256(config.ann_file)
+    return values
+
+
+def check_run_folder(directory: str | os.PathLike, config: TrainConfig, new: Mapping[str, Any]) -> dict[str, Any]:
+    """Check that ``directory`` is empty or holds this run (stage and fingerprint ``new``) before resuming it.
+
+    Returns the differences accepted by ``resume_despite_changes`` (key: [saved, new]); a mismatch without it is a
+    ValueError listing the differing keys and the two ways out. Starting over (``resume=False``) checks nothing.
+    """
+    directory = Path(directory)
+    if not config.resume or not (directory / MANIFEST_NAME).is_file():
+        return {}
+    manifest = read_manifest(directory, (config.stage,))
+    saved = manifest.get("fingerprint")
+    if not isinstance(saved, dict):  # written before fingerprints: its config is the nearest record
+        saved = {
+            key: value for key, value in manifest.get("config", {}).items() if key not in config.NOT_IN_FINGERPRINT
+        }
+    differs = {key: [value, new.get(key)] for key, value in sorted(saved.items()) if new.get(key) != value}
+    if differs and not config.resume_despite_changes:
+        listed = "; ".join(f"{key}: {old!r} there, {value!r} now" for key, (old, value) in differs.items())
+        raise ValueError(
+            f"{str(directory)!r} holds another run ({manifest.get('stage')}, step {manifest.get('step')}): "
+            f"{len(differs)} key(s) that define a run differ: {listed}. Either train this config in a new "
+            "--output-dir, or pass --resume-despite-changes to continue that run with these values (recorded in "
+            "its manifest)."
+        )
+    return differs

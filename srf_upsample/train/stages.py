@@ -29,7 +29,7 @@ from .config import CONFIG_DIR, StageModules, TrainConfig, check_values, load_co
 from .data import scale_targets
 from .models import INTERPOLATION_MODES, patch_generator, set_fpn_interpolation
 from .pyramid import downsample_images, extract_levels, prepare_batch, target_batch_size
-from .run_folder import CHECKPOINT_NAME, DISCRIMINATOR_DIR, GENERATOR_DIR, read_manifest
+from .run_folder import CHECKPOINT_NAME, DISCRIMINATOR_DIR, GENERATOR_DIR
 from .state_dicts import strip_prefix
 
 __all__ = [
@@ -151,7 +151,7 @@ class Stage2Config(TrainConfig):
         if not self.use_generator:
             return StageModules({"detector": detector}, extractor=extractor, detector_spec=spec, captures_fpn=True)
         init = Path(self.init)
-        read_manifest(init, self.INIT_FROM)
+        self.read_init()
         generator = SRFUpsample.from_pretrained(str(init / GENERATOR_DIR)).train()
         discriminator = FeaturePatchDiscriminator.from_pretrained(str(init / DISCRIMINATOR_DIR)).train()
         if discriminator.in_channels != self.fpn_channels:
@@ -236,7 +236,7 @@ class Stage3Config(TrainConfig):
 
     def build(self, num_classes: int) -> StageModules:
         """A fresh detector with G patched in (fine-tuned unless frozen), and with ``reuse=extractor`` M's backbone."""
-        manifest = read_manifest(self.init, self.INIT_FROM) if self.init else {"has_generator": True}
+        manifest = self.read_init() if self.init else {"has_generator": True}
         spec = self.detector_spec(num_classes)
         detector = spec.build(backbone_weights=self.backbone_weights, detector_weights=self.detector_weights)
         has_generator = manifest.get("has_generator", True)
