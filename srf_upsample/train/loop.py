@@ -7,7 +7,6 @@ What differs between stages (what is built, how one step goes) is the stage conf
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from .run_folder import (
     update_manifest,
     write_json,
 )
+from .run_log import RunLog
 
 __all__ = ["FitResult", "fit"]
 
@@ -112,6 +112,7 @@ class _Trainer:
         self.amp_dtype = AMP_DTYPES.get(config.amp) if config.amp else None
         # A grad scaler only for float16: bfloat16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        self.run_log = RunLog(self.output_dir, enabled=self.is_main)
         self.step = 0
         self.batch_cursor = 0
         self.skipped_images = 0
@@ -322,9 +323,7 @@ class _Trainer:
             device=self.device,
             quiet=True,
         )
-        with open(self.output_dir / EVAL_LOG_NAME, "a", encoding="utf-8") as f:
-            record = {"step": step, **metrics, "seconds": round(time.perf_counter() - started, 2)}
-            f.write(json.dumps(record) + "\n")
+        self.run_log.evaluation({"step": step, **metrics, "seconds": round(time.perf_counter() - started, 2)})
         return metrics
 
     def _evaluates(self) -> bool:
@@ -379,7 +378,6 @@ class _Trainer:
         self.wrap()
         last_step = min(config.max_iters, config.stop_after or config.max_iters)
         progress = _progress(config, self.step, disable=config.quiet or not self.is_main)
-        log_file = open(self.output_dir / LOG_NAME, "a", encoding="utf-8") if self.is_main else None
         losses: dict[str, float] = {}
         metrics: dict[str, Any] = {}
         empty_in_a_row = 0
@@ -399,16 +397,15 @@ class _Trainer:
                     scheduler.step()
                 self.step += 1
                 losses = {name: float(value) for name, value in step_losses.items()}
-                if log_file is not None:
-                    record = {
+                self.run_log.train(
+                    {
                         "step": self.step,
                         "losses": losses,
                         "lr": self.schedulers[next(iter(self.schedulers))].get_last_lr()[0],
                         "time": round(time.perf_counter() - started, 4),
                         "skipped_images": self.skipped_images,
                     }
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
+                )
                 progress.update(1)
                 progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items() if "loss" in name})
                 periodic_eval = config.eval_every and self.step % config.eval_every == 0
@@ -419,8 +416,6 @@ class _Trainer:
         finally:
             del batches  # shuts the loader's workers down
             progress.close()
-            if log_file is not None:
-                log_file.close()
             if self.hook is not None:
                 self.hook.remove()  # the trained detector keeps no trainer hook
         finished = self.step >= config.max_iters
@@ -430,6 +425,7 @@ class _Trainer:
             metrics = self._evaluate(self.step)
         if self.is_main:
             self.write_manifest(finished, rank_parameter_hashes=rank_hashes, skipped_images=self.skipped_images)
+        self.run_log.close()
         if self.world_size > 1:
             dist.barrier()
         if self.skipped_images:
