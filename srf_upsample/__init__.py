@@ -1,6 +1,7 @@
 """srf_upsample: SRF-GAN learned feature upsampling for FPN-style detector necks."""
 
 from .discriminator import FeaturePatchDiscriminator as FeaturePatchDiscriminator
+from .dysample import DySample as DySample
 from .hub import list_shipped as list_shipped
 from .losses import discriminator_loss as discriminator_loss
 from .losses import feature_l1_loss as feature_l1_loss
@@ -16,6 +17,7 @@ from .upsample import SRFUpsample as SRFUpsample
 __version__ = "0.1.0"
 
 __all__ = [
+    "DySample",
     "FeaturePatchDiscriminator",
     "PatchReport",
     "PatchSite",
