@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gzip
 import io
 import json
 import logging
@@ -19,12 +20,34 @@ from torch import nn
 from .data import CocoDetectionDataset, collate
 from .models import disable_detector_resize, enable_detector_resize
 
-__all__ = ["METRIC_NAMES", "evaluate_detector"]
+__all__ = ["DETECTIONS_NAME", "METRIC_NAMES", "evaluate_detector", "per_image_detections"]
 
 logger = logging.getLogger(__name__)
 
 # The first six numbers of COCOeval.stats, in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Per-image box detections of the latest evaluation, gzip-compressed JSON (experiment.detections reads them).
+DETECTIONS_NAME = "detections.json.gz"
+
+
+def per_image_detections(
+    boxes: Sequence[dict], image_ids: Sequence[int], ann_file: str | os.PathLike, step: int | None
+) -> dict[str, Any]:
+    """COCO box results grouped per image, the ``detections.json.gz`` format of ``experiment.detections``.
+
+    ``{"ann_file", "step", "images": [{"image_id", "boxes", "scores", "labels"}]}``: every evaluated image listed
+    (empty lists where nothing was detected), in image-id order.
+
+    ``boxes`` are COCO results (``bbox`` = ``[x, y, width, height]`` in the annotation file's pixels, unrounded, so
+    AP recomputed from them is pycocotools' to the last digit); ``labels`` are the annotation file's category ids.
+    """
+    images = {int(i): {"image_id": int(i), "boxes": [], "scores": [], "labels": []} for i in image_ids}
+    for result in boxes:
+        image = images[int(result["image_id"])]
+        image["boxes"].append(list(result["bbox"]))
+        image["scores"].append(float(result["score"]))
+        image["labels"].append(int(result["category_id"]))
+    return {"ann_file": str(ann_file), "step": step, "images": [images[key] for key in sorted(images)]}
 
 
 def _to_coco_results(
@@ -90,6 +113,7 @@ def evaluate_detector(
     batch_size: int = 2,
     device: torch.device | str = "cpu",
     quiet: bool = True,
+    step: int | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` on a COCO-format set and score it with pycocotools.
 
@@ -101,12 +125,15 @@ def evaluate_detector(
         data_root: the images folder.
         ann_file: the COCO instances json with the ground truth.
         category_ids: the training label mapping (label ``k`` is ``category_ids[k - 1]``).
-        output_dir: if given, writes ``detections_bbox.json`` (and ``_segm``) and ``metrics.json`` there.
+        output_dir: if given, writes ``detections_bbox.json`` (and ``_segm``), ``metrics.json`` and the per-image
+            detections ``detections.json.gz`` (:func:`per_image_detections`) there, replacing the previous
+            evaluation's: after training they are the final evaluation's.
         min_size: shorter side at test time.
         max_size: longer-side cap at test time.
         batch_size: images per forward.
         device: where to run.
         quiet: hide the progress bar.
+        step: the training step evaluated, recorded in ``detections.json.gz`` (``None``: not known).
 
     Returns:
         ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}}`` (``segm`` only for detectors with masks).
@@ -157,6 +184,10 @@ def evaluate_detector(
                 json.dump(masks, f)
         with open(output_dir / "metrics.json", "w", encoding="utf-8") as f:
             json.dump(metrics, f, indent=2)
+        detections = per_image_detections(boxes, image_ids, ann_file, step)
+        temporary = output_dir / (DETECTIONS_NAME + ".tmp")
+        temporary.write_bytes(gzip.compress(json.dumps(detections).encode(), mtime=0))
+        temporary.replace(output_dir / DETECTIONS_NAME)  # a reader never sees half a file
     logger.info(
         "COCO bbox AP %.4f AP50 %.4f AP75 %.4f", metrics["bbox"]["AP"], metrics["bbox"]["AP50"], metrics["bbox"]["AP75"]
     )

@@ -203,3 +203,31 @@ def test_masks_score_by_mask_overlap_and_category(coco) -> None:
     # Category 7's masks reported as category 1, with reversed label order: segm AP 1 for category 1, 0 for 7.
     relabeled = evaluate(script((7, 1), masks=True, relabel={7: 1}), coco, category_ids=(7, 1))
     assert relabeled["segm"]["AP"] == pytest.approx(0.5) and relabeled["bbox"]["AP"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("shift", "relabel"), [(0, None), (4, None), (1, {7: 1}), (3, {1: 7})])
+def test_per_image_detections_file_gives_pycocotools_ap(coco, tmp_path, shift, relabel) -> None:
+    import gzip
+
+    from srf_upsample.train import evaluate as evaluate_module
+    from srf_upsample.train.experiment.detections import (
+        DETECTIONS_NAME,
+        average_precision,
+        match_run,
+        read_detections,
+        read_ground_truth,
+    )
+
+    model = script(CATEGORIES, shift=shift, relabel=relabel)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}
+    model.detections[IMAGES[3]["size"]] = empty  # an image without detections is still listed
+    metrics = evaluate(model, coco, output_dir=tmp_path, step=17)
+    with gzip.open(tmp_path / DETECTIONS_NAME, "rt") as f:
+        raw = json.load(f)
+    assert raw["ann_file"] == str(coco[1]) and raw["step"] == 17
+    assert evaluate_module.DETECTIONS_NAME == DETECTIONS_NAME  # the reader's name
+    assert [image["image_id"] for image in raw["images"]] == [1, 2, 3]
+    assert raw["images"][2] == {"image_id": 3, "boxes": [], "scores": [], "labels": []}
+    detections = read_detections(tmp_path / DETECTIONS_NAME)
+    recomputed = average_precision(match_run(detections, read_ground_truth(coco[1])))
+    assert recomputed == pytest.approx(metrics["bbox"]["AP"], abs=1e-12)
