@@ -239,6 +239,8 @@ class CocoDetectionDataset(CocoDetection):
             }
         image, target = self.sanitize(image, target)
         target["orig_size"] = (height, width)
+        # Which deterministic view of the dataset this is: stage 1 caches the frozen F's levels under it.
+        target["dataset_key"] = (index, bool(flip))
         return image.as_subclass(torch.Tensor), {
             k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v for k, v in target.items()
         }

@@ -23,6 +23,8 @@ from .checkpoint import TrainingState, choose_checkpoint, clear_checkpoints, loa
 from .config import StageModules, TrainConfig
 from .data import CocoDetectionDataset, KeyBatchSampler, collate, epoch_batches, log_report
 from .distributed import all_ranks_true, gather_parameter_hashes, init_distributed
+from .feature_cache import FeatureCache
+from .fidelity import HeldoutFeatures, plateau_step
 from .models import detector_first_level, disable_detector_resize, level_keys
 from .optim import optimizers_for
 from .pyramid import FeaturePyramidHook
@@ -34,6 +36,7 @@ from .run_folder import (
     check_run_folder,
     fingerprint,
     read_json,
+    read_jsonl,
     truncate_jsonl,
     update_manifest,
     write_json,
@@ -112,10 +115,14 @@ class _Trainer:
         self.amp_dtype = AMP_DTYPES.get(config.amp) if config.amp else None
         # A grad scaler only for float16: bfloat16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        self.run_log = RunLog(self.output_dir, enabled=self.is_main)
+        self.run_log = RunLog(self.output_dir, enabled=self.is_main, tensorboard=config.tensorboard, stage=config.stage)
         self.step = 0
         self.batch_cursor = 0
         self.skipped_images = 0
+        # F's levels per (image, flip), kept while the run lasts (stage 1's feature_cache; recomputed after a resume).
+        self.feature_cache = FeatureCache() if getattr(config, "feature_cache", False) else None
+        self.heldout: HeldoutFeatures | None = None  # G's validation pairs, built at the first evaluation
+        self.stopped: dict[str, Any] | None = None  # why the run ended before max_iters (plateau stop)
 
     # ---- what the stage built
     @property
@@ -235,6 +242,8 @@ class _Trainer:
             **({"detector": spec.to_dict()} if spec is not None else {}),
             "fingerprint": self.fingerprint,
             "data": self.dataset.report,
+            **({"stopped": self.stopped} if self.stopped else {}),
+            **({"feature_cache": self.feature_cache.stats()} if self.feature_cache is not None else {}),
         }
 
     def write_manifest(self, finished: bool, **extra: Any) -> None:
@@ -307,27 +316,68 @@ class _Trainer:
 
     # ---- evaluation
     def _evaluate(self, step: int) -> dict[str, Any]:
-        """COCO AP of the detector on ``eval_ann_file`` now; appended to ``eval.jsonl`` (main process only)."""
-        from .evaluate import evaluate_detector
+        """One ``eval.jsonl`` record at ``step`` (main process only): COCO AP of the detector, G's held-out L1, or both.
 
+        The record is ``{"step", <the AP metrics, e.g. "bbox">, <generator_fidelity's keys>, "seconds"}``; returns
+        it without ``step`` and ``seconds``.
+        """
         config = self.config
         started = time.perf_counter()
-        metrics = evaluate_detector(
-            self.modules["detector"],
-            config.eval_data_root or config.data_root,
-            config.eval_ann_file,
-            category_ids=self.dataset.category_ids,
-            output_dir=self.output_dir,
-            min_size=config.min_size,
-            max_size=config.max_size,
-            device=self.device,
-            quiet=True,
-        )
+        metrics: dict[str, Any] = {}
+        if "detector" in self.modules:
+            from .evaluate import evaluate_detector
+
+            metrics.update(
+                evaluate_detector(
+                    self.modules["detector"],
+                    config.eval_data_root or config.data_root,
+                    config.eval_ann_file,
+                    category_ids=self.dataset.category_ids,
+                    output_dir=self.output_dir,
+                    min_size=config.min_size,
+                    max_size=config.max_size,
+                    device=self.device,
+                    quiet=True,
+                )
+            )
+        if self._evaluates_generator():
+            if self.heldout is None:
+                self.heldout = HeldoutFeatures.from_config(config, self.extractor, self.keys, self.levels, self.device)
+            # The fixed interpolations once per run: at the first evaluation that eval.jsonl does not already hold.
+            earlier = read_jsonl(self.output_dir / EVAL_LOG_NAME)
+            with_interpolations = not any("interpolation_l1" in record for record in earlier)
+            metrics.update(self.heldout.generator_fidelity(self.generator, interpolations=with_interpolations))
         self.run_log.evaluation({"step": step, **metrics, "seconds": round(time.perf_counter() - started, 2)})
         return metrics
 
+    def _evaluates_generator(self) -> bool:
+        return self.generator is not None and self.extractor is not None
+
     def _evaluates(self) -> bool:
-        return bool(self.config.eval_ann_file) and "detector" in self.modules and self.is_main
+        has_subject = "detector" in self.modules or self._evaluates_generator()
+        return bool(self.config.eval_ann_file) and has_subject and self.is_main
+
+    def _check_plateau(self) -> bool:
+        """Whether G's held-out L1 in ``eval.jsonl`` has plateaued (``plateau_patience``); the same on every rank."""
+        patience = getattr(self.config, "plateau_patience", None)
+        if patience is None:
+            return False
+        found = [None]
+        if self.is_main:
+            records = read_jsonl(self.output_dir / EVAL_LOG_NAME)
+            found[0] = plateau_step(records, patience, self.config.plateau_min_delta)
+        if self.world_size > 1:
+            dist.broadcast_object_list(found, src=0)
+        if found[0] is None:
+            return False
+        self.stopped = {
+            "step": self.step,
+            "reason": (
+                f"plateau: G's held-out generator_l1_mean has not improved by {self.config.plateau_min_delta:g} "
+                f"(relative) on its best for {patience} evaluations in a row (at step {found[0]})"
+            ),
+        }
+        return True
 
     # ---- the loop
     def _next_batch(self, batches, empty_in_a_row: int, batches_per_epoch: int):
@@ -382,9 +432,11 @@ class _Trainer:
         metrics: dict[str, Any] = {}
         empty_in_a_row = 0
         batches_per_epoch = max(1, len(self._batches_of_epoch(0)))
-        batches = iter(self._loader()) if self.step < last_step else iter(())
+        # A resumed run that had plateaued stays stopped (eval.jsonl was cut back to the checkpoint's step).
+        plateaued = self._check_plateau()
+        batches = iter(self._loader()) if self.step < last_step and not plateaued else iter(())
         try:
-            while self.step < last_step:
+            while self.step < last_step and not plateaued:
                 started = time.perf_counter()
                 batch = self._next_batch(batches, empty_in_a_row, batches_per_epoch)
                 if batch is None:
@@ -409,8 +461,12 @@ class _Trainer:
                 progress.update(1)
                 progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items() if "loss" in name})
                 periodic_eval = config.eval_every and self.step % config.eval_every == 0
-                if periodic_eval and self.step < config.max_iters and self._evaluates():
-                    self._evaluate(self.step)
+                if periodic_eval and self.step < config.max_iters:
+                    if self._evaluates():
+                        metrics = self._evaluate(self.step)
+                    plateaued = self._check_plateau()
+                    if plateaued:
+                        break
                 if self.step % config.checkpoint_every == 0 and self.step < last_step:
                     self.save(finished=False)
         finally:
@@ -418,10 +474,15 @@ class _Trainer:
             progress.close()
             if self.hook is not None:
                 self.hook.remove()  # the trained detector keeps no trainer hook
-        finished = self.step >= config.max_iters
+        finished = self.step >= config.max_iters or plateaued
+        if plateaued and self.is_main:
+            logger.info("%s stopped at step %d: %s", config.stage, self.step, self.stopped["reason"])
         self.save(finished=finished)
         rank_hashes = gather_parameter_hashes(self.modules, self.world_size)
-        if finished and self._evaluates():
+        evaluated = read_jsonl(self.output_dir / EVAL_LOG_NAME) if plateaued and self.is_main else []
+        if plateaued and evaluated and evaluated[-1]["step"] == self.step:  # the stopping evaluation is the final one
+            metrics = {key: value for key, value in evaluated[-1].items() if key not in ("step", "seconds")}
+        elif finished and self._evaluates():
             metrics = self._evaluate(self.step)
         if self.is_main:
             self.write_manifest(finished, rank_parameter_hashes=rank_hashes, skipped_images=self.skipped_images)

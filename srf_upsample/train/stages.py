@@ -13,20 +13,23 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch.profiler import record_function
 
+from .._checks import check_int, check_number
 from ..discriminator import FeaturePatchDiscriminator
 from ..hub import load_state_dict_strict, read_safetensors
 from ..losses import (
     discriminator_loss,
     downsample_targets,
     feature_l1_loss,
+    generator_adversarial_loss,
     integral_loss,
     srf_extractor_loss,
-    srf_loss,
 )
 from ..upsample import SRFUpsample
 from .config import CONFIG_DIR, StageModules, TrainConfig, check_values, load_config_file
 from .data import scale_targets
+from .feature_cache import batch_features
 from .models import INTERPOLATION_MODES, patch_generator, set_fpn_interpolation
 from .pyramid import downsample_images, extract_levels, prepare_batch, target_batch_size
 from .run_folder import CHECKPOINT_NAME, DISCRIMINATOR_DIR, GENERATOR_DIR
@@ -70,16 +73,44 @@ def _discriminator_update(trainer: Any, real: list[torch.Tensor], sr: list[torch
     return loss.detach()
 
 
+def _validate_plateau(config: TrainConfig) -> None:
+    """``plateau_patience`` is a positive int (or None) with evaluations to compare; ``plateau_min_delta`` >= 0."""
+    check_number("plateau_min_delta", config.plateau_min_delta, minimum=0.0, hint="a share of the best L1, e.g. 0.01")
+    if config.plateau_patience is None:
+        return
+    check_int("plateau_patience", config.plateau_patience, hint="a number of evaluations")
+    if not config.eval_ann_file or not config.eval_every:
+        raise ValueError(
+            f"plateau_patience={config.plateau_patience} stops on G's held-out L1, measured every eval_every steps "
+            f"on eval_ann_file, but eval_ann_file={config.eval_ann_file!r} and eval_every={config.eval_every!r}: "
+            "pass --eval-ann-file (with --eval-data-root) and --eval-every, or drop plateau_patience."
+        )
+
+
 @dataclass(frozen=True)
 class Stage1Config(TrainConfig):
     """Stage 1, SRF-GAN (section 4.1): G and D against a frozen F; lr 0.001, 150k iterations, x0.1 at 120k."""
 
     HELP: ClassVar[str] = "SRF-GAN: G and D against a frozen FPN (Eq. 1, 2)"
 
+    # Caching F's levels changes no number (the same function computes them), so it is not part of the fingerprint.
+    NOT_IN_FINGERPRINT: ClassVar[frozenset[str]] = TrainConfig.NOT_IN_FINGERPRINT | {"feature_cache"}
+
     stage: str = "stage1"
     lr: float = 0.001
     max_iters: int = 150_000
     milestones: list[int] = field(default_factory=lambda: [120_000])
+    # Keep F's levels on each (image, flip) in RAM after their first computation (F is frozen): see feature_cache.py.
+    feature_cache: bool = True
+    # Stop (as finished) when G's held-out mean L1 has not improved by plateau_min_delta (relative to the best so far)
+    # for plateau_patience evaluations in a row; None: train to max_iters. Needs eval_ann_file and eval_every.
+    plateau_patience: int | None = None
+    plateau_min_delta: float = 0.01
+
+    def validate(self) -> None:
+        """The shared checks, then the plateau stop's settings."""
+        super().validate()
+        _validate_plateau(self)
 
     def build(self, num_classes: int) -> StageModules:
         """F from the trained detector, a fresh G and D; both train, both are saved as folders."""
@@ -97,20 +128,36 @@ class Stage1Config(TrainConfig):
 
     def step(self, trainer: Any, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         """One D step on Eq. (1), then one G step on Eq. (2) through the updated D (its output not detached)."""
-        with torch.no_grad(), trainer.autocast():
-            full = prepare_batch(images)
-            low = downsample_images(full, self.degradation)
-            target_feats = [feat.float() for feat in extract_levels(trainer.extractor, full, trainer.keys)]
-            low_feats = extract_levels(trainer.extractor, low, trainer.keys)
-        with trainer.autocast():
+        image_keys = [target.get("dataset_key") for target in targets]
+        with torch.no_grad(), trainer.autocast(), record_function("stage1/F"):
+            # F per image (cached when feature_cache is on: F is frozen, the keys name deterministic views).
+            target_feats, low_feats = batch_features(
+                trainer.extractor,
+                images,
+                image_keys,
+                trainer.keys,
+                degradation=self.degradation,
+                cache=trainer.feature_cache,
+            )
+        with trainer.autocast(), record_function("stage1/G"):
             sr = trainer.generator_levels(low_feats, [feat.shape[-2:] for feat in target_feats])
         sr = [feat.float() for feat in sr]
-        d_loss = _discriminator_update(trainer, target_feats, sr)
+        with record_function("stage1/D_step"):
+            d_loss = _discriminator_update(trainer, target_feats, sr)
         # G step: D's output is not detached, so the adversarial gradient reaches G; only G's optimizer steps.
-        trainer.optimizers["generator"].zero_grad(set_to_none=True)
-        g_loss = srf_loss(sr, target_feats, trainer.fake_logits(sr), adversarial_weight=self.adversarial_weight)
-        trainer.backward_and_step("loss_g", g_loss, "generator")
-        return {"loss_d": d_loss, "loss_g": g_loss.detach()}
+        with record_function("stage1/G_step"):
+            trainer.optimizers["generator"].zero_grad(set_to_none=True)
+            l1 = feature_l1_loss(sr, target_feats)
+            adversarial = generator_adversarial_loss(trainer.fake_logits(sr))
+            # Eq. (2) as srf_loss computes it (L1 + lambda * L_adv), with its two parts kept for the log.
+            g_loss = l1 + self.adversarial_weight * adversarial if self.adversarial_weight else l1
+            trainer.backward_and_step("loss_g", g_loss, "generator")
+        return {
+            "loss_d": d_loss,
+            "loss_g": g_loss.detach(),
+            "loss_g_l1": l1.detach(),
+            "loss_g_adv": adversarial.detach(),
+        }
 
 
 @dataclass(frozen=True)
@@ -130,10 +177,16 @@ class Stage2Config(TrainConfig):
     init_from_extractor: bool = False
     # False: arm C of the protocol, the same pre-training (half-size images, L1 to F, L_DET) without G and D.
     use_generator: bool = True
+    # The plateau stop of stage 1, on G's held-out L1 (see Stage1Config); None: train to max_iters.
+    plateau_patience: int | None = None
+    plateau_min_delta: float = 0.01
 
     def validate(self) -> None:
         """The shared checks, then: G and D come from ``init``; ``init_from_extractor`` needs F's weights."""
         super().validate()
+        _validate_plateau(self)
+        if self.plateau_patience is not None and not self.use_generator:
+            raise ValueError("plateau_patience stops on G's held-out L1, but use_generator is false: drop one.")
         if self.use_generator and not self.init:
             raise ValueError("stage2 needs --init <stage-1 output dir> (its generator/ and discriminator/).")
         if self.init_from_extractor and not self.extractor_weights:
@@ -174,18 +227,19 @@ class Stage2Config(TrainConfig):
         """M on I_lr: L_INT = Eq. (3) on its FPN levels (captured in the same forward) + the detection losses."""
         low_images = downsample_images(images, self.degradation)
         low_targets = scale_targets(targets, images, low_images)
-        with torch.no_grad(), trainer.autocast():
+        with torch.no_grad(), trainer.autocast(), record_function("stage2/F"):
             # I_tr padded to twice the detector's padded I_lr batch, so P_tr level i is exactly 2x M's level i.
             size = target_batch_size(low_images, trainer.modules["detector"].transform.size_divisible)
             batch = prepare_batch(images, size=size)
             target_feats = [feat.float() for feat in extract_levels(trainer.extractor, batch, trainer.keys)]
-        with trainer.autocast():
+        with trainer.autocast(), record_function("stage2/M"):
             detection = trainer.detector(low_images, low_targets)
         sr = [feat.float() for feat in trainer.hook.pop(trainer.keys)]
         out: dict[str, torch.Tensor] = {}
         if trainer.discriminator is not None:
             real = downsample_targets(target_feats, [feat.shape[-2:] for feat in sr])
-            out["loss_d"] = _discriminator_update(trainer, real, sr)
+            with record_function("stage2/D_step"):
+                out["loss_d"] = _discriminator_update(trainer, real, sr)
             trainer.optimizers["detector"].zero_grad(set_to_none=True)
             srf = srf_extractor_loss(
                 sr, target_feats, trainer.fake_logits(sr), adversarial_weight=self.adversarial_weight
@@ -195,7 +249,8 @@ class Stage2Config(TrainConfig):
             trainer.optimizers["detector"].zero_grad(set_to_none=True)
             srf = feature_l1_loss(sr, downsample_targets(target_feats, [feat.shape[-2:] for feat in sr]))
         total = integral_loss(srf, {name: value.float() for name, value in detection.items()})
-        trainer.backward_and_step("loss_int", total, "detector")
+        with record_function("stage2/M_step"):
+            trainer.backward_and_step("loss_int", total, "detector")
         out.update({"loss_int": total.detach(), "loss_srf": srf.detach()})
         out.update({name: value.detach() for name, value in detection.items()})
         return out
@@ -274,19 +329,30 @@ class BaselineConfig(TrainConfig):
     stage: str = "baseline"
     warmup_iters: int = 1000
     interpolation: str = "nearest"  # the FPN's own upsampling; "bilinear" is arm B of the protocol
+    # "dysample": each FPN upsampling site gets its own DySample (bilinear start), trained end to end (arm DySample).
+    upsampler: str = "interpolate"
 
     def validate(self) -> None:
-        """The shared checks, then ``interpolation`` is a fixed mode."""
+        """The shared checks, then ``interpolation`` is a fixed mode and ``upsampler`` a known one."""
         super().validate()
         if self.interpolation not in INTERPOLATION_MODES:
             raise ValueError(f"interpolation must be one of {list(INTERPOLATION_MODES)}, got {self.interpolation!r}.")
+        if self.upsampler not in ("interpolate", "dysample"):
+            raise ValueError(f"upsampler must be 'interpolate' or 'dysample', got {self.upsampler!r}.")
+        if self.upsampler == "dysample" and self.interpolation != "nearest":
+            raise ValueError("upsampler='dysample' replaces the FPN's interpolation: leave interpolation at 'nearest'.")
 
     def build(self, num_classes: int) -> StageModules:
-        """A fresh detector; its FPN's nearest upsampling swapped for ``interpolation`` when that is not nearest."""
+        """A fresh detector; its FPN's nearest upsampling swapped for ``interpolation`` or for DySample modules."""
         spec = self.detector_spec(num_classes)
         detector = spec.build(backbone_weights=self.backbone_weights, detector_weights=self.detector_weights)
         if self.interpolation != "nearest":
             set_fpn_interpolation(detector, self.interpolation)
+        if self.upsampler == "dysample":
+            from ..dysample import DySample
+            from ..patch import patch_fpn
+
+            patch_fpn(detector, upsampler=DySample, share=False, strict=True)  # one per site, as in its paper
         return StageModules({"detector": detector}, detector_spec=spec)
 
 
