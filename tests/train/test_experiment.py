@@ -211,10 +211,10 @@ def test_registry_takes_variants_from_the_model_and_schedule_keys_from_the_sched
     with pytest.raises(ValueError, match="Unknown generator variants"):
         _config(variants=["huge"])
     # Every arm's pre-training run and reference is itself in the registry.
-    from srf_upsample.train.experiment.arms import PRETRAINING
+    from srf_upsample.train.experiment.arms import BASELINE, PRETRAINING
 
     for arm in ARMS.values():
-        assert arm.init is None or arm.init in PRETRAINING, arm.name
+        assert arm.init is None or arm.init in PRETRAINING or arm.init == BASELINE, arm.name
         assert all(ref.split("-")[0] in ARMS for ref in arm.references), arm.name
 
 

@@ -59,9 +59,11 @@ class Arm:
         name: the arm's name; an arm with a generator is named ``<name>-<variant>`` per variant (``A2-lite``).
         question: what the arm answers (the table's reading).
         stage: the trainer stage of its target run (``baseline`` or ``stage3``).
-        init: the pre-training run it starts from (a :data:`PRETRAINING` name); ``None``: from the ImageNet backbone.
-        init_as: how it starts from ``init``: ``"init"`` (the whole run folder, ``--init``) or ``"generator"`` (only
-            its generator, ``--generator <run>/generator``).
+        init: the pre-training run it starts from (a :data:`PRETRAINING` name), or :data:`BASELINE` (the trained A1
+            of the same seed); ``None``: from the ImageNet backbone.
+        init_as: how it starts from ``init``: ``"init"`` (the whole run folder, ``--init``), ``"generator"`` (only
+            its generator, ``--generator <run>/generator``) or ``"detector_weights"`` (the run's final detector
+            weights, ``--detector-weights <run>/checkpoint.safetensors``).
         values: stage-only trainer settings, e.g. ``{"reuse": "extractor"}`` or ``{"interpolation": "bilinear"}``.
         has_variant: one arm per generator variant.
         new_generator: its stage trains a generator built afresh from the variant's stage-1 generator settings.
@@ -158,6 +160,25 @@ ARMS = {
             rank=6,
             references=("A1", "B", "A2-{variant}"),
             contrast=MappingProxyType({"A2-{variant}": "end to end against G's GAN pre-training; below 0: it helps"}),
+        ),
+        Arm(
+            "DySample",
+            "does any learned upsampler help here? (the light peer DySample, bilinear start, trained end to end)",
+            "baseline",
+            values=MappingProxyType({"upsampler": "dysample"}),
+            tier=1,
+            rank=7,
+        ),
+        Arm(
+            "A1+",
+            "is C's gain just more training? (the trained A1 trained again on the target schedule)",
+            "baseline",
+            init=BASELINE,
+            init_as="detector_weights",
+            tier=1,
+            rank=8,
+            references=("A1", "B", "C"),
+            contrast=MappingProxyType({"C": "C's stage-2 pre-training against as much plain extra training"}),
         ),
     )
 }

@@ -11,10 +11,19 @@ from typing import Any
 
 from .arms import ARMS, GENERATOR_VARIANTS
 
-__all__ = ["DEFAULT_ARMS", "SCHEDULE_KEYS", "DetectorSchedule", "ExperimentConfig", "load_experiment"]
+__all__ = [
+    "DEFAULT_ARMS",
+    "SCHEDULE_KEYS",
+    "SHARED_STAGE1_SEED",
+    "DetectorSchedule",
+    "ExperimentConfig",
+    "load_experiment",
+]
 
 # The arms an experiment runs unless it names others (every arm of the registry but the later additions).
 DEFAULT_ARMS = ("A1", "B", "A5", "C", "A2", "A5g")
+# With shared_stage1, the seed whose A1 the one stage-1 run of each variant learns against.
+SHARED_STAGE1_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,13 @@ class ExperimentConfig:
             e.g. ``{"paper": {"generator_hidden_channels": 64}}``; stages 2 and 3 load G as stage 1 saved it.
         run: settings of every run that do not change what is learned (``device``, ``num_workers``, ``amp``,
             ``checkpoint_every``, ``quiet``).
+        shared_stage1: one stage-1 run per variant (``shared/stage1-<variant>``), trained against the A1 of seed
+            :data:`SHARED_STAGE1_SEED`, serves every seed's A2, A5 and A5g (the paper's reuse of one G); ``False``:
+            one stage-1 run per seed. ``stage1`` is passed to the trainer as it is (a long schedule with a plateau
+            stop goes there).
+        budget_order: the order runs start in, as table arm names (``["A1", "B", "A2-lite", ...]``): per seed,
+            every named arm in this order (pre-training just before its first user), other arms after them, the
+            paper variant's last as before. Empty: the registry's tiers and ranks.
     """
 
     train_data_root: str
@@ -77,6 +93,8 @@ class ExperimentConfig:
     variant_seeds: dict[str, list[int]] = field(default_factory=dict)
     variant_generator: dict[str, dict[str, Any]] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
+    shared_stage1: bool = False
+    budget_order: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON values."""
@@ -111,6 +129,10 @@ def load_experiment(source: str | os.PathLike | dict[str, Any]) -> ExperimentCon
                 f"variant_generator[{variant!r}]: {bad_keys} are not generator settings; use stage-1 trainer keys "
                 "that start with 'generator_' (e.g. generator_hidden_channels)."
             )
+    from .arms import find_arm
+
+    for name in config.budget_order:
+        find_arm(name)  # a clear error for an unknown table arm
     clash = sorted(set(SCHEDULE_KEYS) & (set(config.detector) | set(config.run)))
     if clash:
         raise ValueError(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .arms import ARMS, BASELINE, PRETRAINING, Arm, Pretraining
-from .config import ExperimentConfig
+from .config import SHARED_STAGE1_SEED, ExperimentConfig
 
 __all__ = ["Job", "plan_jobs"]
 
@@ -29,6 +29,10 @@ class Job:
     priority: tuple[int, ...]
     arm: str | None = None  # set for target detectors (the rows of the table)
     seed: int = 0
+    # Lineage (recorded in the run's manifest by run_jobs): the run whose A1 its detector or F descends from (an A1
+    # run itself, or a run whose recorded A1 it inherits), and the run whose generator it takes.
+    a1_from: str | None = None
+    generator_from: str | None = None
 
 
 def _generator_values(config: ExperimentConfig, variant: str) -> dict[str, Any]:
@@ -42,7 +46,9 @@ def plan_jobs(config: ExperimentConfig, seeds: Sequence[int], work_dir: str | os
 
     Each arm of ``config.arms`` (and A1, which every pre-training run learns against) gets one target run per seed
     (per variant and seed for arms with a generator), after the pre-training runs it starts from. Jobs are ordered
-    by budget tier, then seed, then rank (the registry's budget order), pre-training first.
+    by budget tier, then seed, then rank (the registry's budget order, or ``config.budget_order``), pre-training
+    first. With ``config.shared_stage1`` each variant's stage 1 is one run, ``shared/stage1-<variant>``, trained
+    against seed :data:`SHARED_STAGE1_SEED`'s A1 (planned too if that seed is not in ``seeds``).
     """
     work = Path(work_dir)
     base = {
@@ -57,53 +63,85 @@ def plan_jobs(config: ExperimentConfig, seeds: Sequence[int], work_dir: str | os
     arms = [ARMS[name] for name in ARMS if name == BASELINE or name in config.arms]
     jobs: dict[str, Job] = {}
 
-    def folder(seed: int, name: str) -> Path:
-        return work / f"seed{seed}" / name
+    order = list(config.budget_order)
 
-    def add(name: str, seed: int, stage: str, values: dict[str, Any], init: str | None, priority: tuple) -> None:
-        key = f"seed{seed}/{name}"
-        if key in jobs:  # a pre-training run shared by several arms
-            return
-        output_dir = folder(seed, name)
-        needs = [f"seed{seed}/{init}"] if init else []
+    def shared(name: str) -> bool:
+        return config.shared_stage1 and PRETRAINING[name].stage == "stage1"
+
+    def key_of(seed: int, name: str) -> str:
+        """The job name of run ``name`` (a formatted pre-training or table arm name) for ``seed``."""
+        head = name.rsplit("-", 1)[0] + "-{variant}" if "-" in name else name
+        return f"shared/{name}" if head in PRETRAINING and shared(head) else f"seed{seed}/{name}"
+
+    def folder(seed: int, name: str) -> Path:
+        return work / key_of(seed, name)
+
+    def add(name: str, seed: int, stage: str, values: dict[str, Any], init: str | None, priority: tuple) -> Job:
+        key = key_of(seed, name)
+        if key in jobs:  # a pre-training run shared by several arms: it starts before the first of them
+            jobs[key].priority = min(jobs[key].priority, priority)
+            return jobs[key]
+        output_dir = work / key
+        needs = [key_of(seed, init)] if init else []
         values = {**values, "seed": seed, "output_dir": str(output_dir)}
         jobs[key] = Job(key, stage, output_dir, values, needs, priority, seed=seed)
+        return jobs[key]
 
-    def add_pretraining(run: Pretraining, variant: str | None, seed: int, tier: int) -> None:
+    def add_a1(seed: int) -> None:
+        add_arm(ARMS[BASELINE], None, seed, 0)
+        if seed not in seeds:
+            jobs[key_of(seed, BASELINE)].arm = None  # planned only as the shared stage 1's F: not a table row
+
+    def add_pretraining(run: Pretraining, variant: str | None, seed: int, tier: int, rank: int | None) -> None:
         init = run.init.format(variant=variant) if run.init else None
         if run.init:
-            add_pretraining(PRETRAINING[run.init], variant, seed, tier)
-        pre = {**base, "extractor_weights": str(folder(seed, BASELINE) / "checkpoint.safetensors")}
+            add_pretraining(PRETRAINING[run.init], variant, seed, tier, rank)
+        f_seed = SHARED_STAGE1_SEED if shared(run.name) else seed
+        if f_seed != seed and key_of(f_seed, BASELINE) not in jobs:
+            add_a1(f_seed)
+        pre = {**base, "extractor_weights": str(folder(f_seed, BASELINE) / "checkpoint.safetensors")}
         values = {**pre, "eval_ann_file": None, **getattr(config, run.settings)}
         if init:
             values["init"] = str(folder(seed, init))
         values.update(run.values)
         if run.new_generator:
             values.update(_generator_values(config, variant))
-        add(
+        job = add(
             run.name.format(variant=variant),
-            seed,
+            f_seed,
             run.stage,
             values,
-            init or BASELINE,
-            (tier, seed, run.rank, _depth(run.name)),
+            None,
+            (tier, f_seed, run.rank if rank is None else rank, _depth(run.name)),
         )
+        job.needs = sorted({*job.needs, key_of(f_seed, BASELINE), *([key_of(seed, init)] if init else [])})
+        job.a1_from = key_of(f_seed, BASELINE)
+        if init:
+            job.generator_from = key_of(seed, init)
 
     def add_arm(arm: Arm, variant: str | None, seed: int, variant_tier: int) -> None:
-        tier = max(variant_tier, arm.tier)
+        name = f"{arm.name}-{variant}" if variant else arm.name
+        tier, rank = max(variant_tier, arm.tier), arm.rank
+        if order:  # the experiment's own budget order: named arms first, in that order; tiers only for variants
+            tier, rank = variant_tier, order.index(name) if name in order else len(order) + arm.rank
         values = dict(target)
         init = arm.init.format(variant=variant) if arm.init else None
-        if arm.init:
-            add_pretraining(PRETRAINING[arm.init], variant, seed, variant_tier)
+        if arm.init and arm.init != BASELINE:
+            add_pretraining(PRETRAINING[arm.init], variant, seed, variant_tier, rank if order else None)
+        if init:
             source = folder(seed, init)
-            values[arm.init_as] = str(source / "generator" if arm.init_as == "generator" else source)
+            sources = {"generator": source / "generator", "detector_weights": source / "checkpoint.safetensors"}
+            values[arm.init_as] = str(sources.get(arm.init_as, source))
         if arm.new_generator:
             values.update(_generator_values(config, variant), **{NEW_GENERATOR_KEY: True})
         values.update(arm.values)  # last: an arm's own settings hold whatever the variant's generator says
-        name = f"{arm.name}-{variant}" if variant else arm.name
-        depth = 1 + _depth(arm.init) if arm.init else 0  # after the pre-training it starts from
-        add(name, seed, arm.stage, values, init, (tier, seed, arm.rank, depth))
-        jobs[f"seed{seed}/{name}"].arm = name
+        depth = 1 + _depth(arm.init) if arm.init in PRETRAINING else int(bool(arm.init))  # after what it starts from
+        job = add(name, seed, arm.stage, values, init, (tier, seed, rank, depth))
+        job.arm = name
+        if init and arm.init_as == "generator":
+            job.generator_from = key_of(seed, init)
+        elif init:
+            job.a1_from = key_of(seed, init)
 
     for seed in seeds:
         for arm in arms:

@@ -46,13 +46,13 @@ def _compute_line(compute: dict[int, dict[str, dict[str, float | None]]]) -> str
 def _contrast_lines(table: dict[str, Any]) -> list[str]:
     """One sentence per contrast of the registry (an arm against a reference beyond A1 and B, e.g. A5 - C)."""
     lines = []
-    contrasts = [(reference, text) for arm in ARMS.values() for reference, text in arm.contrast.items()]
-    for template, text in contrasts:
+    contrasts = [(arm, reference, text) for arm in ARMS.values() for reference, text in arm.contrast.items()]
+    for owner, template, text in contrasts:
         cells = []
         for arm in sorted(table, key=arm_order):
             row, variant = find_arm(arm)
             paired = table[arm].get(f"AP_minus_{template.format(variant=variant)}")
-            if template in row.contrast and paired:
+            if row is owner and paired:
                 cells.append("{} {} (per seed {})".format(arm, *_paired_cells(paired)))
         if cells:
             label = template.replace("{variant}", "<variant>")
@@ -79,6 +79,18 @@ def markdown_table(summary: dict[str, Any]) -> str:
             cells.extend(_paired_cells(paired) if paired else ("", ""))
         lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     lines += _contrast_lines(summary["table"])
+    if summary.get("shared_stage1"):
+        lines += [
+            "",
+            "Generators: one stage-1 run per variant for this fold ("
+            + ", ".join(f"`{name}`" for name in summary["shared_stage1"])
+            + "), trained against seed 0's A1, serves every seed's A2, A5 and A5g (the paper's own reuse of one G); "
+            "each seed's stage 2 and target runs descend from that seed's A1.",
+        ]
+    excluded = summary.get("lineage_excluded") or {}
+    if excluded:
+        listed = "; ".join(f"{name}: {why}" for name, why in sorted(excluded.items()))
+        lines += ["", f"Left out (another lineage than the table's A1, never paired): {listed}."]
     compute_line = _compute_line(summary.get("compute_minutes") or {})
     if compute_line:
         lines += ["", compute_line]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import subprocess
 import sys
@@ -9,10 +10,57 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..checkpoint import is_finished, write_json
+from ..run_folder import CHECKPOINT_NAME, MANIFEST_NAME, is_finished, read_json, update_manifest, write_json
+from .arms import BASELINE
 from .plan import Job
 
-__all__ = ["run_jobs"]
+__all__ = ["LINEAGE_KEY", "lineage_of", "record_a1_lineage", "run_jobs"]
+
+# The manifest key of a run's lineage: ``{"a1": <A1 job>, "a1_sha256": <its final weights>}`` for the A1 its detector
+# or F descends from, and ``generator_a1`` / ``generator_a1_sha256`` for the A1 its generator learned against.
+LINEAGE_KEY = "lineage"
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _lineage(job: Job) -> dict[str, Any]:
+    path = job.output_dir / MANIFEST_NAME
+    return dict(read_json(path).get(LINEAGE_KEY) or {}) if path.is_file() else {}
+
+
+def is_a1(job: Job) -> bool:
+    """Whether ``job`` is an A1 run (the root of its seed's lineage)."""
+    return job.name.rsplit("/", 1)[-1] == BASELINE
+
+
+def record_a1_lineage(job: Job) -> None:
+    """Record, once, a finished A1 run's own lineage: the SHA-256 of its final ``checkpoint.safetensors``.
+
+    The trainer keeps that file (it prunes only older step folders), so descendants can be checked against it.
+    """
+    if is_a1(job) and is_finished(job.output_dir) and not _lineage(job):
+        sha = _sha256(job.output_dir / CHECKPOINT_NAME)
+        update_manifest(job.output_dir, {LINEAGE_KEY: {"a1": job.name, "a1_sha256": sha}})
+
+
+def lineage_of(job: Job, by_name: dict[str, Job]) -> dict[str, Any]:
+    """The lineage ``job`` starts with, from the recorded lineage of the runs it starts from (empty if unknown)."""
+    record: dict[str, Any] = {}
+    if job.a1_from in by_name:
+        source = _lineage(by_name[job.a1_from])
+        record.update({key: value for key, value in source.items() if key.startswith(("a1", "generator_a1"))})
+    if job.generator_from in by_name:
+        source = _lineage(by_name[job.generator_from])
+        if "a1" in source:
+            record.update(generator_a1=source["a1"], generator_a1_sha256=source["a1_sha256"])
+    return record
+
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +78,16 @@ def run_jobs(jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float 
 
     Finished runs are skipped and stopped runs resume from their checkpoint, so calling it again continues the
     experiment. Each run's output goes to ``<output_dir>/train.log``. Returns each job's state: ``done``,
-    ``failed`` or ``skipped`` (a run it needs failed).
+    ``failed`` or ``skipped`` (a run it needs failed). Each finished run's manifest records its lineage
+    (:data:`LINEAGE_KEY`): an A1 run the SHA-256 of its final weights, every other run the A1 (and the generator's
+    A1) it started from, as recorded when it was launched.
     """
     state = {job.name: "done" if is_finished(job.output_dir) else "pending" for job in jobs}
     running: dict[str, tuple[subprocess.Popen, Any]] = {}
     by_name = {job.name: job for job in jobs}
+    lineages: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        record_a1_lineage(job)
     while any(value in ("pending", "running") for value in state.values()):
         for name, (process, log) in list(running.items()):
             if process.poll() is not None:
@@ -42,6 +95,10 @@ def run_jobs(jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float 
                 del running[name]
                 ok = process.returncode == 0 and is_finished(by_name[name].output_dir)
                 state[name] = "done" if ok else "failed"
+                if ok:
+                    record_a1_lineage(by_name[name])
+                    if lineages.get(name):
+                        update_manifest(by_name[name].output_dir, {LINEAGE_KEY: lineages[name]})
                 logger.info("%s %s", name, state[name])
                 if not ok:
                     logger.error(
@@ -55,6 +112,7 @@ def run_jobs(jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float 
                 continue
             if len(running) >= max_parallel or any(state.get(need) != "done" for need in job.needs):
                 continue
+            lineages[job.name] = lineage_of(job, by_name)
             command = _command(job)
             log = open(job.output_dir / "train.log", "a", encoding="utf-8")
             logger.info("start %s: %s", job.name, " ".join(command))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ from ..checkpoint import DIVERGED_NAME, EVAL_LOG_NAME, LOG_NAME, MANIFEST_NAME, 
 from .config import ExperimentConfig
 from .detections import DETECTIONS_NAME, match_run, read_detections, read_ground_truth, resampled_ap
 from .plan import Job
+from .run import LINEAGE_KEY, is_a1
 from .stats import mean_sd, paired_differences, tile_resamples
 
-__all__ = ["DETECTOR_KEYS", "METRICS", "resampled_ap_of_runs", "summarize"]
+__all__ = ["DETECTOR_KEYS", "METRICS", "lineage_conflict", "resampled_ap_of_runs", "summarize"]
+
+logger = logging.getLogger(__name__)
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm")
 # What makes two target detectors the same detector apart from their upsampling: every arm must agree on these.
@@ -72,13 +76,31 @@ def _check_same_detector(saved: dict[str, dict[str, Any]], config: ExperimentCon
             )
 
 
+def lineage_conflict(lineage: dict[str, Any], a1_sha256: dict[str, str]) -> str:
+    """Why a run's recorded lineage is not the table's; ``""`` when it is, or is unknown.
+
+    It is not when its A1 (or its generator's A1) is not the weights of the A1 run of that name (``a1_sha256``: A1
+    job -> SHA-256 of its final weights).
+    """
+    for key, what in (("a1", "detector"), ("generator_a1", "generator")):
+        name, sha = lineage.get(key), lineage.get(f"{key}_sha256")
+        if name in a1_sha256 and sha != a1_sha256[name]:
+            return (
+                f"its {what} descends from {name} weights with SHA-256 {str(sha)[:12]}..., not from the table's "
+                f"{name} ({a1_sha256[name][:12]}...)"
+            )
+    return ""
+
+
 def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
     """The results table: per arm, mean +- sd over seeds of each metric, paired differences and validation curves.
 
     Metrics are in AP points (x100); the paired differences are to A1 and to B, per seed. Checks that every target
     run trained on the one schedule and the same detector (image sizes, anchors, FPN width; a ValueError
     otherwise); arms planned but not finished are listed, and every finished run's logged minutes (training steps,
-    validation) are kept per seed (``compute_minutes``).
+    validation) are kept per seed (``compute_minutes``). A run whose manifest records another A1 than the A1 run of
+    the table (its lineage, see ``run.LINEAGE_KEY``) is left out of the table with a warning and listed in
+    ``lineage_excluded``: a pair is never taken across lineages.
     """
     schedule = config.schedule.values()
     per_seed: dict[str, dict[int, dict[str, float]]] = {}
@@ -87,6 +109,13 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
     diverged: dict[str, dict[str, Any]] = {}
     compute: dict[int, dict[str, dict[str, float | None]]] = {}
     saved_configs: dict[str, dict[str, Any]] = {}
+    excluded: dict[str, str] = {}
+    a1_sha256 = {}
+    for job in jobs:
+        if is_a1(job) and is_finished(job.output_dir):
+            lineage = json.loads((job.output_dir / MANIFEST_NAME).read_text(encoding="utf-8")).get(LINEAGE_KEY) or {}
+            if "a1_sha256" in lineage:
+                a1_sha256[job.name] = lineage["a1_sha256"]
     for job in jobs:
         finished = is_finished(job.output_dir)
         if finished and (job.output_dir / LOG_NAME).is_file():
@@ -99,7 +128,13 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         if not finished:
             missing.setdefault(job.arm, []).append(job.seed)
             continue
-        saved = json.loads((job.output_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["config"]
+        manifest = json.loads((job.output_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        saved = manifest["config"]
+        conflict = lineage_conflict(manifest.get(LINEAGE_KEY) or {}, a1_sha256)
+        if conflict:
+            logger.warning("%s is left out of the table: %s", job.name, conflict)
+            excluded[job.name] = conflict
+            continue
         differs = {key: (saved.get(key), value) for key, value in schedule.items() if saved.get(key) != value}
         if differs:
             raise ValueError(f"{job.name} was trained on another schedule than the experiment's: {differs}.")
@@ -121,7 +156,7 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         for reference, paired in differences.get(arm, {}).items():
             row[f"AP_minus_{reference}"] = {"per_seed": paired, "mean_sd": mean_sd(list(paired.values()))}
         table[arm] = row
-    return {
+    summary = {
         "schedule": schedule,
         "per_seed": per_seed,
         "table": table,
@@ -130,6 +165,11 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         "diverged": diverged,
         "compute_minutes": compute,
     }
+    if excluded:
+        summary["lineage_excluded"] = excluded
+    if config.shared_stage1:
+        summary["shared_stage1"] = sorted(job.name for job in jobs if job.name.startswith("shared/"))
+    return summary
 
 
 def resampled_ap_of_runs(
