@@ -14,6 +14,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from .pyramid import PAD_MULTIPLE, downsample_images, extract_levels, prepare_batch
 
@@ -46,8 +47,10 @@ def frozen_features(
     """
     full = prepare_batch([image], size=size)
     low = downsample_images(full, degradation)
-    target = [feat.float() for feat in extract_levels(extractor, full, keys)]
-    return target, extract_levels(extractor, low, keys)
+    with record_function("F(I_tr)"):
+        target = [feat.float() for feat in extract_levels(extractor, full, keys)]
+    with record_function("F(I_lr)"):
+        return target, extract_levels(extractor, low, keys)
 
 
 class FeatureCache:

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
 from .checkpoint import TrainingState, choose_checkpoint, clear_checkpoints, load_checkpoint, save_checkpoint
 from .config import StageModules, TrainConfig
@@ -273,8 +274,11 @@ class _Trainer:
     def backward_and_step(self, name: str, loss: torch.Tensor, optimizer: str) -> None:
         """Check ``loss`` (named ``name`` in errors), backpropagate it (scaled under fp16 AMP), step ``optimizer``."""
         self._check_finite(name, loss)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizers[optimizer])
+        # Labels for torch.profiler (benchmarks/bench_stage_steps.py); free when no profiler runs.
+        with record_function(f"backward ({optimizer})"):
+            self.scaler.scale(loss).backward()
+        with record_function(f"optimizer step ({optimizer})"):
+            self.scaler.step(self.optimizers[optimizer])
 
     def fake_logits(self, sr: list[torch.Tensor]) -> list[torch.Tensor]:
         """D's logits on ``sr`` for G's (or M's) adversarial loss, gradients reaching ``sr``."""

@@ -65,10 +65,10 @@ def _new_generator(config: TrainConfig) -> SRFUpsample:
 def _discriminator_update(trainer: Any, real: list[torch.Tensor], sr: list[torch.Tensor]) -> torch.Tensor:
     """D's step on Eq. (1): real features against ``sr`` detached; returns the detached loss."""
     trainer.optimizers["discriminator"].zero_grad(set_to_none=True)
-    with trainer.autocast():
+    with trainer.autocast(), record_function("D forward + Eq. (1)"):
         logits = trainer.discriminator_levels(list(real) + [feat.detach() for feat in sr])
-    logits = [logit.float() for logit in logits]
-    loss = discriminator_loss(logits[: len(real)], logits[len(real) :])
+        logits = [logit.float() for logit in logits]
+        loss = discriminator_loss(logits[: len(real)], logits[len(real) :])
     trainer.backward_and_step("loss_d", loss, "discriminator")
     return loss.detach()
 
@@ -129,7 +129,7 @@ class Stage1Config(TrainConfig):
     def step(self, trainer: Any, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         """One D step on Eq. (1), then one G step on Eq. (2) through the updated D (its output not detached)."""
         image_keys = [target.get("dataset_key") for target in targets]
-        with torch.no_grad(), trainer.autocast(), record_function("stage1/F"):
+        with torch.no_grad(), trainer.autocast(), record_function("F levels (cache lookup or compute)"):
             # F per image (cached when feature_cache is on: F is frozen, the keys name deterministic views).
             target_feats, low_feats = batch_features(
                 trainer.extractor,
@@ -139,19 +139,18 @@ class Stage1Config(TrainConfig):
                 degradation=self.degradation,
                 cache=trainer.feature_cache,
             )
-        with trainer.autocast(), record_function("stage1/G"):
+        with trainer.autocast(), record_function("G forward"):
             sr = trainer.generator_levels(low_feats, [feat.shape[-2:] for feat in target_feats])
         sr = [feat.float() for feat in sr]
-        with record_function("stage1/D_step"):
-            d_loss = _discriminator_update(trainer, target_feats, sr)
+        d_loss = _discriminator_update(trainer, target_feats, sr)
         # G step: D's output is not detached, so the adversarial gradient reaches G; only G's optimizer steps.
-        with record_function("stage1/G_step"):
-            trainer.optimizers["generator"].zero_grad(set_to_none=True)
+        trainer.optimizers["generator"].zero_grad(set_to_none=True)
+        with record_function("D forward + Eq. (2)"):
             l1 = feature_l1_loss(sr, target_feats)
             adversarial = generator_adversarial_loss(trainer.fake_logits(sr))
             # Eq. (2) as srf_loss computes it (L1 + lambda * L_adv), with its two parts kept for the log.
             g_loss = l1 + self.adversarial_weight * adversarial if self.adversarial_weight else l1
-            trainer.backward_and_step("loss_g", g_loss, "generator")
+        trainer.backward_and_step("loss_g", g_loss, "generator")
         return {
             "loss_d": d_loss,
             "loss_g": g_loss.detach(),
@@ -227,30 +226,29 @@ class Stage2Config(TrainConfig):
         """M on I_lr: L_INT = Eq. (3) on its FPN levels (captured in the same forward) + the detection losses."""
         low_images = downsample_images(images, self.degradation)
         low_targets = scale_targets(targets, images, low_images)
-        with torch.no_grad(), trainer.autocast(), record_function("stage2/F"):
+        with torch.no_grad(), trainer.autocast(), record_function("F(I_tr)"):
             # I_tr padded to twice the detector's padded I_lr batch, so P_tr level i is exactly 2x M's level i.
             size = target_batch_size(low_images, trainer.modules["detector"].transform.size_divisible)
             batch = prepare_batch(images, size=size)
             target_feats = [feat.float() for feat in extract_levels(trainer.extractor, batch, trainer.keys)]
-        with trainer.autocast(), record_function("stage2/M"):
+        with trainer.autocast(), record_function("M forward (detector on I_lr, G inside)"):
             detection = trainer.detector(low_images, low_targets)
         sr = [feat.float() for feat in trainer.hook.pop(trainer.keys)]
         out: dict[str, torch.Tensor] = {}
         if trainer.discriminator is not None:
             real = downsample_targets(target_feats, [feat.shape[-2:] for feat in sr])
-            with record_function("stage2/D_step"):
-                out["loss_d"] = _discriminator_update(trainer, real, sr)
+            out["loss_d"] = _discriminator_update(trainer, real, sr)
             trainer.optimizers["detector"].zero_grad(set_to_none=True)
-            srf = srf_extractor_loss(
-                sr, target_feats, trainer.fake_logits(sr), adversarial_weight=self.adversarial_weight
-            )
+            with record_function("D forward + Eq. (3)"):
+                srf = srf_extractor_loss(
+                    sr, target_feats, trainer.fake_logits(sr), adversarial_weight=self.adversarial_weight
+                )
         else:
             # Arm C of the protocol: the same pre-training without G and D, i.e. the L1 term of Eq. (3) alone.
             trainer.optimizers["detector"].zero_grad(set_to_none=True)
             srf = feature_l1_loss(sr, downsample_targets(target_feats, [feat.shape[-2:] for feat in sr]))
         total = integral_loss(srf, {name: value.float() for name, value in detection.items()})
-        with record_function("stage2/M_step"):
-            trainer.backward_and_step("loss_int", total, "detector")
+        trainer.backward_and_step("loss_int", total, "detector")
         out.update({"loss_int": total.detach(), "loss_srf": srf.detach()})
         out.update({name: value.detach() for name, value in detection.items()})
         return out
