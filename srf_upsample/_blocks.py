@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["NORMS", "Chain", "ResidualBlock", "SeparableResidualBlock"]
+__all__ = ["NORMS", "Chain", "GuideModulation", "ResidualBlock", "SeparableResidualBlock"]
 
 
 def _no_norm(channels: int) -> nn.Module:
@@ -103,3 +103,35 @@ class SeparableResidualBlock(nn.Module):
     def fuse(self) -> None:
         self.pointwise1, self.bn1 = _fold_norm(self.pointwise1, self.bn1)
         self.pointwise2, self.bn2 = _fold_norm(self.pointwise2, self.bn2)
+
+
+class GuideModulation(nn.Module):
+    """The guided generator's guide branch: a per-pixel scale and shift of G's hidden map, read from the guide.
+
+    ``g = LeakyReLU(depthwise3x3(conv1x1(guide)))`` projects the guide (``guide_channels`` channels, any count) to the
+    hidden width and gives each pixel a 3x3 neighbourhood; a 1x1 conv then predicts ``(gamma, beta)`` and the hidden
+    map becomes ``hidden * (1 + gamma) + beta`` (feature-wise linear modulation, conditioned per pixel). ``modulation``
+    starts at zero (``GuideModulation.reset_zero``), so a fresh branch leaves ``hidden`` unchanged.
+
+    Shape:
+        - hidden: :math:`(N, C_h, H, W)`; guide: :math:`(N, C_g, H, W)`; output: :math:`(N, C_h, H, W)`
+    """
+
+    def __init__(self, guide_channels: int, hidden_channels: int, negative_slope: float) -> None:
+        super().__init__()
+        self.project = nn.Conv2d(guide_channels, hidden_channels, 1)
+        self.depthwise = nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1, groups=hidden_channels, bias=False)
+        self.act = nn.LeakyReLU(negative_slope)
+        self.modulation = nn.Conv2d(hidden_channels, 2 * hidden_channels, 1)
+
+    def reset_zero(self) -> None:
+        """Zero the conv that predicts ``(gamma, beta)``: the branch is then the identity on ``hidden``."""
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, hidden: torch.Tensor, guide: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        g = _leaky_relu(self.act, self.depthwise(self.project(guide)), inplace)
+        gamma, beta = self.modulation(g).to(hidden.dtype).chunk(2, dim=1)
+        if inplace:
+            return hidden.addcmul_(hidden, gamma).add_(beta)
+        return hidden + hidden * gamma + beta

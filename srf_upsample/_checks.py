@@ -18,6 +18,7 @@ __all__ = [
     "check_choice",
     "check_device",
     "check_feature_map",
+    "check_guide",
     "check_int",
     "check_levels",
     "check_number",
@@ -219,3 +220,48 @@ def resolve_output_size(
     if any(not math.isfinite(f) or f <= 0 for f in factors):
         raise ValueError(f"scale_factor must be positive and finite, got {scale_factor!r}.")
     return output_size(in_size, None, scale_factor)  # type: ignore[return-value]
+
+
+def check_guide(
+    guide: object,
+    x: torch.Tensor,
+    out_size: Sequence[int],
+    guide_channels: int | None,
+    variant: str,
+) -> torch.Tensor:
+    """Check the ``guide`` of a guided upsampling call: a (N, C_g, H_out, W_out) floating map that matches ``x``.
+
+    Args:
+        guide: what was passed as ``guide=``.
+        x: the map being upsampled, ``(N, C, H, W)``.
+        out_size: the ``(H_out, W_out)`` the call produces.
+        guide_channels: the C_g the module was built for (``None``: it takes no guide).
+        variant: the module's variant, named in the message when it takes no guide.
+    """
+    if guide_channels is None:
+        raise ValueError(
+            f"guide= is accepted only by SRFUpsample(..., variant='guided'); this module is variant={variant!r}. "
+            "Build a guided generator, or call it without guide."
+        )
+    if not isinstance(guide, torch.Tensor):
+        raise TypeError(f"guide must be a torch.Tensor of shape (N, C_g, H_out, W_out), got {type(guide).__name__}.")
+    if guide.dim() != 4:
+        raise ValueError(f"guide must be a 4D tensor (N, C_g, H_out, W_out), got shape {tuple(guide.shape)}.")
+    if not guide.is_floating_point():
+        raise TypeError(f"guide must be a floating point tensor, got dtype {guide.dtype}; call guide.float() first.")
+    if guide.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"guide has batch size {guide.shape[0]} but x has {x.shape[0]}; pass the guide of the same images."
+        )
+    if guide.shape[1] != guide_channels:
+        raise ValueError(
+            f"guide has {guide.shape[1]} channels but this module was built with guide_channels={guide_channels}; "
+            f"build it with guide_channels={guide.shape[1]} or pass a guide with {guide_channels} channels."
+        )
+    if tuple(guide.shape[-2:]) != tuple(out_size):
+        raise ValueError(
+            f"guide must have the output size {out_size[0]}x{out_size[1]}, got {guide.shape[-2]}x{guide.shape[-1]} "
+            f"(shape {tuple(guide.shape)}); pass the map the output is added to or concatenated with, or call with "
+            "size=guide.shape[-2:]."
+        )
+    return guide

@@ -10,17 +10,27 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ._blocks import NORMS, Chain, ResidualBlock, SeparableResidualBlock
-from ._checks import check_choice, check_feature_map, check_int, check_number, check_positive_int, resolve_output_size
+from ._blocks import NORMS, Chain, GuideModulation, ResidualBlock, SeparableResidualBlock
+from ._checks import (
+    check_choice,
+    check_feature_map,
+    check_guide,
+    check_int,
+    check_number,
+    check_positive_int,
+    resolve_output_size,
+)
 from ._interpolate import interpolate
 from .hub import SRFHubMixin
 
 __all__ = ["MAX_SCALE_FACTOR", "NORMS", "SRFUpsample", "VARIANTS"]
 
-# Per-variant defaults for the arguments left as None. "paper" is section 3.1 of the paper; "lite" is ours (README).
+# Per-variant defaults for the arguments left as None. "paper" is section 3.1 of the paper; "lite" is ours (README);
+# "guided" is ours too: the lite trunk plus a branch reading the map the output meets (docs/guided_generator.md).
 VARIANTS: dict[str, dict[str, int]] = {
     "paper": {"hidden_channels": 256, "num_blocks": 5},
     "lite": {"hidden_channels": 64, "num_blocks": 2},
+    "guided": {"hidden_channels": 64, "num_blocks": 2},
 }
 
 # The largest enlargement one call may ask for, per side: 16 = four chained x2 passes, twice FPN's largest step
@@ -67,6 +77,16 @@ class SRFUpsample(
     attribute ``use_fast_inference = False`` to time or debug the plain route, and ``uses_fast_pass(x, size)`` says
     which route a pass takes.
 
+    The ``"guided"`` variant (ours, beyond the paper: ``docs/guided_generator.md``) is the lite generator plus a guide
+    branch: called as ``up(x, size=..., guide=lateral)`` with the map the output will be added to or concatenated
+    with (``guide_channels`` channels, exactly the output size), it projects the guide to the hidden width (1x1 conv,
+    depthwise 3x3, LeakyReLU) and modulates the upsampled hidden map per pixel, ``hidden * (1 + gamma) + beta``,
+    before the tail. The 1x1 conv predicting ``gamma, beta`` starts at zero, so a fresh guided generator computes
+    exactly what the lite generator with the same trunk weights computes, and a trained lite state dict loads into
+    it (``load_state_dict(..., strict=False)`` misses only the ``guide.*`` keys) as a known starting point. Without
+    ``guide`` it runs the unguided pass: the lite generator's function (the finest level of a pyramid has no finer
+    map to guide it). With a guide and neither ``size`` nor ``scale_factor``, the output takes the guide's size.
+
     ``norm`` is the normalisation of the residual blocks. ``"none"`` (default, as in the authors' released code):
     one generator serves every pyramid level (P5->P4, P4->P3, P3->P2), and BatchNorm would normalise each level with
     its own statistics in training but with running statistics mixed over all levels in eval mode, so G would
@@ -85,7 +105,7 @@ class SRFUpsample(
         in_channels: channels C of the feature maps it upsamples (256 in FPN).
         hidden_channels: width of the body; ``None`` takes the variant's default (paper: 256, lite: 64).
         num_blocks: number of residual blocks; ``None`` takes the variant's default (paper: 5, lite: 2).
-        variant: ``"paper"`` or ``"lite"``.
+        variant: ``"paper"``, ``"lite"`` or ``"guided"``.
         negative_slope: slope of every LeakyReLU (paper: 0.2).
         zero_init_residual: start the learned residual at zero, so that a fresh module equals bilinear
             interpolation (not in the paper; off by default).
@@ -93,12 +113,15 @@ class SRFUpsample(
             ``deconv_kernel / 2 - 1``: exactly x2); 6 by default, 4 for generators saved before this argument
             existed. The lite variant has no deconvolution and ignores it.
         norm: normalisation in the residual blocks, ``"none"`` (default) or ``"batch"`` (the paper's text).
+        guide_channels: channels C_g of the guide of the ``"guided"`` variant; ``None`` means ``in_channels`` (an
+            FPN's lateral map). Other variants take no guide and need ``None``.
 
     Shape:
         - Input: :math:`(N, C, H, W)`
         - Output: :math:`(N, C, H_{out}, W_{out})` with ``H_out = size[0]`` or ``floor(H * scale_factor)``;
           the default is ``scale_factor=2``. The output must be at least as large as the input in both dimensions,
           larger in one, and at most ``MAX_SCALE_FACTOR`` (16) times as large in each; ``H, W >= 1``.
+        - guide (``"guided"`` only): :math:`(N, C_g, H_{out}, W_{out})`; it enters the last pass.
 
     Example:
         >>> up = SRFUpsample(8, hidden_channels=8, num_blocks=1)
@@ -109,6 +132,9 @@ class SRFUpsample(
         >>> old = SRFUpsample(8, hidden_channels=8, num_blocks=1, deconv_kernel=4, norm="batch")
         >>> old(torch.randn(2, 8, 5, 7)).shape
         torch.Size([2, 8, 10, 14])
+        >>> guided = SRFUpsample(8, hidden_channels=8, num_blocks=1, variant="guided")
+        >>> guided(torch.randn(2, 8, 17, 25), guide=torch.randn(2, 8, 33, 49)).shape
+        torch.Size([2, 8, 33, 49])
     """
 
     # Constructor arguments added after generators were first shipped, with the behaviour they had before. A
@@ -127,6 +153,7 @@ class SRFUpsample(
         zero_init_residual: bool = False,
         deconv_kernel: int = 6,
         norm: str = "none",
+        guide_channels: int | None = None,
     ) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
@@ -146,6 +173,15 @@ class SRFUpsample(
             "deconv_kernel / 2 - 1 then give exactly 2H x 2W",
         )
         check_choice("norm", norm, list(NORMS))
+        if variant == "guided":
+            guide_channels = in_channels if guide_channels is None else guide_channels
+            check_positive_int("guide_channels", guide_channels)
+        elif guide_channels is not None:
+            raise ValueError(
+                f"guide_channels applies only to variant='guided', got guide_channels={guide_channels!r} with "
+                f"variant={variant!r}; build SRFUpsample(..., variant='guided') or leave guide_channels=None."
+            )
+        self.guide_channels = guide_channels
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.num_blocks = num_blocks
@@ -187,6 +223,8 @@ class SRFUpsample(
                 nn.PixelShuffle(2),
             )
         self.tail = nn.Conv2d(hidden_channels, in_channels, 1)
+        if variant == "guided":
+            self.guide = GuideModulation(guide_channels, hidden_channels, negative_slope)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -209,6 +247,10 @@ class SRFUpsample(
         if self.zero_init_residual:
             nn.init.zeros_(self.tail.weight)
             nn.init.zeros_(self.tail.bias)
+        if self.variant == "guided":
+            # The guide branch starts as the identity, so a fresh guided G is the lite G of its trunk weights (or
+            # bilinear, with zero_init_residual) and training starts from that known point (docs/guided_generator.md).
+            self.guide.reset_zero()
 
     def extra_repr(self) -> str:
         """The constructor arguments, shown by ``repr``."""
@@ -216,8 +258,13 @@ class SRFUpsample(
             f"{self.in_channels}, hidden_channels={self.hidden_channels}, num_blocks={self.num_blocks}, "
             f"variant={self.variant!r}, negative_slope={self.negative_slope}, "
             f"zero_init_residual={self.zero_init_residual}, deconv_kernel={self.deconv_kernel}, norm={self.norm!r}, "
-            f"is_fused={self.is_fused}"
+            f"is_fused={self.is_fused}" + (f", guide_channels={self.guide_channels}" if self.accepts_guide else "")
         )
+
+    @property
+    def accepts_guide(self) -> bool:
+        """Whether ``forward`` takes ``guide=`` (the ``"guided"`` variant); ``patch_fpn`` wires guides only then."""
+        return self.variant == "guided"
 
     def _features(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """Head, body and upsampling block: ``(N, C, H, W)`` -> ``(N, hidden_channels, 2H, 2W)``, before the tail."""
@@ -235,10 +282,18 @@ class SRFUpsample(
         x: torch.Tensor,
         size: int | Sequence[int] | None = None,
         scale_factor: float | Sequence[float] | None = None,
+        guide: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Upsample ``x`` to ``size`` or by ``scale_factor`` (default 2), like ``F.interpolate``."""
+        """Upsample ``x`` to ``size`` or by ``scale_factor`` (default 2), like ``F.interpolate``.
+
+        ``guide`` (``"guided"`` variant only) is the map of the output's size that the output meets next (an FPN's
+        lateral map); without it the guided variant runs its unguided pass. With a guide and neither ``size`` nor
+        ``scale_factor``, the output takes the guide's size.
+        """
         check_feature_map(x, self.in_channels)
         height, width = x.shape[-2], x.shape[-1]
+        if guide is not None and size is None and scale_factor is None and isinstance(guide, torch.Tensor):
+            size = tuple(guide.shape[-2:])
         out_height, out_width = resolve_output_size((height, width), size, scale_factor)
         if out_height < height or out_width < width or (out_height == height and out_width == width):
             raise ValueError(
@@ -252,14 +307,17 @@ class SRFUpsample(
                 f"{MAX_SCALE_FACTOR * height}x{MAX_SCALE_FACTOR * width}, and resize further with F.interpolate if a "
                 "larger map is really meant."
             )
+        if guide is not None:
+            check_guide(guide, x, (out_height, out_width), self.guide_channels, self.variant)
         num_passes = max(1, math.ceil(math.log2(max(out_height / height, out_width / width))))
         for index in range(num_passes):
             is_last = index == num_passes - 1
             target = (out_height, out_width) if is_last else (2 * x.shape[-2], 2 * x.shape[-1])
-            x = self.single_pass(x, target)
+            # The guide has the final size, so it enters the last pass; earlier passes of a chain run unguided.
+            x = self.single_pass(x, target, guide=guide if is_last else None)
         return x
 
-    def single_pass(self, x: torch.Tensor, size: Sequence[Any]) -> torch.Tensor:
+    def single_pass(self, x: torch.Tensor, size: Sequence[Any], guide: torch.Tensor | None = None) -> torch.Tensor:
         """One generator pass to ``size``, without the checks of ``forward``; shapes may be symbolic.
 
         The one implementation of a pass, used by ``forward`` for each pass and by the ONNX export
@@ -271,9 +329,11 @@ class SRFUpsample(
             x: the feature map to upsample.
             size: the target ``(H_out, W_out)``, with ``H <= H_out <= 2H`` and ``W <= W_out <= 2W`` (unchecked:
                 ``forward`` guarantees it; other targets give a resized single pass).
+            guide: the guided variant's guide at ``size`` (unchecked); ``None`` runs the unguided pass.
 
         Shape:
             - x: :math:`(N, C, H, W)`
+            - guide: :math:`(N, C_g, H_{out}, W_{out})`
             - Output: :math:`(N, C, H_{out}, W_{out})` with ``H_out = size[0]``, ``W_out = size[1]``
 
         Example:
@@ -281,6 +341,8 @@ class SRFUpsample(
             >>> up.single_pass(torch.randn(2, 8, 17, 25), (33, 49)).shape
             torch.Size([2, 8, 33, 49])
         """
+        if guide is not None:
+            return self._guided_pass(x, size, guide)
         if self.uses_fast_pass(x, size):
             return self._fast_lite_pass(x)
         residual = self.residual(x)
@@ -296,24 +358,51 @@ class SRFUpsample(
         return shortcut + residual.to(shortcut.dtype)
 
     def uses_fast_pass(self, x: torch.Tensor, size: Sequence[Any]) -> bool:
-        """Whether ``single_pass(x, size)`` takes the lite variant's in-place inference route.
+        """Whether ``single_pass(x, size)`` (without a guide) takes the lite variant's in-place inference route.
 
-        It does for the lite variant, in eval mode, without autograd or autocast, for an exact x2 of a contiguous
-        input with no BatchNorm left to apply, unless ``use_fast_inference`` is False. Both routes run the same
-        layers and compute the same function up to float rounding.
+        It does for the lite variant (and the guided one without a guide), in eval mode, without autograd or
+        autocast, for an exact x2 of a contiguous input with no BatchNorm left to apply, unless
+        ``use_fast_inference`` is False. Both routes run the same layers and compute the same function up to float
+        rounding. A guided pass with a guide runs in place under the same conditions, at any single-pass size.
         """
+        return self._may_run_inplace(x, size) and tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1])
+
+    def _may_run_inplace(self, x: torch.Tensor, size: Sequence[Any]) -> bool:
         # The fast route writes in place (so no autograd), and autocast would change its dtypes.
         return (
             self.use_fast_inference
-            and self.variant == "lite"
+            and self.variant != "paper"
             and not self.training
             and not torch.is_grad_enabled()
             and (self.norm == "none" or self.is_fused)
             and all(type(s) is int for s in (*x.shape, *size))
-            and tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1])
             and x.is_contiguous()
             and not torch.is_autocast_enabled(x.device.type)
         )
+
+    def _guided_pass(self, x: torch.Tensor, size: Sequence[Any], guide: torch.Tensor) -> torch.Tensor:
+        """One pass of the guided variant: the lite trunk, its hidden map modulated by the guide, then the tail.
+
+        The hidden map (computed at ``(2H, 2W)``) is resized bilinearly to ``size`` before the modulation, because
+        the guide lives at ``size``. The unguided pass resizes after the 1x1 tail instead; both resizes and the tail
+        are linear per pixel with weights summing to 1, so they commute and a guide branch at zero gives the unguided
+        output (exactly at x2, up to float rounding otherwise). In inference the in-place route of
+        ``_fast_lite_pass`` applies: activations in place, the tail fused into the shortcut as one GEMM.
+        """
+        is_inplace = self._may_run_inplace(x, size)
+        hidden = self._features(x, inplace=is_inplace)
+        is_concrete = all(type(s) is int for s in (*hidden.shape[-2:], *size))
+        if not (is_concrete and tuple(hidden.shape[-2:]) == tuple(size)):
+            hidden = interpolate(hidden, size=size, mode="bilinear")
+        hidden = self.guide(hidden, guide, inplace=is_inplace)
+        if is_inplace:
+            n, c = x.shape[:2]
+            out = interpolate(x + self.tail.bias.view(1, -1, 1, 1), size=size, mode="bilinear")
+            weight = self.tail.weight.view(c, -1).expand(n, -1, -1)
+            out.view(n, c, -1).baddbmm_(weight, hidden.reshape(n, hidden.shape[1], -1))
+            return out
+        shortcut = interpolate(x, size=size, mode="bilinear")
+        return shortcut + self.tail(hidden).to(shortcut.dtype)
 
     def _fast_lite_pass(self, x: torch.Tensor) -> torch.Tensor:
         """The lite pass for an exact x2 in inference, rearranged to move less memory; same result as the plain route.

@@ -220,7 +220,8 @@ def test_config_with_an_unknown_key_is_rejected_listing_the_valid_keys(tmp_path,
     _raises_cleanly(
         ValueError,
         rf"config.json of .* has keys that SRFUpsample does not take: \['{key}'\]\. Valid keys: \['deconv_kernel', "
-        r"'hidden_channels', 'in_channels', 'negative_slope', 'norm', 'num_blocks', 'variant', 'zero_init_residual'\]",
+        r"'guide_channels', 'hidden_channels', 'in_channels', 'negative_slope', 'norm', 'num_blocks', 'variant', "
+        r"'zero_init_residual'\]",
         lambda: SRFUpsample.from_pretrained(tmp_path),
         folder=tmp_path,
     )

@@ -334,7 +334,7 @@ def test_non_float_input_raises_type_error():
     [
         ({"in_channels": 0}, ValueError, "in_channels must be a positive int, got 0"),
         ({"in_channels": 2.5}, TypeError, "in_channels"),
-        ({"variant": "huge"}, ValueError, r"variant must be one of \['lite', 'paper'\]"),
+        ({"variant": "huge"}, ValueError, r"variant must be one of \['guided', 'lite', 'paper'\]"),
         ({"hidden_channels": -1}, ValueError, "hidden_channels"),
         ({"deconv_kernel": 5}, ValueError, r"deconv_kernel must be an even int >= 2, got 5; use 6"),
         ({"deconv_kernel": 0}, ValueError, r"deconv_kernel must be an even int >= 2, got 0"),
@@ -348,7 +348,7 @@ def test_non_float_input_raises_type_error():
         ({"num_blocks": 1.5}, TypeError, r"num_blocks must be an int >= 0, got 1.5 of type float"),
         ({"negative_slope": -0.1}, ValueError, r"negative_slope must be a float in \[0, inf\), got -0.1"),
         ({"negative_slope": "0.2"}, TypeError, r"negative_slope must be a float in \[0, inf\), got '0.2' of type str"),
-        ({"variant": 1}, TypeError, r"variant must be one of \['lite', 'paper'\], got 1 of type int"),
+        ({"variant": 1}, TypeError, r"variant must be one of \['guided', 'lite', 'paper'\], got 1 of type int"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, error, match):
