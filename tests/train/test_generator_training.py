@@ -127,3 +127,36 @@ def test_plateau_criterion_and_its_settings_are_checked(coco, tmp_path, capsys):
     assert plateau_step([{"step": 1, "bbox": {}}], patience=1, min_delta=0.0) is None  # AP-only records ignored
     assert main(_stage1(coco, tmp_path / "x", "--set", "plateau_patience=3")) == 2
     assert "plateau_patience=3 stops on G's held-out L1" in capsys.readouterr().err
+
+
+def test_bench_fidelity_takes_any_generator_folder_and_extractor_run(coco, tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_fidelity
+
+    base = ["--detector", "fasterrcnn", "--backbone", "resnet18", "--min-size", "64", "--max-size", "64"]
+    baseline = [*base, "--batch-size", "2", "--device", "cpu", "--quiet", "--set", "warmup_iters=0"]
+    assert main(["baseline", *data_args(coco), *baseline, "--max-iters", "1", "--output-dir", str(tmp_path / "b")]) == 0
+    assert main(_stage1(coco, tmp_path / "s1", "--max-iters", "1")) == 0
+    generator = str(tmp_path / "s1" / "generator")
+    common = ["--images", str(coco[0]), "--no-write", "--limit", "2"]
+    for extractor in (tmp_path / "b", tmp_path / "b" / "checkpoint.safetensors"):
+        argv = [*common, "--extractor", str(extractor), "--generator", generator, "--generator", generator]
+        assert bench_fidelity.main(argv) == 0
+    table = capsys.readouterr().out
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| ")]
+    assert [generator, "P2"] in [[cell.strip() for cell in row] for row in rows]
+    assert ["bilinear", "mean"] in [[cell.strip() for cell in row] for row in rows]
+    wrong = {
+        ("--extractor", str(tmp_path / "nowhere")): "does not exist",
+        ("--extractor", str(coco[1])): "not a trainer checkpoint.safetensors",
+        ("--extractor", str(tmp_path / "s1")): "stage1",
+        ("--generator", str(tmp_path / "nowhere")): "neither a folder nor a shipped generator",
+        ("--generator", str(tmp_path / "b")): "no config.json",
+    }
+    for (flag, value), message in wrong.items():
+        extra = [flag, value] if flag == "--extractor" else ["--extractor", str(tmp_path / "b"), flag, value]
+        with pytest.raises(SystemExit):  # argparse's error: exit status 2, the message on stderr
+            bench_fidelity.main([*common, *extra])
+        assert message in capsys.readouterr().err
