@@ -160,3 +160,12 @@ def test_bench_fidelity_takes_any_generator_folder_and_extractor_run(coco, tmp_p
         with pytest.raises(SystemExit):  # argparse's error: exit status 2, the message on stderr
             bench_fidelity.main([*common, *extra])
         assert message in capsys.readouterr().err
+
+
+def test_stage2_eval_record_holds_ap_and_g_fidelity(coco, tmp_path):
+    assert main(_stage1(coco, tmp_path / "s1", "--max-iters", "1")) == 0
+    argv = ["stage2", *data_args(coco), *TINY, *_evaluation(coco), "--init", str(tmp_path / "s1")]
+    assert main([*argv, "--max-iters", "1", "--output-dir", str(tmp_path / "s2")]) == 0
+    (record,) = read_jsonl(tmp_path / "s2" / "eval.jsonl")
+    assert "AP" in record["bbox"] and sorted(record["generator_l1"]) == sorted(LEVELS)
+    assert "interpolation_l1" in record
