@@ -33,7 +33,11 @@ class _SinglePassUpsample(nn.Module):
         self.module = module
 
     def forward(
-        self, x: torch.Tensor, size: Any = None, scale_factor: float | Sequence[float] | None = None
+        self,
+        x: torch.Tensor,
+        size: Any = None,
+        scale_factor: float | Sequence[float] | None = None,
+        guide: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if size is None:
             factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor or 2,) * 2
@@ -45,7 +49,8 @@ class _SinglePassUpsample(nn.Module):
             size = (x.shape[-2] * int(factors[0]), x.shape[-1] * int(factors[1]))
         elif isinstance(size, int):
             size = (size, size)
-        return self.module.single_pass(x, size)
+        # A guided generator gets the guide patch_fpn wired into the neck (the map the output is added to).
+        return self.module.single_pass(x, size, guide=guide)
 
 
 def find_backbone(model: nn.Module) -> nn.Module:

@@ -27,7 +27,8 @@ class GeneratorExportWrapper(nn.Module):
     the input) by calling ``SRFUpsample.single_pass``, the method ``forward`` calls for each pass: the learned
     residual at ``(2H, 2W)`` resized bilinearly to the target, plus the input resized bilinearly to the target. The
     target is the spatial shape of ``like`` (only its shape is read, so it may have 0 channels), as an FPN takes it
-    from the lateral feature.
+    from the lateral feature. For the ``"guided"`` variant, ``like`` is the guide itself: its contents are read too
+    (``guide_channels`` channels at the output size, e.g. the FPN's lateral map).
 
     Args:
         module: the generator to wrap; it is used as is (not copied).
@@ -52,8 +53,9 @@ class GeneratorExportWrapper(nn.Module):
         self.module = module
 
     def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Upsample ``x`` to the spatial size of ``like`` in one generator pass."""
-        return self.module.single_pass(x, like.shape[-2:])
+        """Upsample ``x`` to the spatial size of ``like`` in one generator pass (guided by ``like`` if it takes one)."""
+        guide = like if self.module.accepts_guide else None
+        return self.module.single_pass(x, like.shape[-2:], guide=guide)
 
 
 def export_generator(
@@ -68,6 +70,8 @@ def export_generator(
 
     The graph has inputs ``x`` ``(N, C, H, W)`` and ``like`` (any tensor whose last two dimensions are the target
     size; its contents are never read, so ``np.empty((1, 0, H_out, W_out))`` does) and output ``y``
+    ``(N, C, H_out, W_out)``. A ``"guided"`` generator's graph has inputs ``x`` and ``guide``
+    ``(N, C_g, H_out, W_out)`` instead (the guide's shape is the target size, its contents are read) and output ``y``
     ``(N, C, H_out, W_out)``. It runs one generator pass (see :class:`GeneratorExportWrapper`), so targets must
     satisfy ``H <= H_out <= 2H`` and ``W <= W_out <= 2W`` (what FPN asks); for ``scale_factor=2`` pass a ``like`` of
     size ``(2H, 2W)``. Larger targets give a resized single pass, not the chained passes of ``forward``.
@@ -103,16 +107,18 @@ def export_generator(
         generator.fuse()
     # Batch 2 and a 2-channel ``like``: torch.export specialises dimensions of size 0 and 1 to constants.
     x = torch.randn(2, module.in_channels, height, width)
-    like = torch.empty(2, 2, 2 * height - 1, 2 * width - 1)
     batch = torch.export.Dim("batch", min=1)
+    out_size = {2: torch.export.Dim("out_height", min=2), 3: torch.export.Dim("out_width", min=2)}
+    if module.accepts_guide:
+        # The guide is read: same batch as x, the generator's guide_channels.
+        like = torch.randn(2, module.guide_channels, 2 * height - 1, 2 * width - 1)
+        like_shape = {0: torch.export.Dim.DYNAMIC, **out_size}
+    else:
+        like = torch.empty(2, 2, 2 * height - 1, 2 * width - 1)
+        like_shape = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC, **out_size}
     dynamic_shapes = {
         "x": {0: batch, 2: torch.export.Dim("height", min=2), 3: torch.export.Dim("width", min=2)},
-        "like": {
-            0: torch.export.Dim.DYNAMIC,
-            1: torch.export.Dim.DYNAMIC,
-            2: torch.export.Dim("out_height", min=2),
-            3: torch.export.Dim("out_width", min=2),
-        },
+        "like": like_shape,
     }
     path = Path(path)
     with torch.no_grad():
@@ -121,7 +127,7 @@ def export_generator(
             (x, like),
             path,
             opset=opset,
-            input_names=["x", "like"],
+            input_names=["x", "guide" if module.accepts_guide else "like"],
             output_names=["y"],
             dynamic_shapes=dynamic_shapes,
         )

@@ -135,10 +135,16 @@ def check_generator_parity(
     results = []
     for (height, width), (out_height, out_width) in sizes:
         x = torch.randn(batch_size, module.in_channels, height, width, generator=rng)
-        like = torch.empty(batch_size, 0, out_height, out_width)
-        with torch.no_grad():
-            reference = generator_cpu(x, size=(out_height, out_width))
-        (output,) = session.run(["y"], {"x": x.numpy(), "like": like.numpy()})
+        if module.accepts_guide:
+            guide = torch.randn(batch_size, module.guide_channels, out_height, out_width, generator=rng)
+            with torch.no_grad():
+                reference = generator_cpu(x, size=(out_height, out_width), guide=guide)
+            (output,) = session.run(["y"], {"x": x.numpy(), "guide": guide.numpy()})
+        else:
+            like = torch.empty(batch_size, 0, out_height, out_width)
+            with torch.no_grad():
+                reference = generator_cpu(x, size=(out_height, out_width))
+            (output,) = session.run(["y"], {"x": x.numpy(), "like": like.numpy()})
         results.append(_compare("y", tuple(x.shape), reference, output))
     return results
 

@@ -7,6 +7,10 @@ patched before its optimizer and EMA exist, so the generators train with the det
 ``last.pt`` / ``best.pt``. ``YOLO("runs/.../last.pt")`` then loads with SRF inside (``srf_upsample`` must be
 importable, as the checkpoint pickles its modules).
 
+The guided generator (``variant="guided"``) works here too, but runs its unguided pass: ultralytics' layer-routing
+forward does not trace with fx, so the upsampling layers are swapped one by one and the skip map each output is
+concatenated with is not known at the call (``report.sites[i].guide_reason`` says so; docs/guided_generator.md).
+
 Example:
     >>> from ultralytics import YOLO  # doctest: +SKIP
     >>> from srf_upsample.integrations.ultralytics import use_srf  # doctest: +SKIP

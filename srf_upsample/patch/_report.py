@@ -62,6 +62,10 @@ class PatchSite:
         method: how the submodule holding the site was patched: ``"fx"`` (graph rewritten), ``"module"`` (its
             ``nn.Upsample`` swapped for an upsampling site module), ``"runtime"`` (calls routed while its forward
             runs), or ``""`` for sites outside any patched submodule.
+        guide: fx node name of the tensor passed as ``guide=`` to an upsampler that takes one (the map the
+            upsampled one is added to or concatenated with); ``None`` where the site runs unguided.
+        guide_via: how the upsampled map meets its guide: ``"add"`` or ``"cat"`` (empty without a guide).
+        guide_reason: why a site served by a guide-taking upsampler runs its unguided pass (empty otherwise).
     """
 
     module_path: str
@@ -81,6 +85,9 @@ class PatchSite:
     upsampler: str | None = None
     num_calls: int = 1
     method: str = ""
+    guide: str | None = None
+    guide_via: str = ""
+    guide_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,11 @@ class PatchReport:
         return {site.module_path: site.method for site in self.replaced}
 
     @property
+    def guided(self) -> tuple[PatchSite, ...]:
+        """Replaced sites whose upsampler receives a guide (the map its output is added to or concatenated with)."""
+        return tuple(site for site in self.replaced if site.guide is not None)
+
+    @property
     def already_patched(self) -> tuple[PatchSite, ...]:
         """Sites that already called an upsampler before this patch (e.g. a model loaded from a patched checkpoint)."""
         return tuple(site for site in self.sites if site.action == ALREADY_PATCHED)
@@ -140,6 +152,7 @@ class PatchReport:
             "model": self.model,
             "num_replaced": len(self.replaced),
             "num_skipped": len(self.skipped),
+            "num_guided": len(self.guided),
             "fallbacks": [list(item) for item in self.fallbacks],
             "sites": [{key: plain(value) for key, value in asdict(site).items()} for site in self.sites],
         }
@@ -164,6 +177,10 @@ class PatchReport:
             action = site.action
             if site.action == REPLACED or site.action == ALREADY_PATCHED:
                 action += f" by {site.upsampler}"
+            if site.guide is not None:
+                action += f", guided by {site.guide} ({site.guide_via})"
+            elif site.guide_reason:
+                action += f", unguided: {site.guide_reason}"
             if site.reason:
                 action += f": {site.reason}"
             target = site.kind if site.target == site.kind else f"{site.kind} {site.target}"

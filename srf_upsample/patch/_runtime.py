@@ -7,6 +7,7 @@ any argument type keep working; only the enlarging calls change. The upsamplers 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from ._report import ALREADY_PATCHED, MODULE, REPLACED, RUNTIME, SKIPPED, PatchS
 from ._upsamplers import PARAMETER_REASON, UpsamplerProvider, direction, enlarge_or_interpolate, is_upsampler
 
 __all__ = ["RuntimePlan", "RuntimeRouter", "UpsampleSite", "plan_runtime"]
+
+# Without a graph, the call is seen alone: the tensor its output will be added to or concatenated with does not
+# exist yet, or is not known to be that tensor, so the guided upsampler runs its unguided pass there.
+RUNTIME_GUIDE_REASON = "patched without fx, the map its output meets is not known at the call"
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _INTERPOLATE_SIGNATURE = inspect.signature(F.interpolate)
@@ -263,7 +268,10 @@ def plan_runtime(
                 by_channels[channels] = name
             else:
                 by_call[index] = (name, channels)
-        sites.append(site_from_call(call, REPLACED, "", upsampler=name, method=plan.method))
+        site = site_from_call(call, REPLACED, "", upsampler=name, method=plan.method)
+        if getattr(upsampler, "accepts_guide", False):
+            site = dataclasses.replace(site, guide_reason=RUNTIME_GUIDE_REASON)
+        sites.append(site)
     if not replaced:
         return None, sites
     if is_swap:

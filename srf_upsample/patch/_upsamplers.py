@@ -58,6 +58,7 @@ def enlarge_or_interpolate(
     align_corners: bool | None = None,
     recompute_scale_factor: bool | None = None,
     antialias: bool = False,
+    guide: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Call ``upsampler`` where this call enlarges a floating point 4D map, else do exactly what F.interpolate does.
 
@@ -75,6 +76,8 @@ def enlarge_or_interpolate(
         align_corners: F.interpolate's ``align_corners``.
         recompute_scale_factor: F.interpolate's ``recompute_scale_factor``.
         antialias: F.interpolate's ``antialias``.
+        guide: the tensor the output meets next (``patch_fpn`` wires it for upsamplers that take one); passed as
+            ``guide=`` when it has the output's batch and size, else the upsampler runs unguided (a broadcasting add).
 
     Returns:
         The upsampled (or, for a non-enlargement, interpolated) tensor.
@@ -92,6 +95,10 @@ def enlarge_or_interpolate(
     """
     if not torch.compiler.is_exporting():
         out_size = output_size(x.shape[-2:], size, scale_factor) if x.dim() == 4 and x.is_floating_point() else None
+        if guide is not None and (
+            out_size is None or guide.dim() != 4 or guide.shape[0] != x.shape[0] or tuple(guide.shape[-2:]) != out_size
+        ):
+            guide = None
         if out_size is None or direction(tuple(x.shape), (*x.shape[:2], *out_size)):
             return F.interpolate(
                 x,
@@ -102,9 +109,10 @@ def enlarge_or_interpolate(
                 recompute_scale_factor=recompute_scale_factor,
                 antialias=antialias,
             )
+    extra = {} if guide is None else {"guide": guide}
     if size is not None:
-        return upsampler(x, size=size)
-    return upsampler(x, scale_factor=scale_factor)
+        return upsampler(x, size=size, **extra)
+    return upsampler(x, scale_factor=scale_factor, **extra)
 
 
 class UpsamplerProvider:
