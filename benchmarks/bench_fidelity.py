@@ -108,6 +108,12 @@ def load_generator(value: str, channels: int) -> SRFUpsample:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Score the methods; gradients are off inside only (callers such as tests keep their autograd state)."""
+    with torch.no_grad():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = benchmark_parser(__doc__, repeats=None, warmup=False, quick_help="one image, nothing written (smoke test)")
     parser.add_argument("--images", type=Path, default=REPO / "tests" / "data")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
@@ -127,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # A quick run scores one image: not a result to keep.
     args.no_write = args.no_write or args.quick
-    torch.set_grad_enabled(False)
     try:
         extractor, keys, level_names, extractor_label, resize = load_extractor(args.extractor)
         channels = extractor.out_channels

@@ -14,7 +14,8 @@ tiles, and:
 2. profiles one step of each with ``torch.profiler`` over the labels the trainer puts on its parts (F on I_tr and
    I_lr, G, D, the losses, backward and optimizer per module) and times the data (decode, resize, flip of the batch).
 
-F's weights are not trained here (``allow_untrained_extractor``): the cost of a step does not depend on them.
+F's weights are not trained here (``allow_untrained_extractor``) and stage 2's M starts from ImageNet weights, not F's
+detector (``init_from_extractor`` off): the cost of a step does not depend on the weights.
 Benchmarks measure; nothing here asserts a timing.
 """
 
@@ -61,7 +62,9 @@ LABELS = (
 STEPS = ("detector", "stage1 (F cached)", "stage1 (F computed)", "stage2")
 
 
-def _deepforest_values(data: Path | None, tmp: Path) -> tuple[dict[str, dict[str, Any]], Path, Path]:
+def _deepforest_values(
+    data: Path | None, tmp: Path, variant: str = "lite"
+) -> tuple[dict[str, dict[str, Any]], Path, Path]:
     """The DeepForest CPU profile's settings per stage (examples/deepforest/run.py), and the training tiles."""
     sys.path.insert(0, str(REPO / "examples" / "deepforest"))
     import run as deepforest  # examples/deepforest/run.py: PROFILES, fetch_mobilenet_weights
@@ -74,9 +77,11 @@ def _deepforest_values(data: Path | None, tmp: Path) -> tuple[dict[str, dict[str
     profile = deepforest.PROFILES["cpu"]
     detector = {**profile["detector"], "backbone_weights": str(weights)}
     schedule = {key: value for key, value in profile["schedule"].items() if key != "eval_every"}
+    # The generator as the experiment trains it at this profile (lite by default; paper at the FPN's width).
+    generator = {"generator_variant": variant, **profile.get("variant_generator", {}).get(variant, {})}
     values = {
         "baseline": {**detector, **schedule},
-        "stage1": {**detector, **profile["stage1"]},
+        "stage1": {**detector, **profile["stage1"], **generator},
         "stage2": {**detector, **profile["stage2"]},
     }
     return values, data / "train", data / "annotations" / "instances_train.json"
@@ -157,6 +162,8 @@ def run_setup(
         },
     )
     init_config.run()
+    # M starts from ImageNet weights instead of F's detector (init_from_extractor): the same modules, the same cost.
+    values["stage2"] = {**values["stage2"], "init_from_extractor": False}
     trainers = {
         "detector": _trainer("baseline", values["baseline"], {**common, "output_dir": str(work / f"{name}-b")}),
         "stage1 (F cached)": _trainer("stage1", values["stage1"], {**common, "output_dir": str(work / f"{name}-c")}),
@@ -209,7 +216,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", type=Path, default=None, help="DeepForest tiles from prepare.py (default: write)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the experiment runs)")
+    parser.add_argument(
+        "--variant", choices=["lite", "paper"], default="lite", help="the DeepForest profile's generator (default lite)"
+    )
+    parser.add_argument(
+        "--discriminator",
+        default=None,
+        help="D's widths for the DeepForest setup instead of the profile's, e.g. 32,64,64 (sizing a cheaper D)",
+    )
     args = parser.parse_args(argv)
+    try:
+        widths = [int(v) for v in args.discriminator.split(",")] if args.discriminator else None
+    except ValueError:
+        parser.error(f"--discriminator must be comma-separated widths such as 32,64,64, got {args.discriminator!r}.")
     if args.data is not None and not (args.data / "annotations" / "instances_train.json").is_file():
         parser.error(
             f"--data {str(args.data)!r} holds no annotations/instances_train.json; pass the folder that "
@@ -227,8 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             setups.append(("tiny (quick)", _shipped_values(), image_dir, ann_file))
         else:
             if args.setup in ("deepforest", "both"):
-                values, root, ann = _deepforest_values(args.data, work)
-                setups.append(("DeepForest CPU profile", values, root, ann))
+                values, root, ann = _deepforest_values(args.data, work, args.variant)
+                name = f"DeepForest CPU profile, {args.variant} G"
+                if widths:
+                    values = {stage: {**v, "discriminator_hidden_channels": widths} for stage, v in values.items()}
+                    values["baseline"].pop("discriminator_hidden_channels")
+                    name += f", D {widths} (not the profile's)"
+                setups.append((name, values, root, ann))
             if args.setup in ("shipped", "both"):
                 values, root, ann = _deepforest_values(args.data, work) if not setups else (None, *setups[0][2:])
                 setups.append(("shipped cpu_stage1 / cpu_stage2", _shipped_values(), root, ann))

@@ -283,13 +283,23 @@ class _Trainer:
     def fake_logits(self, sr: list[torch.Tensor]) -> list[torch.Tensor]:
         """D's logits on ``sr`` for G's (or M's) adversarial loss, gradients reaching ``sr``."""
         wrapper = self.discriminator_levels
-        with self.autocast():
-            if isinstance(wrapper, DistributedDataParallel):
-                # D is not stepped here: skip all-reducing its gradients (they are zeroed before D's next step).
-                with wrapper.no_sync():
+        # D is not stepped on this loss and its gradients are zeroed before its next step: recording its parameters
+        # as constants skips computing their gradients in the backward (about a third of D's backward), while the
+        # gradient that reaches ``sr`` is the same.
+        trainable = [param for param in self.discriminator.parameters() if param.requires_grad]
+        for param in trainable:
+            param.requires_grad_(False)
+        try:
+            with self.autocast():
+                if isinstance(wrapper, DistributedDataParallel):
+                    # D is not stepped here: skip all-reducing its gradients.
+                    with wrapper.no_sync():
+                        logits = wrapper(sr)
+                else:
                     logits = wrapper(sr)
-            else:
-                logits = wrapper(sr)
+        finally:
+            for param in trainable:
+                param.requires_grad_(True)
         return [logit.float() for logit in logits]
 
     # ---- data
