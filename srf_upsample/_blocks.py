@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["NORMS", "Chain", "GuideModulation", "ResidualBlock", "SeparableResidualBlock"]
+__all__ = ["NORMS", "Chain", "GuideModulation", "ResidualBlock", "SeparableResidualBlock", "pointwise"]
 
 
 def _no_norm(channels: int) -> nn.Module:
@@ -105,24 +105,41 @@ class SeparableResidualBlock(nn.Module):
         self.pointwise2, self.bn2 = _fold_norm(self.pointwise2, self.bn2)
 
 
+def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ``conv`` applied as one batched GEMM: ``(N, C_in, H, W)`` -> ``(N, C_out, H, W)``, the same function.
+
+    On CPU, ``nn.Conv2d`` with a 1x1 kernel on large maps ran 2-5x slower than the equivalent matrix product here
+    (256 -> 16 channels at 200x304: 131 ms vs 55 ms, 2 threads), and the guide branch runs at the output size.
+    """
+    n, _, height, width = x.shape
+    weight = conv.weight.view(conv.out_channels, -1).to(x.dtype).expand(n, -1, -1)
+    flat = x.reshape(n, x.shape[1], height * width)
+    if conv.bias is None:
+        out = torch.bmm(weight, flat)
+    else:
+        out = torch.baddbmm(conv.bias.to(x.dtype).view(1, -1, 1), weight, flat)
+    return out.view(n, conv.out_channels, height, width)
+
+
 class GuideModulation(nn.Module):
     """The guided generator's guide branch: a per-pixel scale and shift of G's hidden map, read from the guide.
 
-    ``g = LeakyReLU(depthwise3x3(conv1x1(guide)))`` projects the guide (``guide_channels`` channels, any count) to the
-    hidden width and gives each pixel a 3x3 neighbourhood; a 1x1 conv then predicts ``(gamma, beta)`` and the hidden
-    map becomes ``hidden * (1 + gamma) + beta`` (feature-wise linear modulation, conditioned per pixel). ``modulation``
-    starts at zero (``GuideModulation.reset_zero``), so a fresh branch leaves ``hidden`` unchanged.
+    ``g = LeakyReLU(depthwise3x3(conv1x1(guide)))`` projects the guide (``guide_channels`` channels, any count) to a
+    narrow width (``guide_width``) and gives each pixel a 3x3 neighbourhood; a 1x1 conv then predicts
+    ``(gamma, beta)`` for the ``hidden_channels`` of the hidden map, which becomes ``hidden * (1 + gamma) + beta``
+    (feature-wise linear modulation, conditioned per pixel). ``modulation`` starts at zero (``reset_zero``), so a
+    fresh branch leaves ``hidden`` unchanged. The 1x1 convs run as batched matrix products (:func:`pointwise`).
 
     Shape:
         - hidden: :math:`(N, C_h, H, W)`; guide: :math:`(N, C_g, H, W)`; output: :math:`(N, C_h, H, W)`
     """
 
-    def __init__(self, guide_channels: int, hidden_channels: int, negative_slope: float) -> None:
+    def __init__(self, guide_channels: int, hidden_channels: int, guide_width: int, negative_slope: float) -> None:
         super().__init__()
-        self.project = nn.Conv2d(guide_channels, hidden_channels, 1)
-        self.depthwise = nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1, groups=hidden_channels, bias=False)
+        self.project = nn.Conv2d(guide_channels, guide_width, 1)
+        self.depthwise = nn.Conv2d(guide_width, guide_width, 3, padding=1, groups=guide_width, bias=False)
         self.act = nn.LeakyReLU(negative_slope)
-        self.modulation = nn.Conv2d(hidden_channels, 2 * hidden_channels, 1)
+        self.modulation = nn.Conv2d(guide_width, 2 * hidden_channels, 1)
 
     def reset_zero(self) -> None:
         """Zero the conv that predicts ``(gamma, beta)``: the branch is then the identity on ``hidden``."""
@@ -130,8 +147,8 @@ class GuideModulation(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def forward(self, hidden: torch.Tensor, guide: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        g = _leaky_relu(self.act, self.depthwise(self.project(guide)), inplace)
-        gamma, beta = self.modulation(g).to(hidden.dtype).chunk(2, dim=1)
+        g = _leaky_relu(self.act, self.depthwise(pointwise(self.project, guide)), inplace)
+        gamma, beta = pointwise(self.modulation, g).to(hidden.dtype).chunk(2, dim=1)
         if inplace:
             return hidden.addcmul_(hidden, gamma).add_(beta)
         return hidden + hidden * gamma + beta

@@ -39,6 +39,15 @@ VARIANTS: dict[str, dict[str, int]] = {
 MAX_SCALE_FACTOR = 16
 
 
+def _guide_width(hidden_channels: int) -> int:
+    """Width of the guided variant's guide branch: a quarter of the hidden width (16 for lite's 64), at least 1.
+
+    Fixed by ``hidden_channels`` (not a config field): the branch runs at the output size, where a 64-wide branch
+    made backbone + FPN 1.2x slower than lite on a CPU (docs/guided_generator.md, "Cost").
+    """
+    return max(1, hidden_channels // 4)
+
+
 def _request(x: torch.Tensor, out_size: tuple[int, int], size: object, scale_factor: object) -> str:
     height, width = x.shape[-2:]
     return (
@@ -79,8 +88,9 @@ class SRFUpsample(
 
     The ``"guided"`` variant (ours, beyond the paper: ``docs/guided_generator.md``) is the lite generator plus a guide
     branch: called as ``up(x, size=..., guide=lateral)`` with the map the output will be added to or concatenated
-    with (``guide_channels`` channels, exactly the output size), it projects the guide to the hidden width (1x1 conv,
-    depthwise 3x3, LeakyReLU) and modulates the upsampled hidden map per pixel, ``hidden * (1 + gamma) + beta``,
+    with (``guide_channels`` channels, exactly the output size), it projects the guide to a quarter of the hidden
+    width (1x1 conv, depthwise 3x3, LeakyReLU) and modulates the upsampled hidden map per pixel,
+    ``hidden * (1 + gamma) + beta``,
     before the tail. The 1x1 conv predicting ``gamma, beta`` starts at zero, so a fresh guided generator computes
     exactly what the lite generator with the same trunk weights computes, and a trained lite state dict loads into
     it (``load_state_dict(..., strict=False)`` misses only the ``guide.*`` keys) as a known starting point. Without
@@ -224,7 +234,7 @@ class SRFUpsample(
             )
         self.tail = nn.Conv2d(hidden_channels, in_channels, 1)
         if variant == "guided":
-            self.guide = GuideModulation(guide_channels, hidden_channels, negative_slope)
+            self.guide = GuideModulation(guide_channels, hidden_channels, _guide_width(hidden_channels), negative_slope)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -147,3 +147,10 @@ def test_unguided_config_keeps_guide_channels_none(tmp_path):
     SRFUpsample(8, hidden_channels=8, num_blocks=1, variant="lite").save_pretrained(tmp_path)
     assert json.loads((tmp_path / CONFIG_NAME).read_text())["guide_channels"] is None
     assert SRFUpsample.from_pretrained(tmp_path).guide_channels is None
+
+
+def test_parameter_count_at_fpn_width():
+    # Pins the README's count: the lite trunk (68,672) plus the guide branch, 16 wide (1x1 256->16, depthwise 3x3,
+    # 1x1 16->128 for gamma and beta of the 64 hidden channels).
+    up = SRFUpsample(256, variant="guided")
+    assert sum(p.numel() for p in up.parameters()) == 68_672 + (256 * 16 + 16) + 16 * 9 + (16 * 128 + 128) == 75_104
