@@ -84,6 +84,12 @@ _SWITCHES = [
         "accept an --init / --extractor-weights run that has not finished (its last checkpoint)",
     ),
     ("--quiet", "quiet", True, "no progress bar"),
+    (
+        "--tensorboard",
+        "tensorboard",
+        True,
+        "also write TensorBoard event files to <output-dir>/tensorboard/<stage> (the tensorboard extra)",
+    ),
 ]
 
 

@@ -85,6 +85,7 @@ class TrainConfig:
             "resume_despite_changes",
             "allow_unfinished_init",
             "max_dropped_fraction",
+            "tensorboard",
         }
     )
 
@@ -147,6 +148,8 @@ class TrainConfig:
     stop_after: int | None = None  # stop (with a checkpoint) after this global step, as if the job was killed
     resume: bool = True
     quiet: bool = False
+    # Also write TensorBoard event files to <output_dir>/tensorboard/<stage> (pip install 'srf_upsample[tensorboard]').
+    tensorboard: bool = False
     keep_checkpoints: int = 2  # complete checkpoints kept in <output_dir>/checkpoints (the newest ones)
     # Resume a run folder although this config differs from the one it was started with (recorded in its manifest).
     resume_despite_changes: bool = False
