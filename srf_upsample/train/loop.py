@@ -116,7 +116,7 @@ class _Trainer:
         self.amp_dtype = AMP_DTYPES.get(config.amp) if config.amp else None
         # A grad scaler only for float16: bfloat16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        self.run_log = RunLog(self.output_dir, enabled=self.is_main)
+        self.run_log = RunLog(self.output_dir, enabled=self.is_main, tensorboard=config.tensorboard, stage=config.stage)
         self.step = 0
         self.batch_cursor = 0
         self.skipped_images = 0
