@@ -108,8 +108,9 @@ class SeparableResidualBlock(nn.Module):
 def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A 1x1 ``conv`` applied as one batched GEMM: ``(N, C_in, H, W)`` -> ``(N, C_out, H, W)``, the same function.
 
-    On CPU, ``nn.Conv2d`` with a 1x1 kernel on large maps ran 2-5x slower than the equivalent matrix product here
-    (256 -> 16 channels at 200x304: 131 ms vs 55 ms, 2 threads), and the guide branch runs at the output size.
+    On the project's 2-core CPU, ``nn.Conv2d`` with a 1x1 kernel on large maps ran 2-5x slower than the equivalent
+    matrix product in a micro-benchmark (256 -> 16 channels at 200x304: 131 ms vs 55 ms, 2 threads, a loaded
+    machine), and the guide branch runs at the output size.
     """
     n, _, height, width = x.shape
     weight = conv.weight.view(conv.out_channels, -1).to(x.dtype).expand(n, -1, -1)

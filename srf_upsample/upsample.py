@@ -42,8 +42,8 @@ MAX_SCALE_FACTOR = 16
 def _guide_width(hidden_channels: int) -> int:
     """Width of the guided variant's guide branch: a quarter of the hidden width (16 for lite's 64), at least 1.
 
-    Fixed by ``hidden_channels`` (not a config field): the branch runs at the output size, where a 64-wide branch
-    made backbone + FPN 1.2x slower than lite on a CPU (docs/guided_generator.md, "Cost").
+    Fixed by ``hidden_channels`` (not a config field): the branch runs at the output size (4x the trunk's pixels), so
+    it is kept narrow; backbone + FPN of Mask R-CNN R50 then costs 1.008x lite's (docs/guided_generator.md, "Cost").
     """
     return max(1, hidden_channels // 4)
 
