@@ -198,3 +198,26 @@ def test_guided_generator_exports_to_onnx(tmp_path):
     assert [i.name for i in onnx.load(str(path)).graph.input] == ["x", "guide"]
     results = check_generator_parity(up, path, sizes=(((17, 25), (33, 49)), ((6, 11), (12, 20))), num_threads=1)
     assert max(r.rel_error for r in results) <= PARITY_TOLERANCE, [str(r) for r in results]
+
+
+class AddForms(nn.Module):
+    """torch.add with the lateral map, and a sum with a map computed from the upsampled one (no guide there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lateral = nn.Conv2d(4, 8, 1)
+        self.smooth = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        merged = torch.add(F.interpolate(coarse, size=fine.shape[-2:]), self.lateral(fine))
+        up = F.interpolate(merged, scale_factor=2.0)
+        return merged, up + self.smooth(up)
+
+
+def test_torch_add_is_guided_and_a_self_derived_map_is_not():
+    example = (torch.rand(2, 4, 10, 14), torch.rand(2, 8, 5, 7))
+    patched, report = patch_fpn(AddForms(), GUIDED, example_inputs=example)
+    first, second = report.replaced
+    assert first.guide == "lateral" and first.guide_via == "add"
+    assert second.guide is None and "is computed from the upsampled map itself" in second.guide_reason
+    assert [tuple(out.shape) for out in patched(*example)] == [(2, 8, 10, 14), (2, 8, 20, 28)]
