@@ -79,9 +79,12 @@ def _deepforest_values(
     schedule = {key: value for key, value in profile["schedule"].items() if key != "eval_every"}
     # The generator as the experiment trains it at this profile (lite by default; paper at the FPN's width).
     generator = {"generator_variant": variant, **profile.get("variant_generator", {}).get(variant, {})}
+    # D as the k-fold experiment's converged stage 1 sizes it (--split blocks), not the first two folds' 64/128/128.
+    converged = deepforest.STAGE1_CONVERGED["cpu"]
+    discriminator = {key: value for key, value in converged.items() if key.startswith("discriminator_")}
     values = {
         "baseline": {**detector, **schedule},
-        "stage1": {**detector, **profile["stage1"], **generator},
+        "stage1": {**detector, **profile["stage1"], **discriminator, **generator},
         "stage2": {**detector, **profile["stage2"]},
     }
     return values, data / "train", data / "annotations" / "instances_train.json"

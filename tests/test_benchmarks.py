@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from srf_upsample.upsample import VARIANTS
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
@@ -102,7 +104,7 @@ def test_bench_upsamplers_quick_writes_its_table(tmp_path: Path, capsys: pytest.
     assert "<!-- upsamplers-cpu:start -->" in text and "<!-- upsamplers-cpu:end -->" in text
     assert "QUICK MODE" in text and "torch 2" in text
     rows = _table_rows(text)
-    upsamplers = {"nearest", "bilinear", "paper", "lite"}
+    upsamplers = {"nearest", "bilinear", *VARIANTS}
     assert {row[3] for row in rows[1:]} == upsamplers
     assert len(rows) - 1 == len(upsamplers) * 3 * 2  # 3 pyramid steps, float32 and bfloat16
     assert "| float32  | P3->P2" in capsys.readouterr().out

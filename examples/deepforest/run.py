@@ -51,6 +51,8 @@ from srf_upsample.train.experiment import (  # noqa: E402
 from srf_upsample.train.experiment.archive import ARCHIVE_NAME, open_runs, read_archive, write_archive  # noqa: E402
 from srf_upsample.train.experiment.detections import DETECTIONS_NAME  # noqa: E402
 from srf_upsample.train.experiment.summary import resampled_ap_of_runs  # noqa: E402
+from srf_upsample.train.fidelity import plot_generator_curves  # noqa: E402
+from srf_upsample.train.run_folder import read_jsonl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -145,8 +147,14 @@ QUICK = {
 BLOCKS_ARMS = ["A1", "B", "A2", "E2E", "DySample", "A5", "C", "A1+"]
 BLOCKS_ORDER = ["A1", "B", "A2-{v}", "E2E-{v}", "DySample", "A5-{v}", "C", "A1+"]
 # Stage 1 to a plateau of G's held-out L1 (measured on the fold's validation tiles, which no detector trains on):
-# 8x the short schedule at most, stopped after 5 evaluations without a 1 % gain.
-STAGE1_CONVERGED = {"gpu": {"max_iters": 2000, "milestones": [1600]}, "cpu": {"max_iters": 1200, "milestones": [960]}}
+# 8x the short schedule at most, stopped after 5 evaluations without a 1 % gain. The CPU profile's D is ours to size
+# (issue 31): at 64/128/128 it takes 3.9 of a stage-1 step's 4.6 s (1.7x a detector step even with F cached); at
+# 16/32/32 a step is 0.27x a detector step (`benchmarks/bench_stage_steps.py --setup deepforest`). G's loss is
+# L1 + 0.001 x adversarial, so D's width moves G's gradient little; the GPU profile keeps the paper's D.
+STAGE1_CONVERGED = {
+    "gpu": {"max_iters": 2000, "milestones": [1600]},
+    "cpu": {"max_iters": 1200, "milestones": [960], "discriminator_hidden_channels": [16, 32, 32]},
+}
 PLATEAU = {"plateau_patience": 5, "plateau_min_delta": 0.01}
 
 
@@ -170,7 +178,8 @@ def blocks_values(data: Path, profile: str, stage1: dict, variants: list[str], a
 
 def default_variants(profile: str) -> list[str]:
     """The generator variants a profile trains unless --variants says otherwise."""
-    return ["lite"] if profile == "cpu" else list(GENERATOR_VARIANTS)
+    # The guided variant (issue 34) is an arm only with --variants: its own trainer path feeds G its guide.
+    return ["lite"] if profile == "cpu" else [variant for variant in GENERATOR_VARIANTS if variant != "guided"]
 
 
 def fetch_mobilenet_weights(cache_dir: Path) -> Path:
@@ -276,7 +285,8 @@ def copy_small_outputs(work: Path, target: Path) -> None:
     small = ("manifest.json", "eval.jsonl", "log.jsonl", "metrics.json", "run_config.json", DIVERGED_NAME)
     sources = [
         path
-        for path in work.glob("seed*/*/*")
+        for pattern in ("seed*/*/*", "shared/*/*")
+        for path in work.glob(pattern)
         if path.name in (*small, DETECTIONS_NAME)
         and (is_finished(path.parent) or (path.parent / DIVERGED_NAME).is_file())
     ]
@@ -360,6 +370,103 @@ def pooled_text(profile: str, folds: list[int], split: str = "rows", replicates:
     return header + "\n\n" + pooled_markdown(pool_paired(summaries, resampled))
 
 
+def generator_jobs(jobs: list) -> list:
+    """``--generators-only``: the shared stage-1 runs and what they need (seed 0's A1, their F), nothing else."""
+    by_name = {job.name: job for job in jobs}
+    wanted, keep = [job.name for job in jobs if job.name.startswith("shared/")], set()
+    while wanted:
+        name = wanted.pop()
+        if name not in keep:
+            keep.add(name)
+            wanted.extend(by_name[name].needs)
+    return [job for job in jobs if job.name in keep]
+
+
+def _run_minutes(run: Path) -> float:
+    """A run's logged time in minutes: its training steps and its validations."""
+    steps = sum(record["time"] for record in read_jsonl(run / "log.jsonl"))
+    return (steps + sum(record.get("seconds", 0.0) for record in read_jsonl(run / "eval.jsonl"))) / 60
+
+
+def generators_text(work: Path, command: str, where: str) -> str | None:
+    """The converged generators of a ``--split blocks`` fold (issue 31): how long each stage 1 ran, why it stopped,
+    and G's held-out L1 per level at its last evaluation against nearest, bilinear and bicubic on the same tiles.
+    ``None`` where no shared stage-1 run has evaluated G yet.
+    """
+    rows, levels = [], None
+    for run in sorted((work / "shared").glob("stage1-*")):
+        records = [r for r in read_jsonl(run / "eval.jsonl") if "generator_l1" in r]
+        fixed = next((r for r in records if "interpolation_l1" in r), None)
+        if not records or fixed is None or not (run / "manifest.json").is_file():
+            continue
+        manifest = json.loads((run / "manifest.json").read_text())
+        last, best = records[-1], min(records, key=lambda r: r["generator_l1_mean"])
+        levels = levels or list(last["generator_l1"])
+        state = "finished" if manifest.get("finished") else "running"
+        stopped = manifest.get("stopped")
+        ending = f"plateau stop at {stopped['step']}" if stopped else state
+        total = manifest.get("config", {}).get("max_iters", "?")
+        variant = run.name.removeprefix("stage1-")
+        head = f"| {variant} | {last['step']} of {total} ({ending}) | {_run_minutes(run):.1f} |"
+        rows.append(f"{head} G, step {last['step']} | " + _l1_cells(last["generator_l1"], last["generator_l1_mean"]))
+        if best is not last:
+            rows.append(
+                f"| | | | G, best (step {best['step']}) | " + _l1_cells(best["generator_l1"], best["generator_l1_mean"])
+            )
+        for mode, values in fixed["interpolation_l1"].items():
+            rows.append(f"| | | | {mode} | " + _l1_cells(values, fixed["interpolation_l1_mean"][mode]))
+    if not rows:
+        return None
+    images = next(r for r in read_jsonl(next((work / "shared").glob("stage1-*")) / "eval.jsonl"))["heldout_images"]
+    header = (
+        f"Command: `{command}` ({where}). Stage 1 (SRF-GAN pre-training) against seed 0's A1, shared by every seed's "
+        f"arms; G's held-out L1 (Eq. 2, mean absolute difference to F(I_hr)) on the fold's {images} validation tiles "
+        "(which no detector trains on), every max_iters / 20 iterations. Plateau criterion: stop after 5 evaluations "
+        "in a row none of which improves the best mean L1 by 1 % (relative); a resumed run re-derives it from "
+        "eval.jsonl. Minutes: logged training steps and validations on one CPU thread."
+    )
+    columns = " | ".join(levels) + " | mean |"
+    table = [
+        f"| variant | iterations | minutes | upsampler | {columns}",
+        "|---|---|---|---|" + "---|" * (len(levels) + 1),
+        *rows,
+    ]
+    return header + "\n\n" + "\n".join(table)
+
+
+def _l1_cells(per_level: dict, mean: float) -> str:
+    return " | ".join(f"{per_level[level]:.4f}" for level in per_level) + f" | {mean:.4f} |"
+
+
+def copy_generators(work: Path, target: Path) -> list[Path]:
+    """Copy each finished shared stage-1 run's ``generator`` folder (``save_pretrained``) to ``target/generators``."""
+    copied = []
+    for run in sorted((work / "shared").glob("stage1-*")):
+        if is_finished(run) and (run / "generator").is_dir():
+            destination = target / "generators" / run.name
+            shutil.rmtree(destination, ignore_errors=True)
+            shutil.copytree(run / "generator", destination)
+            copied.append(destination)
+    return copied
+
+
+def report_generators(work: Path, *, command: str, where: str, write_results: bool, prefix: str, fold: str) -> None:
+    """Print (and with ``write_results`` commit) the fold's converged generators: table, curves, folders."""
+    text = generators_text(work, command, where)
+    if text is None:
+        return
+    (work / "generators.md").write_text(text + "\n")
+    print(text)
+    runs = {run.name: run for run in sorted((work / "shared").glob("stage1-*")) if (run / "eval.jsonl").is_file()}
+    picture = plot_generator_curves(runs, work / "generator_curves.png", title=f"DeepForest {where}: G held out")
+    if write_results:
+        target = RESULTS_DIR / f"{prefix}{fold}"
+        copy_small_outputs(work, target)
+        copy_generators(work, target)
+        shutil.copyfile(picture, REPO / "docs" / "images" / f"deepforest_generator_curves_{prefix}{fold}.png")
+        write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}-generators")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few iterations per run (smoke test)")
@@ -412,6 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--summarize-only", action="store_true", help="only rebuild the table from finished runs")
     parser.add_argument(
+        "--generators-only",
+        action="store_true",
+        help="--split blocks: train only the fold's shared converged stage-1 generators (and seed 0's A1 they learn "
+        "against), report their held-out fidelity and stop",
+    )
+    parser.add_argument(
         "--plan-only", action="store_true", help="write the experiment config and list the planned runs, train nothing"
     )
     parser.add_argument(
@@ -430,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick and args.write_results:
         parser.error("--quick runs never write the committed results.")
+    if args.generators_only and args.split != "blocks":
+        parser.error("--generators-only needs --split blocks (only its folds share one converged stage 1).")
     for fold in args.pool_folds or [args.fold]:
         if fold not in range(SPLITS[args.split]):
             parser.error(f"folds of --split {args.split} are 0..{SPLITS[args.split] - 1}, got {fold}.")
@@ -483,14 +598,12 @@ def main(argv: list[str] | None = None) -> int:
         for job in plan_jobs(config, seeds, work):
             print(f"{job.name:28s} {job.stage:9s} needs {','.join(job.needs) or '-':40s} arm {job.arm or '-'}")
         return 0
+    elif args.generators_only:
+        states = run_jobs(generator_jobs(plan_jobs(config, seeds, work)), max_parallel=args.jobs)
     else:
         jobs = plan_jobs(config, seeds, work)
         states = run_jobs(jobs, max_parallel=args.jobs)
         summary = summarize(jobs, config)
-    summary.update(states=states, counts=counts, seeds=seeds, fold=args.fold)
-    if args.split != "rows":
-        summary["split"] = args.split
-    (work / "results.json").write_text(json.dumps(summary, indent=2))
     command = "python examples/deepforest/run.py" + (f" --profile {args.profile}" if prefix else "")
     command += "" if args.split == "rows" else f" --split {args.split}"
     command += f" --fold {args.fold}" if args.fold else ""
@@ -499,6 +612,15 @@ def main(argv: list[str] | None = None) -> int:
     if "paper" in config.variant_seeds:
         command += " --paper-seeds " + " ".join(map(str, config.variant_seeds["paper"]))
     where = f"fold {args.fold}" if args.split == "rows" else f"spatial block {args.fold} of {SPLITS[args.split]}"
+    if args.split == "blocks":
+        report = dict(write_results=args.write_results, prefix=prefix, fold=fold)
+        report_generators(work, command=command + " --generators-only", where=where, **report)
+    if args.generators_only:
+        return 1 if any(state != "done" for state in states.values()) else 0
+    summary.update(states=states, counts=counts, seeds=seeds, fold=args.fold)
+    if args.split != "rows":
+        summary["split"] = args.split
+    (work / "results.json").write_text(json.dumps(summary, indent=2))
     header = (
         f"Command: `{command}` (seeds {seeds}; {where}: {counts['train']['tiles']} train tiles, "
         f"{counts['val']['tiles']} validation tiles with {counts['val']['boxes']} boxes). Every target detector: "

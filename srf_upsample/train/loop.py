@@ -352,6 +352,7 @@ class _Trainer:
                     max_size=config.max_size,
                     device=self.device,
                     quiet=True,
+                    step=self.step,
                 )
             )
         if self._evaluates_generator():
