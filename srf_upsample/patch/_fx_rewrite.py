@@ -363,6 +363,62 @@ def _restore_missing(original: nn.Module, gm: fx.GraphModule) -> None:
             setattr(gm, key, value)
 
 
+def _site_record(path: str, node: fx.Node, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The report fields of an upsampling node that every outcome shares (shapes from shape propagation)."""
+    x = arguments["input"]
+    input_meta = x.meta.get("tensor_meta") if isinstance(x, fx.Node) else None
+    output_meta = node.meta.get("tensor_meta")
+    input_shape = tuple(input_meta.shape) if input_meta is not None and hasattr(input_meta, "shape") else None
+    output_shape = tuple(output_meta.shape) if output_meta is not None and hasattr(output_meta, "shape") else None
+    return {
+        "module_path": path,
+        "node": node.name,
+        "kind": arguments["kind"],
+        "target": arguments["target"],
+        "mode": arguments["mode"],
+        "align_corners": arguments["align_corners"],
+        "size": plain_value(_example_value(arguments["size"])),
+        "is_size_dynamic": _is_dynamic(arguments["size"]),
+        "scale_factor": plain_value(_example_value(arguments["scale_factor"])),
+        "in_channels": input_shape[1] if input_shape and len(input_shape) > 1 else None,
+        "input_shape": input_shape,
+        "output_shape": output_shape,
+        "method": FX,
+    }
+
+
+def _skip_reason(x: Any, record: dict[str, Any], provider: UpsamplerProvider) -> str:
+    """Why a site is left as it is (not enlarging, a parameter, not floating point, no matching upsampler) or ``""``."""
+    reason = direction(record["input_shape"], record["output_shape"])
+    if not reason and isinstance(x, fx.Node) and x.op == "get_attr":
+        reason = PARAMETER_REASON
+    if not reason and not x.meta["tensor_meta"].dtype.is_floating_point:
+        reason = f"not a floating point feature map ({x.meta['tensor_meta'].dtype})"
+    return reason or provider.mismatch(record["in_channels"])
+
+
+def _guide_for(
+    node: fx.Node, name: str, upsampler: nn.Module, output_shape: tuple[int, ...] | None
+) -> tuple[fx.Node | None, fx.Node | None, str]:
+    """Where a guide-taking upsampler's guide comes from.
+
+    Returns:
+        ``(guide, consumer, via)`` as :func:`find_guide` (``via`` says why not when ``guide`` is None); an upsampler
+        without a guide gets ``(None, None, "")``.
+    """
+    if not getattr(upsampler, "accepts_guide", False):
+        return None, None, ""
+    guide, consumer, via = find_guide(node, output_shape)
+    guide_channels = getattr(upsampler, "guide_channels", None)
+    if guide is not None and guide_channels is not None and _shape(guide)[1] != guide_channels:
+        via = (
+            f"the map it meets in {consumer.name} has {_shape(guide)[1]} channels but {name} takes "
+            f"guide_channels={guide_channels}"
+        )
+        return None, None, via
+    return guide, consumer, via
+
+
 def rewrite_owner(
     path: str, module: nn.Module, gm: fx.GraphModule, provider: UpsamplerProvider
 ) -> tuple[fx.GraphModule | None, list[PatchSite]]:
@@ -381,55 +437,18 @@ def rewrite_owner(
     sites = []
     for node in find_upsample_nodes(gm):
         arguments = _bound_arguments(gm, node)
-        x = arguments["input"]
-        input_meta = x.meta.get("tensor_meta") if isinstance(x, fx.Node) else None
-        output_meta = node.meta.get("tensor_meta")
-        input_shape = tuple(input_meta.shape) if input_meta is not None and hasattr(input_meta, "shape") else None
-        output_shape = tuple(output_meta.shape) if output_meta is not None and hasattr(output_meta, "shape") else None
-        channels = input_shape[1] if input_shape and len(input_shape) > 1 else None
-        is_dynamic = _is_dynamic(arguments["size"])
-        record = {
-            "module_path": path,
-            "node": node.name,
-            "kind": arguments["kind"],
-            "target": arguments["target"],
-            "mode": arguments["mode"],
-            "align_corners": arguments["align_corners"],
-            "size": plain_value(_example_value(arguments["size"])),
-            "is_size_dynamic": is_dynamic,
-            "scale_factor": plain_value(_example_value(arguments["scale_factor"])),
-            "in_channels": channels,
-            "input_shape": input_shape,
-            "output_shape": output_shape,
-            "method": FX,
-        }
+        record = _site_record(path, node, arguments)
         if arguments["kind"] == "SRFUpsample":
             sites.append(PatchSite(**record, action=ALREADY_PATCHED, reason="", upsampler=arguments["target"]))
             continue
-        reason = direction(input_shape, output_shape)
-        if not reason and isinstance(x, fx.Node) and x.op == "get_attr":
-            reason = PARAMETER_REASON
-        if not reason and not (input_meta.dtype.is_floating_point):
-            reason = f"not a floating point feature map ({input_meta.dtype})"
-        if not reason:
-            reason = provider.mismatch(channels)
+        reason = _skip_reason(arguments["input"], record, provider)
         if reason:
             sites.append(PatchSite(**record, action=SKIPPED, reason=reason))
             continue
-        name, upsampler = provider.get(channels, node.name)
-        guide, consumer, via = None, None, ""
-        if getattr(upsampler, "accepts_guide", False):
-            guide, consumer, via = find_guide(node, output_shape)
-            guide_channels = getattr(upsampler, "guide_channels", None)
-            if guide is not None and guide_channels is not None and _shape(guide)[1] != guide_channels:
-                via = (
-                    f"the map it meets in {consumer.name} has {_shape(guide)[1]} channels but {name} takes "
-                    f"guide_channels={guide_channels}"
-                )
-                guide, consumer = None, None
-        guide_name = guide.name if guide is not None else None
+        name, upsampler = provider.get(record["in_channels"], node.name)
+        guide, consumer, via = _guide_for(node, name, upsampler, record["output_shape"])
         replace_upsample_node(gm, node, name, upsampler, guide=guide, consumer=consumer)
-        guide_fields = {"guide": guide_name, "guide_via": via} if guide is not None else {"guide_reason": via}
+        guide_fields = {"guide": guide.name, "guide_via": via} if guide is not None else {"guide_reason": via}
         sites.append(PatchSite(**record, action=REPLACED, upsampler=name, **guide_fields))
     if not any(site.action == REPLACED for site in sites):
         return None, sites
