@@ -15,7 +15,6 @@ from this module.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -38,6 +37,7 @@ from .run_folder import (
     LOG_NAME,
     MANIFEST_NAME,
     STATE_NAME,
+    file_sha256,
     is_finished,
     read_json,
     read_jsonl,
@@ -148,18 +148,10 @@ def _torch_save(value: Any, path: Path) -> None:
     _fsync(path)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _parts(folder: Path) -> dict[str, dict[str, Any]]:
     """Size and SHA-256 of every file under ``folder`` (its manifest excluded), by relative path."""
     return {
-        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != MANIFEST_NAME
     }
@@ -324,7 +316,7 @@ def _verify(folder: Path, step: int) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != part["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, the checkpoint recorded {part['bytes']}"
-        if _sha256(path) != part["sha256"]:
+        if file_sha256(path) != part["sha256"]:
             return f"{name} does not match its recorded SHA-256 (damaged)"
     return None
 

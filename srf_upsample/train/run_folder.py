@@ -35,6 +35,7 @@ __all__ = [
     "STATE_NAME",
     "check_run_folder",
     "detector_spec_of",
+    "file_sha256",
     "fingerprint",
     "is_finished",
     "load_trained_detector",
@@ -169,9 +170,8 @@ def load_trained_detector(
     return detector.to(device).eval(), manifest
 
 
-def _file_sha256(path: str | os.PathLike) -> str | None:
-    if not os.path.isfile(path):
-        return None
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -182,7 +182,7 @@ def _file_sha256(path: str | os.PathLike) -> str | None:
 def fingerprint(config: TrainConfig) -> dict[str, Any]:
     """What defines a run: its config without the keys that do not change the result, and its data's SHA-256."""
     values = {key: value for key, value in config.to_dict().items() if key not in config.NOT_IN_FINGERPRINT}
-    values["ann_file_sha256"] = _file_sha256(config.ann_file)
+    values["ann_file_sha256"] = file_sha256(config.ann_file) if os.path.isfile(config.ann_file) else None
     return values
 
 

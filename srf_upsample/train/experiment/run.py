@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import sys
@@ -10,7 +9,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..run_folder import CHECKPOINT_NAME, MANIFEST_NAME, is_finished, read_json, update_manifest, write_json
+from ..run_folder import (
+    CHECKPOINT_NAME,
+    MANIFEST_NAME,
+    file_sha256,
+    is_finished,
+    read_json,
+    update_manifest,
+    write_json,
+)
 from .arms import BASELINE
 from .plan import Job
 
@@ -19,14 +26,6 @@ __all__ = ["LINEAGE_KEY", "lineage_of", "record_a1_lineage", "run_jobs"]
 # The manifest key of a run's lineage: ``{"a1": <A1 job>, "a1_sha256": <its final weights>}`` for the A1 its detector
 # or F descends from, and ``generator_a1`` / ``generator_a1_sha256`` for the A1 its generator learned against.
 LINEAGE_KEY = "lineage"
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _lineage(job: Job) -> dict[str, Any]:
@@ -45,7 +44,7 @@ def record_a1_lineage(job: Job) -> None:
     The trainer keeps that file (it prunes only older step folders), so descendants can be checked against it.
     """
     if is_a1(job) and is_finished(job.output_dir) and not _lineage(job):
-        sha = _sha256(job.output_dir / CHECKPOINT_NAME)
+        sha = file_sha256(job.output_dir / CHECKPOINT_NAME)
         update_manifest(job.output_dir, {LINEAGE_KEY: {"a1": job.name, "a1_sha256": sha}})
 
 
