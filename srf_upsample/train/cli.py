@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     root.setLevel(args.log_level.upper())
     try:
         summary = config.run()
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:  # ImportError: an optional extra (tensorboard)
         print(f"srf-upsample train: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

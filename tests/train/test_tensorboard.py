@@ -130,11 +130,16 @@ def test_generator_fidelity_records_are_flattened(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-def test_missing_tensorboard_is_a_clear_error_before_training(coco, tmp_path, monkeypatch):
+def test_missing_tensorboard_is_a_clear_error_before_training(coco, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were not installed
     config, _ = parse_config(_baseline(coco, tmp_path / "run", "--tensorboard"))
     with pytest.raises(ImportError, match=r"pip install 'srf_upsample\[tensorboard\]'.*or train without --tensorboard"):
         fit(config)
     assert not (tmp_path / "run").exists()  # nothing written, not even the folder
+    # The CLI prints it as one line, exit code 2, no traceback.
+    assert main(_baseline(coco, tmp_path / "run", "--tensorboard")) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("srf-upsample train: error: tensorboard=True") and "Traceback" not in error
+    assert not (tmp_path / "run").exists()
     with pytest.raises(TypeError, match="tensorboard must be True or False, got 'yes'"):
         RunLog(tmp_path, tensorboard="yes")
