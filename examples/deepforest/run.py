@@ -35,7 +35,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare import SPLITS, prepare  # noqa: E402
 
-from srf_upsample.train.checkpoint import DIVERGED_NAME, is_finished  # noqa: E402
 from srf_upsample.train.experiment import (  # noqa: E402
     DEFAULT_ARMS,
     GENERATOR_VARIANTS,
@@ -52,7 +51,7 @@ from srf_upsample.train.experiment.archive import ARCHIVE_NAME, open_runs, read_
 from srf_upsample.train.experiment.detections import DETECTIONS_NAME  # noqa: E402
 from srf_upsample.train.experiment.summary import resampled_ap_of_runs  # noqa: E402
 from srf_upsample.train.fidelity import plot_generator_curves  # noqa: E402
-from srf_upsample.train.run_folder import read_jsonl  # noqa: E402
+from srf_upsample.train.run_folder import DIVERGED_NAME, is_finished, read_jsonl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -7,12 +7,11 @@ import torch
 from conftest import TINY, data_args
 
 from srf_upsample import SRFUpsample
-from srf_upsample.train.checkpoint import read_jsonl
 from srf_upsample.train.cli import main, parse_config
 from srf_upsample.train.data import collate
 from srf_upsample.train.loop import _Trainer
 from srf_upsample.train.models import FixedInterpolation
-from srf_upsample.train.run_folder import load_trained_detector
+from srf_upsample.train.run_folder import load_trained_detector, read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..checkpoint import write_json
+from ..run_folder import write_json
 from .archive import open_runs
 from .config import load_experiment
 from .plan import plan_jobs

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import DIVERGED_NAME, EVAL_LOG_NAME, LOG_NAME, MANIFEST_NAME, is_finished, read_jsonl
+from ..run_folder import DIVERGED_NAME, EVAL_LOG_NAME, LOG_NAME, MANIFEST_NAME, is_finished, read_jsonl
 from .config import ExperimentConfig
 from .detections import DETECTIONS_NAME, match_run, read_detections, read_ground_truth, resampled_ap
 from .plan import Job
