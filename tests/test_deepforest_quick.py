@@ -142,3 +142,49 @@ def test_pooled_folds_read_committed_results_and_name_a_missing_fold(tmp_path, m
     with pytest.raises(SystemExit):
         deepforest_run.main(["--profile", "gpu", "--pool-folds", "0"])
     assert "no committed results for fold 0 of the gpu profile" in capsys.readouterr().err
+
+
+def _stage1_run(folder: Path, records: list[dict], manifest: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "log.jsonl").write_text('{"step": 1, "time": 30.0}\n{"step": 2, "time": 30.0}\n')
+    (folder / "generator").mkdir()
+    (folder / "generator" / "config.json").write_text("{}")
+
+
+def test_generators_only_plans_the_shared_stage1_and_reports_its_fidelity(tmp_path, deepforest_run):
+    from types import SimpleNamespace
+
+    jobs = [
+        SimpleNamespace(name="seed0/A1", needs=[]),
+        SimpleNamespace(name="seed0/B", needs=["seed0/A1"]),
+        SimpleNamespace(name="shared/stage1-lite", needs=["seed0/A1"]),
+        SimpleNamespace(name="seed0/A2-lite", needs=["shared/stage1-lite", "seed0/A1"]),
+    ]
+    assert [job.name for job in deepforest_run.generator_jobs(jobs)] == ["seed0/A1", "shared/stage1-lite"]
+
+    fixed = {"nearest": {"P2": 1.1, "P3": 0.9}, "bilinear": {"P2": 1.0, "P3": 0.8}, "bicubic": {"P2": 1.05, "P3": 0.85}}
+    first = {
+        "step": 60,
+        "generator_l1": {"P2": 0.99, "P3": 0.79},
+        "generator_l1_mean": 0.89,
+        "heldout_images": 12,
+        "interpolation_l1": fixed,
+        "interpolation_l1_mean": {mode: sum(v.values()) / 2 for mode, v in fixed.items()},
+        "seconds": 60.0,
+    }
+    best = {"step": 120, "generator_l1": {"P2": 0.9, "P3": 0.7}, "generator_l1_mean": 0.8, "heldout_images": 12}
+    last = {"step": 180, "generator_l1": {"P2": 0.91, "P3": 0.71}, "generator_l1_mean": 0.81, "heldout_images": 12}
+    stopped = {"step": 180, "reason": "plateau"}
+    manifest = {"finished": True, "stopped": stopped, "config": {"max_iters": 1200}}
+    _stage1_run(tmp_path / "shared" / "stage1-lite", [first, best, last], manifest)
+    text = deepforest_run.generators_text(tmp_path, "python examples/deepforest/run.py ...", "spatial block 0 of 4")
+    assert "12 validation tiles" in text
+    assert "| lite | 180 of 1200 (plateau stop at 180) | 2.0 | G, step 180 | 0.9100 | 0.7100 | 0.8100 |" in text
+    assert "| | | | G, best (step 120) | 0.9000 | 0.7000 | 0.8000 |" in text
+    assert "| | | | bilinear | 1.0000 | 0.8000 | 0.9000 |" in text
+    copied = deepforest_run.copy_generators(tmp_path, tmp_path / "committed")
+    assert copied == [tmp_path / "committed" / "generators" / "stage1-lite"]
+    assert (copied[0] / "config.json").is_file()
+    assert deepforest_run.generators_text(tmp_path / "empty", "", "") is None
