@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._interpolate import interpolate
-from .pyramid import downsample_images, extract_levels, prepare_batch
+from .pyramid import downsample_images, extract_levels, extract_levels_and_guides, prepare_batch
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -26,6 +26,7 @@ __all__ = [
     "HeldoutFeatures",
     "feature_pairs",
     "fidelity",
+    "guided_feature_pairs",
     "plateau_step",
     "plot_generator_curves",
 ]
@@ -65,25 +66,50 @@ def feature_pairs(
 
 
 @torch.no_grad()
+def guided_feature_pairs(
+    extractor: nn.Module,
+    image: torch.Tensor,
+    keys: Sequence[str],
+    sources: Sequence[int | None],
+    *,
+    degradation: str = "bilinear",
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]]:
+    """:func:`feature_pairs` plus the guided generator's guides: ``(P_lr, P_tr, guides)``.
+
+    ``guides[i]`` is the FPN lateral map of I_lr named by ``sources[i]`` (``pyramid.guide_sources``), ``(1, C, H_i,
+    W_i)`` like level i of P_tr, or ``None`` (the finest level): exactly what stage 1 feeds G (same pass of F on I_lr).
+    """
+    extractor.eval()
+    full = prepare_batch([image])
+    low = downsample_images(full, degradation)
+    low_levels, guides = extract_levels_and_guides(extractor, low, keys, sources)
+    return low_levels, extract_levels(extractor, full, keys), guides
+
+
+@torch.no_grad()
 def fidelity(
-    upsample: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor],
+    upsample: Callable[..., torch.Tensor],
     low: Sequence[torch.Tensor],
     target: Sequence[torch.Tensor],
+    guides: Sequence[torch.Tensor | None] | None = None,
 ) -> list[dict[str, float]]:
     """Per level: L1 (Eq. 2's term), PSNR (peak = target's max abs) and mean cosine similarity over pixels.
 
     Args:
         upsample: ``upsample(x, size)``, e.g. ``lambda x, size: generator(x, size=size)`` or an entry of
-            ``INTERPOLATIONS``.
+            ``INTERPOLATIONS``; with ``guides``, ``upsample(x, size, guide)`` at the levels whose guide is not None.
         low: P_lr levels, ``(N, C, h_i, w_i)``.
         target: P_tr levels, ``(N, C, H_i, W_i)``.
+        guides: per level the guided generator's guide ``(N, C_g, H_i, W_i)`` or ``None``; ``None``: no guides.
 
     Returns:
         One dict per level with the keys of ``FIDELITY_METRICS``.
     """
     rows = []
-    for x, y in zip(low, target, strict=True):
-        out = upsample(x, tuple(y.shape[-2:])).float()
+    for index, (x, y) in enumerate(zip(low, target, strict=True)):
+        guide = None if guides is None else guides[index]
+        size = tuple(y.shape[-2:])
+        out = (upsample(x, size) if guide is None else upsample(x, size, guide)).float()
         mse = F.mse_loss(out, y).item()
         peak = y.abs().max().item()
         rows.append(
@@ -109,16 +135,30 @@ class HeldoutFeatures:
     Attributes:
         pairs: one :func:`feature_pairs` result per image (levels ``(1, C, H_i, W_i)``).
         level_names: ``"P2"``... one per level.
+        guides: for the guided generator, per image the guides of :func:`guided_feature_pairs` (per level a
+            ``(1, C, H_i, W_i)`` lateral map of I_lr or ``None``); ``None`` for the other variants.
     """
 
     pairs: list[tuple[list[torch.Tensor], list[torch.Tensor]]]
     level_names: list[str]
+    guides: list[list[torch.Tensor | None]] | None = None
 
     @classmethod
     def from_config(
-        cls, config: TrainConfig, extractor: nn.Module, keys: Sequence[str], levels: Sequence[int], device: torch.device
+        cls,
+        config: TrainConfig,
+        extractor: nn.Module,
+        keys: Sequence[str],
+        levels: Sequence[int],
+        device: torch.device,
+        *,
+        guide_sources: Sequence[int | None] | None = None,
     ) -> HeldoutFeatures:
-        """The pairs of every readable image of ``config.eval_ann_file``, resized like training, not flipped."""
+        """The pairs of every readable image of ``config.eval_ann_file``, resized like training, not flipped.
+
+        ``guide_sources`` (``pyramid.guide_sources``, for the guided generator) also keeps, per image, the lateral
+        maps of I_lr that stage 1 feeds G as guides.
+        """
         from .data import CocoDetectionDataset
 
         dataset = CocoDetectionDataset(
@@ -128,32 +168,63 @@ class HeldoutFeatures:
             max_size=config.max_size,
         )
         pairs = []
+        guides: list[list[torch.Tensor | None]] | None = None if guide_sources is None else []
         for index in range(len(dataset)):
             item = dataset[(index, False)]
-            if item is not None:
-                low, target = feature_pairs(extractor, item[0].to(device), keys, degradation=config.degradation)
-                pairs.append(([x.float() for x in low], [y.float() for y in target]))
+            if item is None:
+                continue
+            image = item[0].to(device)
+            if guides is None:
+                low, target = feature_pairs(extractor, image, keys, degradation=config.degradation)
+            else:
+                low, target, image_guides = guided_feature_pairs(
+                    extractor, image, keys, guide_sources, degradation=config.degradation
+                )
+                guides.append([None if g is None else g.float() for g in image_guides])
+            pairs.append(([x.float() for x in low], [y.float() for y in target]))
         if not pairs:
             raise ValueError(f"No readable image in {config.eval_ann_file!r} to measure G on; check --eval-data-root.")
-        return cls(pairs, [f"P{level}" for level in levels])
+        return cls(pairs, [f"P{level}" for level in levels], guides)
 
     @torch.no_grad()
     def generator_fidelity(self, generator: nn.Module, *, interpolations: bool = False) -> dict[str, Any]:
         """Eq. (2)'s L1 per level between G(P_lr) and P_tr, averaged over the images (G in eval mode meanwhile).
+
+        A guided G (``accepts_guide``) gets the held-out guides, as in stage 1 (built with ``guide_sources``); the
+        interpolations never get one.
 
         Returns:
             ``{"generator_l1": {"P2": ..}, "generator_l1_mean": .., "heldout_images": n}``, and with
             ``interpolations`` also ``"interpolation_l1": {"nearest" | "bilinear" | "bicubic": {"P2": .., ..}}`` and
             ``"interpolation_l1_mean": {mode: ..}``.
         """
+        guided = bool(getattr(generator, "accepts_guide", False))
+        if guided != (self.guides is not None):
+            raise ValueError(
+                f"The held-out features were built {'with' if self.guides is not None else 'without'} guides, but "
+                f"the generator ({getattr(generator, 'variant', type(generator).__name__)!r}) "
+                f"{'takes' if guided else 'takes no'} guide: build HeldoutFeatures.from_config with guide_sources="
+                "pyramid.guide_sources(keys) exactly for a guided generator."
+            )
         was_training = generator.training
         generator.eval()
         try:
-            methods: dict[str, Callable] = {"generator": lambda x, size: generator(x, size=size)}
+            methods: dict[str, Callable] = {
+                "generator": lambda x, size, guide=None: (
+                    generator(x, size=size) if guide is None else generator(x, size=size, guide=guide)
+                )
+            }
             if interpolations:
                 methods.update(INTERPOLATIONS)
+            per_image_guides = self.guides or [None] * len(self.pairs)
             scores = {
-                name: _level_means([fidelity(method, low, target) for low, target in self.pairs], self.level_names)
+                name: _level_means(
+                    [
+                        fidelity(method, low, target, guides if name == "generator" else None)
+                        for (low, target), guides in zip(self.pairs, per_image_guides, strict=True)
+                    ],
+                    self.level_names,
+                )
                 for name, method in methods.items()
             }
         finally:

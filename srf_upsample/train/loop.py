@@ -28,7 +28,7 @@ from .feature_cache import FeatureCache
 from .fidelity import HeldoutFeatures, plateau_step
 from .models import detector_first_level, disable_detector_resize, level_keys
 from .optim import optimizers_for
-from .pyramid import FeaturePyramidHook
+from .pyramid import FeaturePyramidHook, guide_sources
 from .run_folder import (
     DIVERGED_NAME,
     EVAL_LOG_NAME,
@@ -69,10 +69,21 @@ class _Levelwise(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, feats: list[torch.Tensor], sizes: list[Sequence[int]] | None = None) -> list[torch.Tensor]:
+    def forward(
+        self,
+        feats: list[torch.Tensor],
+        sizes: list[Sequence[int]] | None = None,
+        guides: list[torch.Tensor | None] | None = None,
+    ) -> list[torch.Tensor]:
+        """``net`` per level: ``(N, C, h_i, w_i)`` to ``sizes[i]``, guided by ``guides[i]`` where it is a tensor."""
         if sizes is None:
             return [self.net(feat) for feat in feats]
-        return [self.net(feat, size=tuple(size)) for feat, size in zip(feats, sizes, strict=True)]
+        if guides is None:
+            return [self.net(feat, size=tuple(size)) for feat, size in zip(feats, sizes, strict=True)]
+        return [
+            self.net(feat, size=tuple(size)) if guide is None else self.net(feat, size=tuple(size), guide=guide)
+            for feat, size, guide in zip(feats, sizes, guides, strict=True)
+        ]
 
 
 def _levels(config: TrainConfig) -> list[int]:
@@ -357,7 +368,12 @@ class _Trainer:
             )
         if self._evaluates_generator():
             if self.heldout is None:
-                self.heldout = HeldoutFeatures.from_config(config, self.extractor, self.keys, self.levels, self.device)
+                # The guided G gets the guides stage 1 feeds it (the lateral maps of I_lr), or it measures its
+                # unguided pass.
+                sources = guide_sources(self.keys) if getattr(self.generator, "accepts_guide", False) else None
+                self.heldout = HeldoutFeatures.from_config(
+                    config, self.extractor, self.keys, self.levels, self.device, guide_sources=sources
+                )
             # The fixed interpolations once per run: at the first evaluation that eval.jsonl does not already hold.
             earlier = read_jsonl(self.output_dir / EVAL_LOG_NAME)
             with_interpolations = not any("interpolation_l1" in record for record in earlier)

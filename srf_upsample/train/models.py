@@ -244,7 +244,10 @@ def enable_detector_resize(model: nn.Module) -> None:
 
 
 def patch_generator(model: nn.Module, generator: nn.Module) -> nn.Module:
-    """Put ``generator`` in place of every F.interpolate of the detector's FPN (one G shared), via ``patch_fpn``."""
+    """Put ``generator`` in place of every F.interpolate of the detector's FPN (one G shared), via ``patch_fpn``.
+
+    A guided generator must get its guide (the site's lateral map) at every site; an unguided site is a ValueError.
+    """
     from ..patch import patch_fpn
 
     fpn_channels = getattr(getattr(model, "backbone", None), "out_channels", None)
@@ -257,6 +260,15 @@ def patch_generator(model: nn.Module, generator: nn.Module) -> nn.Module:
         )
     _, report = patch_fpn(model, upsampler=generator, share=True, strict=True)
     logger.info("patched the FPN: %s", report)
+    unguided = [site for site in report.replaced if site.guide is None]
+    if getattr(generator, "accepts_guide", False) and unguided:
+        # A guided G that gets no guide runs its unguided pass: training it so would silently train a lite G.
+        reasons = "; ".join(f"{site.node}: {site.guide_reason or 'no guide'}" for site in unguided)
+        raise ValueError(
+            f"The guided generator got no guide at {len(unguided)} of the FPN's {len(report.replaced)} upsampling "
+            f"sites ({reasons}); it would run unguided there. Use a detector whose FPN adds each upsampled map to a "
+            "same-size lateral map (torchvision's FeaturePyramidNetwork), or generator_variant='lite'."
+        )
     return model
 
 

@@ -18,6 +18,9 @@ __all__ = [
     "FeaturePyramidHook",
     "downsample_images",
     "extract_levels",
+    "extract_levels_and_guides",
+    "guide_sources",
+    "lateral_blocks",
     "prepare_batch",
     "target_batch_size",
 ]
@@ -83,6 +86,69 @@ def extract_levels(backbone: nn.Module, x: torch.Tensor, keys: Sequence[str]) ->
     """Run the FPN backbone (body + fpn) on a prepared ``(N, 3, H, W)`` batch; the levels named by ``keys``."""
     feats = backbone(x)
     return [feats[key] for key in keys]
+
+
+def guide_sources(keys: Sequence[str]) -> list[int | None]:
+    """Per trained level, the index of the FPN lateral conv whose output guides G there; ``None``: unguided.
+
+    Inside torchvision's FPN the map of input ``k`` (output key ``str(k)``, see ``models.level_keys``) is upsampled to
+    the size of input ``k - 1`` and added to ``inner_blocks[k - 1]`` of it: that lateral map is the guide the patched
+    FPN passes (docs/guided_generator.md). Key ``"0"`` is the FPN's finest level: no finer lateral map, so G runs its
+    unguided pass there.
+
+    Example:
+        >>> guide_sources(["0", "1", "2", "3"])
+        [None, 0, 1, 2]
+    """
+    return [int(key) - 1 if int(key) > 0 else None for key in keys]
+
+
+def lateral_blocks(backbone: nn.Module) -> nn.ModuleList:
+    """The lateral 1x1 convs of ``backbone``'s torchvision FPN (``backbone.fpn.inner_blocks``), finest first."""
+    blocks = getattr(getattr(backbone, "fpn", None), "inner_blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(
+            f"The guided generator's guide is the FPN's lateral map (backbone.fpn.inner_blocks of torchvision's "
+            f"FeaturePyramidNetwork), but the extractor {type(backbone).__name__} has no fpn.inner_blocks: train "
+            "the guided variant against a torchvision FPN backbone, or set generator_variant to 'lite'."
+        )
+    return blocks
+
+
+def extract_levels_and_guides(
+    backbone: nn.Module, x: torch.Tensor, keys: Sequence[str], sources: Sequence[int | None]
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """:func:`extract_levels`, plus per level the FPN lateral map ``inner_blocks[source](C_source)`` of the same pass.
+
+    Args:
+        backbone: the FPN backbone (body + torchvision FPN).
+        x: a prepared ``(N, 3, H, W)`` batch.
+        keys: the FPN output names of the trained levels.
+        sources: per level, the lateral conv index (:func:`guide_sources`) or ``None``.
+
+    Returns:
+        ``(levels, guides)``: the ``(N, C, H_i, W_i)`` levels, and per level the ``(N, C, 2 H_i, 2 W_i)`` lateral map
+        of the next-finer FPN input (captured by a forward hook, so F runs once) or ``None``.
+    """
+    if len(sources) != len(keys):
+        raise ValueError(f"sources needs one entry per key ({len(keys)}), got {len(sources)}.")
+    blocks = lateral_blocks(backbone)
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    for index in sorted({source for source in sources if source is not None}):
+        if not 0 <= index < len(blocks):
+            raise ValueError(f"guide source {index} is not a lateral conv of this FPN (it has {len(blocks)}).")
+
+        def keep(module: nn.Module, args, output: torch.Tensor, index: int = index) -> None:
+            captured[index] = output
+
+        handles.append(blocks[index].register_forward_hook(keep))
+    try:
+        levels = extract_levels(backbone, x, keys)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return levels, [None if source is None else captured[source] for source in sources]
 
 
 class FeaturePyramidHook:

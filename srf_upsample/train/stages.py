@@ -30,8 +30,8 @@ from ..upsample import SRFUpsample
 from .config import CONFIG_DIR, StageModules, TrainConfig, check_values, load_config_file
 from .data import scale_targets
 from .feature_cache import batch_features
-from .models import INTERPOLATION_MODES, patch_generator, set_fpn_interpolation
-from .pyramid import downsample_images, extract_levels, prepare_batch, target_batch_size
+from .models import INTERPOLATION_MODES, detector_first_level, level_keys, patch_generator, set_fpn_interpolation
+from .pyramid import downsample_images, extract_levels, guide_sources, prepare_batch, target_batch_size
 from .run_folder import CHECKPOINT_NAME, DISCRIMINATOR_DIR, GENERATOR_DIR
 from .state_dicts import strip_prefix
 
@@ -60,6 +60,55 @@ def _new_generator(config: TrainConfig) -> SRFUpsample:
         variant=config.generator_variant,
         **{name: value for name, value in options.items() if value is not None},
     )
+
+
+def _load_start_generator(generator: SRFUpsample, source: str) -> None:
+    """Load the trained generator ``source`` (folder or shipped name) into the fresh ``generator`` of the config.
+
+    The same variant loads every weight (strictly). A ``"lite"`` generator into a ``"guided"`` one loads the lite trunk,
+    which the guided variant shares key for key; only the guide branch (``guide.*``) keeps its fresh start, whose
+    modulation is zero, so the guided G starts as exactly that lite G (docs/guided_generator.md). Anything else, or any
+    other missing, unexpected or differently shaped key, is a ValueError.
+    """
+    start = SRFUpsample.from_pretrained(source)
+    allowed = {generator.variant} | ({"lite"} if generator.variant == "guided" else set())
+    if start.variant not in allowed:
+        raise ValueError(
+            f"generator={source!r} is a {start.variant!r} generator, but generator_variant is "
+            f"{generator.variant!r}: a G starts from a trained generator of its own variant"
+            + (", or a guided G from a trained lite G (its trunk)" if generator.variant == "guided" else "")
+            + f". Pass a {' or '.join(sorted(allowed))} generator folder, or set generator_variant to "
+            f"{start.variant!r}."
+        )
+    if start.negative_slope != generator.negative_slope:
+        raise ValueError(
+            f"generator={source!r} was built with negative_slope={start.negative_slope}, the trainer builds "
+            f"{generator.negative_slope}: its weights would compute another function. Train from scratch instead."
+        )
+    own, given = generator.state_dict(), start.state_dict()
+    fresh = sorted(key for key in own if key not in given)
+    allowed_fresh = [key for key in fresh if start.variant != generator.variant and key.startswith("guide.")]
+    problems = {
+        "missing": [key for key in fresh if key not in allowed_fresh],
+        "unexpected": sorted(key for key in given if key not in own),
+        "shape": [
+            f"{key}: {tuple(given[key].shape)} there, {tuple(own[key].shape)} here"
+            for key in sorted(given)
+            if key in own and given[key].shape != own[key].shape
+        ],
+    }
+    if any(problems.values()):
+        listed = "; ".join(
+            f"{kind}: {', '.join(keys[:3])}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            for kind, keys in problems.items()
+            if keys
+        )
+        raise ValueError(
+            f"generator={source!r} does not fit the G this config builds ({listed}). Set fpn_channels, "
+            f"generator_hidden_channels and generator_num_blocks to that generator's (in_channels="
+            f"{start.in_channels}, hidden_channels={start.hidden_channels}, num_blocks={start.num_blocks})."
+        )
+    generator.load_state_dict(given, strict=not allowed_fresh)
 
 
 def _discriminator_update(trainer: Any, real: list[torch.Tensor], sr: list[torch.Tensor]) -> torch.Tensor:
@@ -102,20 +151,33 @@ class Stage1Config(TrainConfig):
     milestones: list[int] = field(default_factory=lambda: [120_000])
     # Keep F's levels on each (image, flip) in RAM after their first computation (F is frozen): see feature_cache.py.
     feature_cache: bool = True
+    # A trained generator folder (or shipped name) G starts from instead of its fresh init: one of generator_variant,
+    # or a lite G for generator_variant="guided" (its trunk; the guide branch starts at zero). None: fresh.
+    generator: str | None = None
     # Stop (as finished) when G's held-out mean L1 has not improved by plateau_min_delta (relative to the best so far)
     # for plateau_patience evaluations in a row; None: train to max_iters. Needs eval_ann_file and eval_every.
     plateau_patience: int | None = None
     plateau_min_delta: float = 0.01
 
     def validate(self) -> None:
-        """The shared checks, then the plateau stop's settings."""
+        """The shared checks, the plateau stop's settings, and that a guided G has a level with a guide."""
         super().validate()
         _validate_plateau(self)
+        if self.generator_variant == "guided":
+            levels = self.levels or list(range(detector_first_level(self.detector), 6))
+            if not any(source is not None for source in guide_sources(level_keys(self.detector, levels))):
+                raise ValueError(
+                    f"generator_variant='guided' learns from the lateral map of the next-finer FPN level, but levels="
+                    f"{levels} has only the FPN's finest level, where G runs unguided: its guide branch would never "
+                    "train. Add a coarser level (e.g. levels=[2,3,4,5]) or use generator_variant='lite'."
+                )
 
     def build(self, num_classes: int) -> StageModules:
         """F from the trained detector, a fresh G and D; both train, both are saved as folders."""
         extractor = self.frozen_extractor(num_classes)
         generator = _new_generator(self)
+        if self.generator:
+            _load_start_generator(generator, self.generator)
         discriminator = FeaturePatchDiscriminator(self.fpn_channels, hidden_channels=self.discriminator_hidden_channels)
         modules = {"generator": generator, "discriminator": discriminator}
         return StageModules(
@@ -127,20 +189,30 @@ class Stage1Config(TrainConfig):
         )
 
     def step(self, trainer: Any, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
-        """One D step on Eq. (1), then one G step on Eq. (2) through the updated D (its output not detached)."""
+        """One D step on Eq. (1), then one G step on Eq. (2) through the updated D (its output not detached).
+
+        The guided G gets, at each level but the FPN's finest, the lateral map of I_lr it meets inside the FPN
+        (``pyramid.guide_sources``); the other variants get no guide.
+        """
         image_keys = [target.get("dataset_key") for target in targets]
+        sources = guide_sources(trainer.keys) if getattr(trainer.generator, "accepts_guide", False) else None
         with torch.no_grad(), trainer.autocast(), record_function("F levels (cache lookup or compute)"):
             # F per image (cached when feature_cache is on: F is frozen, the keys name deterministic views).
-            target_feats, low_feats = batch_features(
+            target_feats, low_feats, guides = batch_features(
                 trainer.extractor,
                 images,
                 image_keys,
                 trainer.keys,
                 degradation=self.degradation,
                 cache=trainer.feature_cache,
+                guide_sources=sources,
             )
+        sizes = [feat.shape[-2:] for feat in target_feats]
         with trainer.autocast(), record_function("G forward"):
-            sr = trainer.generator_levels(low_feats, [feat.shape[-2:] for feat in target_feats])
+            if sources is None:
+                sr = trainer.generator_levels(low_feats, sizes)
+            else:
+                sr = trainer.generator_levels(low_feats, sizes, guides)
         sr = [feat.float() for feat in sr]
         d_loss = _discriminator_update(trainer, target_feats, sr)
         # G step: D's output is not detached, so the adversarial gradient reaches G; only G's optimizer steps.
