@@ -305,3 +305,51 @@ def test_stages_2_and_3_run_the_guided_g_with_every_fpn_site_guided(coco, tmp_pa
     with torch.no_grad():
         built.modules["detector"]([torch.rand(3, 64, 64)])
     assert guides == [True, True, True]
+
+
+def test_bench_swap_scores_the_detector_as_trained_and_with_each_generator_patched_in(coco, tmp_path, capsys):
+    import sys
+
+    from safetensors.torch import save_file
+
+    from srf_upsample.train.shipped import save_detector_folder
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_swap
+
+    values = {"detector": "fasterrcnn", "backbone": "resnet18", "fpn_channels": 16, "min_size": 64, "max_size": 64}
+    detector = DetectorSpec.from_values(values, num_classes=3, frozen_batchnorm=True).build()
+    save_file({f"detector.{k}": v.contiguous() for k, v in detector.state_dict().items()}, str(tmp_path / "c.st"))
+    spec = {**values, "num_classes": 3, "anchor_sizes": None, "detector_kwargs": None}
+    folder = save_detector_folder(tmp_path / "c.st", tmp_path / "detector", spec, half=False)
+    _generator("guided").save_pretrained(str(tmp_path / "guided"))
+    _generator("lite").save_pretrained(str(tmp_path / "lite"))
+    common = ["--detector", str(folder), "--data-root", str(coco[0]), "--ann-file", str(coco[1]), "--no-write"]
+    argv = [*common, "--generator", str(tmp_path / "guided"), "--generator", str(tmp_path / "lite")]
+    assert bench_swap.main(argv) == 0
+    rows = {
+        cells[0]: cells[1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and not line.startswith(("| upsampling", "| -"))
+        for cells in [[cell.strip() for cell in line.split("|")[1:-1]]]
+    }
+    assert list(rows) == [
+        "nearest (as trained)",
+        "bilinear",
+        f"{tmp_path / 'guided'} (guided G)",
+        f"{tmp_path / 'lite'} (lite G)",
+    ]
+    assert rows[f"{tmp_path / 'guided'} (guided G)"] == "6 of 6"  # 3 sites x 2 batches of 2 images, all guided
+    assert rows[f"{tmp_path / 'lite'} (lite G)"] == "0 of 6" and rows["bilinear"] == "-"
+    # A baseline run folder (an A1: the F of stage 1) serves as the detector too; --quick scores 2 images.
+    baseline = ["baseline", *data_args(coco), *TINY, "--set", "fpn_channels=16", "--max-iters", "1"]
+    assert main([*baseline, "--output-dir", str(tmp_path / "A1")]) == 0
+    run = ["--detector", str(tmp_path / "A1"), *common[2:], "--quick", "--generator", str(tmp_path / "guided")]
+    assert bench_swap.main(run) == 0
+    assert "| 3 of 3 " in capsys.readouterr().out  # 2 images, one batch: 3 sites, all guided
+    # A generator of another FPN width is refused before anything is scored.
+    SRFUpsample(8, hidden_channels=8, num_blocks=1, variant="guided").save_pretrained(str(tmp_path / "wide"))
+    with pytest.raises(SystemExit):
+        bench_swap.main([*common, "--generator", str(tmp_path / "wide")])
+    error = capsys.readouterr()
+    assert "8-channel features but the detector's FPN has 16" in error.err and "AP50" not in error.out
