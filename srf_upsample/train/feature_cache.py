@@ -69,7 +69,7 @@ class FeatureCache:
     Memory: per key, ``4 * C * sum_i(H_i * W_i) * 5 / 4`` bytes (float32 I_tr levels plus the quarter-size I_lr ones);
     at C = 64 and a 448 x 448 padded tile on P2-P5 that is 5.3 MB, at C = 256 21 MB. The guided generator's lateral
     maps have the I_tr levels' sizes (all but the finest level's): up to ``4 * C * sum_{i > first}(H_i * W_i)`` more
-    bytes, about +25 % for P2-P5. Each image is stored at most twice (its flip) per distinct padded batch size it is
+    bytes, about +20 % for P2-P5. Each image is stored at most twice (its flip) per distinct padded batch size it is
     seen in.
     """
 
