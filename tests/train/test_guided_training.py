@@ -353,3 +353,22 @@ def test_bench_swap_scores_the_detector_as_trained_and_with_each_generator_patch
         bench_swap.main([*common, "--generator", str(tmp_path / "wide")])
     error = capsys.readouterr()
     assert "8-channel features but the detector's FPN has 16" in error.err and "AP50" not in error.out
+
+
+def test_stage3_trains_a_new_guided_g_end_to_end_with_its_guides(coco, tmp_path):
+    # Arm E2E-guided: stage 3 alone builds the guided G from the generator_* settings; every site gets its guide.
+    from srf_upsample.train.run_folder import load_trained_detector
+
+    out = tmp_path / "e2e"
+    argv = ["stage3", *data_args(coco), *TINY, *GUIDED, "--max-iters", "1", "--output-dir", str(out)]
+    assert main([*argv, "--set", "use_new_generator=true"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["config"]["generator_variant"] == "guided"
+    detector, _ = load_trained_detector(out)  # rebuilt from the run folder: G patched in again, guided
+    (generator,) = {m for m in detector.modules() if isinstance(m, SRFUpsample)}
+    guided = []
+    generator.register_forward_hook(
+        lambda module, args, kwargs, output: guided.append(kwargs.get("guide") is not None), with_kwargs=True
+    )
+    with torch.no_grad():
+        detector([torch.rand(3, 64, 64)])
+    assert generator.accepts_guide and guided == [True, True, True]
