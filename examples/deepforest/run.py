@@ -50,7 +50,7 @@ from srf_upsample.train.experiment import (  # noqa: E402
 from srf_upsample.train.experiment.archive import ARCHIVE_NAME, open_runs, read_archive, write_archive  # noqa: E402
 from srf_upsample.train.experiment.detections import DETECTIONS_NAME  # noqa: E402
 from srf_upsample.train.experiment.summary import resampled_ap_of_runs  # noqa: E402
-from srf_upsample.train.fidelity import plot_generator_curves  # noqa: E402
+from srf_upsample.train.fidelity import plateau_step, plot_generator_curves  # noqa: E402
 from srf_upsample.train.run_folder import DIVERGED_NAME, is_finished, read_jsonl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -308,8 +308,9 @@ def copy_small_outputs(work: Path, target: Path) -> None:
             (target / name).write_bytes(_relative_paths((work / name).read_bytes(), name))
 
 
-def write_results_section(text: str, name: str) -> None:
-    """Replace the ``<!-- name:start -->`` ... ``<!-- name:end -->`` block of benchmarks/RESULTS.md with ``text``."""
+def write_results_section(text: str, name: str, title: str = "") -> None:
+    """Replace the ``<!-- name:start -->`` ... ``<!-- name:end -->`` block of benchmarks/RESULTS.md with ``text``
+    (appended under the heading ``title`` when the block is new)."""
     path = REPO / "benchmarks" / "RESULTS.md"
     content = path.read_text()
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -317,7 +318,7 @@ def write_results_section(text: str, name: str) -> None:
     if start in content and end in content:
         content = content[: content.index(start)] + block + content[content.index(end) + len(end) :]
     else:
-        content = content.rstrip() + f"\n\n## Does SRF help? DeepForest ({name})\n\n" + block + "\n"
+        content = content.rstrip() + f"\n\n## {title or f'Does SRF help? DeepForest ({name})'}\n\n" + block + "\n"
     path.write_text(content)
 
 
@@ -403,7 +404,7 @@ def generators_text(work: Path, command: str, where: str) -> str | None:
         levels = levels or list(last["generator_l1"])
         state = "finished" if manifest.get("finished") else "running"
         stopped = manifest.get("stopped")
-        ending = f"plateau stop at {stopped['step']}" if stopped else state
+        ending = f"plateau stop at {stopped['step']}" if stopped else f"{state}; {_plateau_state(records)}"
         total = manifest.get("config", {}).get("max_iters", "?")
         variant = run.name.removeprefix("stage1-")
         head = f"| {variant} | {last['step']} of {total} ({ending}) | {_run_minutes(run):.1f} |"
@@ -431,6 +432,18 @@ def generators_text(work: Path, command: str, where: str) -> str | None:
         *rows,
     ]
     return header + "\n\n" + "\n".join(table)
+
+
+def _plateau_state(records: list[dict]) -> str:
+    """How far the last evaluations are from the plateau criterion (for a run that reached max_iters)."""
+    patience, min_delta = PLATEAU["plateau_patience"], PLATEAU["plateau_min_delta"]
+    if plateau_step(records, patience, min_delta) is not None:
+        return f"plateau criterion met at step {plateau_step(records, patience, min_delta)}"
+    best, waited = None, 0
+    for record in records:  # as plateau_step counts: evaluations since the last 1 % gain on the best
+        value = record["generator_l1_mean"]
+        best, waited = (value, 0) if best is None or value < best * (1 - min_delta) else (best, waited + 1)
+    return f"{waited} of {patience} evaluations without a {min_delta:.0%} gain at the end"
 
 
 def _l1_cells(per_level: dict, mean: float) -> str:
@@ -463,7 +476,8 @@ def report_generators(work: Path, *, command: str, where: str, write_results: bo
         copy_small_outputs(work, target)
         copy_generators(work, target)
         shutil.copyfile(picture, REPO / "docs" / "images" / f"deepforest_generator_curves_{prefix}{fold}.png")
-        write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}-generators")
+        title = f"Converged generators: DeepForest{' CPU profile' if prefix else ''}, {where} (issue 31)"
+        write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}-generators", title)
 
 
 def main(argv: list[str] | None = None) -> int:
