@@ -25,10 +25,9 @@ from .config import StageModules, TrainConfig
 from .data import CocoDetectionDataset, KeyBatchSampler, collate, epoch_batches, log_report
 from .distributed import all_ranks_true, gather_parameter_hashes, init_distributed
 from .feature_cache import FeatureCache
-from .fidelity import HeldoutFeatures, plateau_step
 from .models import detector_first_level, disable_detector_resize, level_keys
 from .optim import optimizers_for
-from .pyramid import FeaturePyramidHook, guide_sources
+from .pyramid import FeaturePyramidHook
 from .run_folder import (
     DIVERGED_NAME,
     EVAL_LOG_NAME,
@@ -43,6 +42,7 @@ from .run_folder import (
     write_json,
 )
 from .run_log import RunLog
+from .validation import Validation
 
 __all__ = ["FitResult", "fit"]
 
@@ -133,7 +133,7 @@ class _Trainer:
         self.skipped_images = 0
         # F's levels per (image, flip), kept while the run lasts (stage 1's feature_cache; recomputed after a resume).
         self.feature_cache = FeatureCache() if getattr(config, "feature_cache", False) else None
-        self.heldout: HeldoutFeatures | None = None  # G's validation pairs, built at the first evaluation
+        self.validation = Validation(self)
         self.stopped: dict[str, Any] | None = None  # why the run ended before max_iters (plateau stop)
 
     # ---- what the stage built
@@ -339,77 +339,6 @@ class _Trainer:
             generator=torch.Generator().manual_seed(self.config.seed),
         )
 
-    # ---- evaluation
-    def _evaluate(self, step: int) -> dict[str, Any]:
-        """One ``eval.jsonl`` record at ``step`` (main process only): COCO AP of the detector, G's held-out L1, or both.
-
-        The record is ``{"step", <the AP metrics, e.g. "bbox">, <generator_fidelity's keys>, "seconds"}``; returns
-        it without ``step`` and ``seconds``.
-        """
-        config = self.config
-        started = time.perf_counter()
-        metrics: dict[str, Any] = {}
-        if "detector" in self.modules:
-            from .evaluate import evaluate_detector
-
-            metrics.update(
-                evaluate_detector(
-                    self.modules["detector"],
-                    config.eval_data_root or config.data_root,
-                    config.eval_ann_file,
-                    category_ids=self.dataset.category_ids,
-                    output_dir=self.output_dir,
-                    min_size=config.min_size,
-                    max_size=config.max_size,
-                    device=self.device,
-                    quiet=True,
-                    step=self.step,
-                )
-            )
-        if self._evaluates_generator():
-            if self.heldout is None:
-                # The guided G gets the guides stage 1 feeds it (the lateral maps of I_lr), or it measures its
-                # unguided pass.
-                sources = guide_sources(self.keys) if getattr(self.generator, "accepts_guide", False) else None
-                self.heldout = HeldoutFeatures.from_config(
-                    config, self.extractor, self.keys, self.levels, self.device, guide_sources=sources
-                )
-            # The fixed interpolations once per run: at the first evaluation that eval.jsonl does not already hold.
-            earlier = read_jsonl(self.output_dir / EVAL_LOG_NAME)
-            with_interpolations = not any("interpolation_l1" in record for record in earlier)
-            metrics.update(self.heldout.generator_fidelity(self.generator, interpolations=with_interpolations))
-        self.run_log.evaluation({"step": step, **metrics, "seconds": round(time.perf_counter() - started, 2)})
-        return metrics
-
-    def _evaluates_generator(self) -> bool:
-        return self.generator is not None and self.extractor is not None
-
-    def _evaluates(self) -> bool:
-        has_subject = "detector" in self.modules or self._evaluates_generator()
-        return bool(self.config.eval_ann_file) and has_subject and self.is_main
-
-    def _check_plateau(self) -> bool:
-        """Whether G's held-out L1 in ``eval.jsonl`` has plateaued (``plateau_patience``); the same on every rank."""
-        patience = getattr(self.config, "plateau_patience", None)
-        if patience is None:
-            return False
-        found = [None]
-        if self.is_main:
-            records = read_jsonl(self.output_dir / EVAL_LOG_NAME)
-            found[0] = plateau_step(records, patience, self.config.plateau_min_delta)
-        if self.world_size > 1:
-            dist.broadcast_object_list(found, src=0)
-        if found[0] is None:
-            return False
-        self.stopped = {
-            "step": self.step,
-            "reason": (
-                f"plateau: G's held-out generator_l1_mean has not improved by {self.config.plateau_min_delta:g} "
-                f"(relative) on its best for {patience} evaluations in a row (at step {found[0]})"
-            ),
-        }
-        return True
-
     # ---- the loop
     def _next_batch(self, batches, empty_in_a_row: int, batches_per_epoch: int):
         """The next batch on the device, or ``None`` when some rank got only unreadable images."""
@@ -436,6 +365,7 @@ class _Trainer:
         """Build, resume, train to ``max_iters`` (or ``stop_after``), checkpoint, evaluate, write the manifest."""
         config = self.config
         self.build()
+        self.validation.check_set()
         # Before anything is written: the folder must be new or hold this very run.
         self.accepted_changes = check_run_folder(self.output_dir, config, self.fingerprint)
         if self.is_main:
@@ -464,7 +394,8 @@ class _Trainer:
         empty_in_a_row = 0
         batches_per_epoch = max(1, len(self._batches_of_epoch(0)))
         # A resumed run that had plateaued stays stopped (eval.jsonl was cut back to the checkpoint's step).
-        plateaued = self._check_plateau()
+        self.stopped = self.validation.plateau()
+        plateaued = self.stopped is not None
         batches = iter(self._loader()) if self.step < last_step and not plateaued else iter(())
         try:
             while self.step < last_step and not plateaued:
@@ -493,9 +424,10 @@ class _Trainer:
                 progress.set_postfix({name: f"{value:.3f}" for name, value in losses.items() if "loss" in name})
                 periodic_eval = config.eval_every and self.step % config.eval_every == 0
                 if periodic_eval and self.step < config.max_iters:
-                    if self._evaluates():
-                        metrics = self._evaluate(self.step)
-                    plateaued = self._check_plateau()
+                    if self.validation.active():
+                        metrics = self.validation.evaluate(self.step)
+                    self.stopped = self.validation.plateau()
+                    plateaued = self.stopped is not None
                     if plateaued:
                         break
                 if self.step % config.checkpoint_every == 0 and self.step < last_step:
@@ -513,8 +445,8 @@ class _Trainer:
         evaluated = read_jsonl(self.output_dir / EVAL_LOG_NAME) if plateaued and self.is_main else []
         if plateaued and evaluated and evaluated[-1]["step"] == self.step:  # the stopping evaluation is the final one
             metrics = {key: value for key, value in evaluated[-1].items() if key not in ("step", "seconds")}
-        elif finished and self._evaluates():
-            metrics = self._evaluate(self.step)
+        elif finished and self.validation.active():
+            metrics = self.validation.evaluate(self.step)
         if self.is_main:
             self.write_manifest(finished, rank_parameter_hashes=rank_hashes, skipped_images=self.skipped_images)
         self.run_log.close()
