@@ -13,6 +13,10 @@ also one under ``checkpoints/step_N/``; default: the shipped detector) and ``--g
 ``save_pretrained`` folder such as ``<stage-1 run>/generator``, or a shipped name; default: every shipped generator
 when ``--extractor`` is not given, none otherwise). I_lr is made with ``--degradation`` (default bilinear) and images
 are resized as the extractor's run trained (its ``min_size`` / ``max_size``), unchanged for the shipped one.
+
+A guided generator (``variant="guided"``) is measured as stage 1 trains it: at every level but the FPN's finest it gets
+the FPN lateral map of I_lr as guide (``fidelity.guided_feature_pairs`` with ``pyramid.guide_sources``); the
+interpolations and the lite / paper generators never get one.
 """
 
 from __future__ import annotations
@@ -26,8 +30,15 @@ from torchvision.transforms import v2
 
 from srf_upsample import SRFUpsample, list_shipped
 from srf_upsample.train.data import read_image
-from srf_upsample.train.fidelity import FIDELITY_METRICS, INTERPOLATIONS, feature_pairs, fidelity
+from srf_upsample.train.fidelity import (
+    FIDELITY_METRICS,
+    INTERPOLATIONS,
+    feature_pairs,
+    fidelity,
+    guided_feature_pairs,
+)
 from srf_upsample.train.models import level_keys
+from srf_upsample.train.pyramid import guide_sources, lateral_blocks
 from srf_upsample.train.run_folder import CHECKPOINT_NAME, MANIFEST_NAME, load_trained_detector
 from srf_upsample.train.shipped import DEFAULT_DETECTOR, load_shipped_extractor
 
@@ -107,6 +118,50 @@ def load_generator(value: str, channels: int) -> SRFUpsample:
     return generator
 
 
+def check_guided_generator(
+    name: str, generator: torch.nn.Module, extractor: torch.nn.Module, keys: list[str], extractor_label: str
+) -> None:
+    """Check that F can give ``generator`` the guides stage 1 feeds it; nothing to check for an unguided one.
+
+    A guided G (``accepts_guide``) is measured with, at each level of ``keys`` but the FPN's finest, the lateral map
+    of I_lr (``pyramid.guide_sources``): F needs a torchvision FPN's ``fpn.inner_blocks`` (hooked by
+    ``fidelity.guided_feature_pairs``) whose width is the generator's ``guide_channels``, and a level with a guide.
+    Otherwise a ValueError naming the generator and what to pass, never a silent unguided measurement.
+    """
+    if not getattr(generator, "accepts_guide", False):
+        return
+    what = (
+        f"generator {name!r} is a guided generator (variant='guided'), measured with the guide stage 1 feeds it: the "
+        f"lateral map of the next-finer level of F's torchvision FPN (backbone.fpn.inner_blocks) on I_lr"
+    )
+    try:
+        lateral_blocks(extractor)
+    except ValueError as error:
+        raise ValueError(
+            f"{what}, but F ({extractor_label}, a {type(extractor).__name__}) has no fpn.inner_blocks to take it "
+            "from; pass an extractor with a torchvision FPN (a baseline/stage2/stage3 run folder or the shipped "
+            "detector), or a lite/paper generator."
+        ) from error
+    channels = getattr(extractor, "out_channels", None)
+    if channels is not None and generator.guide_channels != channels:
+        raise ValueError(
+            f"{what}, but it takes {generator.guide_channels}-channel guides and F's FPN ({extractor_label}) has "
+            f"{channels} channels; pass the guided generator trained against this extractor."
+        )
+    if all(source is None for source in guide_sources(keys)):
+        raise ValueError(
+            f"{what}, but F's levels ({extractor_label}: FPN keys {keys}) hold only the FPN's finest level, where it "
+            "runs unguided; pass an extractor trained with a coarser level (e.g. levels [2, 3, 4, 5])."
+        )
+
+
+def generator_method(generator: torch.nn.Module):
+    """``upsample(x, size, guide=None)`` for :func:`fidelity.fidelity`: ``generator`` with the guide when given."""
+    return lambda x, size, guide=None: (
+        generator(x, size=size) if guide is None else generator(x, size=size, guide=guide)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Score the methods; gradients are off inside only (callers such as tests keep their autograd state)."""
     with torch.no_grad():
@@ -138,17 +193,26 @@ def _main(argv: list[str] | None) -> int:
         channels = extractor.out_channels
         names = args.generator if args.generator is not None else ([] if args.extractor else list_shipped())
         generators = {name: load_generator(name, channels) for name in names}
+        for name, generator in generators.items():
+            check_guided_generator(name, generator, extractor, keys, extractor_label)
         images = load_images(args.images, 1 if args.quick else args.limit, resize)
     except ValueError as error:
         parser.error(str(error))
     methods = dict(INTERPOLATIONS)
     for name, generator in generators.items():
-        methods[name] = lambda x, size, g=generator: g(x, size=size)
+        methods[name] = generator_method(generator)
+    # The guided generators get the guides of stage 1; the other methods are measured exactly as before.
+    guided = {name for name, generator in generators.items() if generator.accepts_guide}
     scores: dict[str, list[list[dict[str, float]]]] = {name: [] for name in methods}
     for image in images:
-        low, target = feature_pairs(extractor, image, keys, degradation=args.degradation)
+        if guided:
+            low, target, guides = guided_feature_pairs(
+                extractor, image, keys, guide_sources(keys), degradation=args.degradation
+            )
+        else:
+            (low, target), guides = feature_pairs(extractor, image, keys, degradation=args.degradation), None
         for name, method in methods.items():
-            scores[name].append(fidelity(method, low, target))
+            scores[name].append(fidelity(method, low, target, guides if name in guided else None))
     rows = []
     for name, per_image in scores.items():
         for index, level in enumerate(level_names):
@@ -172,6 +236,14 @@ def _main(argv: list[str] | None) -> int:
         f"{'' if resize is None else f' (images resized as it trained: {resize[0]} / {resize[1]} px)'}; "
         f"I_lr = {args.degradation} x0.5",
         "- per level: the method's upsampling of F(I_lr) level i compared with F(I) level i, averaged over images",
+        *(
+            [
+                f"- guided generator(s) {', '.join(f'`{name}`' for name in sorted(guided))}: given at every level but "
+                "the FPN's finest the FPN lateral map of I_lr as guide, as stage 1 feeds it"
+            ]
+            if guided
+            else []
+        ),
         "",
         table,
     ]

@@ -23,7 +23,8 @@ from srf_upsample import SRFUpsample
 from srf_upsample.hub import read_safetensors
 from srf_upsample.train.data import read_image
 from srf_upsample.train.evaluate import evaluate_detector
-from srf_upsample.train.fidelity import INTERPOLATIONS, feature_pairs, fidelity
+from srf_upsample.train.fidelity import INTERPOLATIONS, feature_pairs, fidelity, guided_feature_pairs
+from srf_upsample.train.pyramid import guide_sources, lateral_blocks
 from srf_upsample.train.shipped import (
     DEFAULT_DETECTOR,
     load_shipped_detector,
@@ -45,6 +46,7 @@ SPEC = {
     "categories": ["tree"],
 }
 LEVELS = ("P2", "P3", "P4", "P5")
+KEYS = ["0", "1", "2", "3"]
 
 SOURCES = """- Images: DeepForest's aerial RGB photographs with tree-crown boxes, from the PyPI wheel
   `deepforest==2.1.0`
@@ -55,19 +57,41 @@ SOURCES = """- Images: DeepForest's aerial RGB photographs with tree-crown boxes
 
 
 def fidelity_table(val_dir: Path, generator_dirs: dict[str, Path]) -> tuple[str, dict[str, list[float]]]:
-    """Mean per-level L1 over the held-out tiles for nearest, bilinear, bicubic and each generator."""
+    """Mean per-level L1 over the held-out tiles for nearest, bilinear, bicubic and each generator.
+
+    A guided generator (``variant="guided"``) gets, at P3-P5, the FPN lateral map of I_lr as guide, as stage 1 feeds
+    it (``fidelity.guided_feature_pairs``); a ValueError names it if the shipped extractor has no FPN to take it from.
+    """
     extractor = load_shipped_extractor(WEIGHTS / DEFAULT_DETECTOR)
     methods = dict(INTERPOLATIONS)
+    guided = set()
     for variant, folder in generator_dirs.items():
         generator = SRFUpsample.from_pretrained(folder)
-        methods[f"SRF {variant}"] = lambda x, size, g=generator: g(x, size=size)
+        if generator.accepts_guide:
+            try:
+                lateral_blocks(extractor)
+            except ValueError as error:
+                raise ValueError(
+                    f"generator {str(folder)!r} ({variant}) is a guided generator, measured with the guide stage 1 "
+                    f"feeds it: the lateral map of the torchvision FPN (backbone.fpn.inner_blocks) of the extractor "
+                    f"{str(WEIGHTS / DEFAULT_DETECTOR)!r}, which has none; ship a detector with a torchvision FPN, or "
+                    "pass only lite/paper generator folders."
+                ) from error
+            guided.add(f"SRF {variant}")
+        methods[f"SRF {variant}"] = lambda x, size, guide=None, g=generator: (
+            g(x, size=size) if guide is None else g(x, size=size, guide=guide)
+        )
     per_method: dict[str, list[list[float]]] = {name: [] for name in methods}
     with torch.no_grad():
         for path in sorted(val_dir.glob("*.png")):
             image = read_image(path)
-            low, target = feature_pairs(extractor, image, ["0", "1", "2", "3"])
+            if guided:  # the same P_lr and P_tr, plus the guides of stage 1
+                low, target, guides = guided_feature_pairs(extractor, image, KEYS, guide_sources(KEYS))
+            else:
+                (low, target), guides = feature_pairs(extractor, image, KEYS), None
             for name, method in methods.items():
-                per_method[name].append([row["L1"] for row in fidelity(method, low, target)])
+                rows = fidelity(method, low, target, guides if name in guided else None)
+                per_method[name].append([row["L1"] for row in rows])
     means = {
         name: [statistics.mean(v[i] for v in values) for i in range(len(LEVELS))] for name, values in per_method.items()
     }
