@@ -183,7 +183,7 @@ def test_generators_only_plans_the_shared_stage1_and_reports_its_fidelity(tmp_pa
     assert "12 validation tiles" in text
     assert "| lite | 180 of 1200 (plateau stop at 180) | 2.0 | G, step 180 | 0.9100 | 0.7100 | 0.8100 |" in text
     assert "| | | | G, best (step 120) | 0.9000 | 0.7000 | 0.8000 |" in text
-    assert "| | | | bilinear | 1.0000 | 0.8000 | 0.9000 |" in text
+    assert "| (fixed) | | | bilinear | 1.0000 | 0.8000 | 0.9000 |" in text
     copied = deepforest_run.copy_generators(tmp_path, tmp_path / "committed")
     assert copied == [tmp_path / "committed" / "generators" / "stage1-lite"]
     assert (copied[0] / "config.json").is_file()

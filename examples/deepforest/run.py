@@ -393,7 +393,7 @@ def generators_text(work: Path, command: str, where: str) -> str | None:
     and G's held-out L1 per level at its last evaluation against nearest, bilinear and bicubic on the same tiles.
     ``None`` where no shared stage-1 run has evaluated G yet.
     """
-    rows, levels = [], None
+    rows, levels, interpolations = [], None, None
     for run in sorted((work / "shared").glob("stage1-*")):
         records = [r for r in read_jsonl(run / "eval.jsonl") if "generator_l1" in r]
         fixed = next((r for r in records if "interpolation_l1" in r), None)
@@ -413,17 +413,19 @@ def generators_text(work: Path, command: str, where: str) -> str | None:
             rows.append(
                 f"| | | | G, best (step {best['step']}) | " + _l1_cells(best["generator_l1"], best["generator_l1_mean"])
             )
-        for mode, values in fixed["interpolation_l1"].items():
-            rows.append(f"| | | | {mode} | " + _l1_cells(values, fixed["interpolation_l1_mean"][mode]))
+        interpolations = interpolations or fixed  # the same tiles and F for every run of the fold
     if not rows:
         return None
+    for mode, values in interpolations["interpolation_l1"].items():
+        rows.append(f"| (fixed) | | | {mode} | " + _l1_cells(values, interpolations["interpolation_l1_mean"][mode]))
     images = next(r for r in read_jsonl(next((work / "shared").glob("stage1-*")) / "eval.jsonl"))["heldout_images"]
     header = (
         f"Command: `{command}` ({where}). Stage 1 (SRF-GAN pre-training) against seed 0's A1, shared by every seed's "
         f"arms; G's held-out L1 (Eq. 2, mean absolute difference to F(I_hr)) on the fold's {images} validation tiles "
         "(which no detector trains on), every max_iters / 20 iterations. Plateau criterion: stop after 5 evaluations "
         "in a row none of which improves the best mean L1 by 1 % (relative); a resumed run re-derives it from "
-        "eval.jsonl. Minutes: logged training steps and validations on one CPU thread."
+        "eval.jsonl. Minutes: logged training steps and validations on one CPU thread (runs shared the machine's 2 "
+        "cores with up to 3 others, so they overstate a run's cost alone)."
     )
     columns = " | ".join(levels) + " | mean |"
     table = [
