@@ -209,10 +209,7 @@ class Stage1Config(TrainConfig):
             )
         sizes = [feat.shape[-2:] for feat in target_feats]
         with trainer.autocast(), record_function("G forward"):
-            if sources is None:
-                sr = trainer.generator_levels(low_feats, sizes)
-            else:
-                sr = trainer.generator_levels(low_feats, sizes, guides)
+            sr = trainer.generator_levels(low_feats, sizes, guides)  # guides: all None unless G is guided
         sr = [feat.float() for feat in sr]
         d_loss = _discriminator_update(trainer, target_feats, sr)
         # G step: D's output is not detached, so the adversarial gradient reaches G; only G's optimizer steps.
