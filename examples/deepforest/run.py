@@ -629,7 +629,11 @@ def main(argv: list[str] | None = None) -> int:
     where = f"fold {args.fold}" if args.split == "rows" else f"spatial block {args.fold} of {SPLITS[args.split]}"
     if args.split == "blocks":
         report = dict(write_results=args.write_results, prefix=prefix, fold=fold)
-        report_generators(work, command=command + " --generators-only", where=where, **report)
+        trained = sorted(run.name.removeprefix("stage1-") for run in (work / "shared").glob("stage1-*"))
+        generators_command = (
+            f"{command.split(' --variants')[0]} --seeds 0 --generators-only --variants {' '.join(trained)}"
+        )
+        report_generators(work, command=generators_command, where=where, **report)
     if args.generators_only:
         return 1 if any(state != "done" for state in states.values()) else 0
     summary.update(states=states, counts=counts, seeds=seeds, fold=args.fold)
