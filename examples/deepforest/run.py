@@ -50,7 +50,7 @@ from srf_upsample.train.experiment import (  # noqa: E402
 from srf_upsample.train.experiment.archive import ARCHIVE_NAME, open_runs, read_archive, write_archive  # noqa: E402
 from srf_upsample.train.experiment.detections import DETECTIONS_NAME  # noqa: E402
 from srf_upsample.train.experiment.summary import resampled_ap_of_runs  # noqa: E402
-from srf_upsample.train.fidelity import plateau_step, plot_generator_curves  # noqa: E402
+from srf_upsample.train.fidelity import evaluations_without_gain, plateau_step, plot_generator_curves  # noqa: E402
 from srf_upsample.train.run_folder import DIVERGED_NAME, is_finished, read_jsonl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -439,12 +439,10 @@ def generators_text(work: Path, command: str, where: str) -> str | None:
 def _plateau_state(records: list[dict]) -> str:
     """How far the last evaluations are from the plateau criterion (for a run that reached max_iters)."""
     patience, min_delta = PLATEAU["plateau_patience"], PLATEAU["plateau_min_delta"]
-    if plateau_step(records, patience, min_delta) is not None:
-        return f"plateau criterion met at step {plateau_step(records, patience, min_delta)}"
-    best, waited = None, 0
-    for record in records:  # as plateau_step counts: evaluations since the last 1 % gain on the best
-        value = record["generator_l1_mean"]
-        best, waited = (value, 0) if best is None or value < best * (1 - min_delta) else (best, waited + 1)
+    met = plateau_step(records, patience, min_delta)
+    if met is not None:
+        return f"plateau criterion met at step {met}"
+    waited = evaluations_without_gain(records, min_delta)[-1][1]
     return f"{waited} of {patience} evaluations without a {min_delta:.0%} gain at the end"
 
 
