@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +26,7 @@ __all__ = [
     "load_state_dict_strict",
     "read_safetensors",
     "shipped_weights_dir",
+    "state_dict_differences",
 ]
 
 CONFIG_NAME = "config.json"
@@ -70,6 +72,26 @@ def read_safetensors(path: str | os.PathLike, *, device: str | torch.device = "c
         ) from None
 
 
+def state_dict_differences(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> dict[str, list[str]]:
+    """How ``given`` fails to fit ``expected`` key for key: ``missing``, ``unexpected`` and ``shape`` (each sorted).
+
+    Example:
+        >>> state_dict_differences({"w": torch.zeros(2)}, {"w": torch.zeros(3), "b": torch.zeros(1)})
+        {'missing': [], 'unexpected': ['b'], 'shape': ['w: given (3,), expected (2,)']}
+    """
+    return {
+        "missing": sorted(key for key in expected if key not in given),
+        "unexpected": sorted(key for key in given if key not in expected),
+        "shape": [
+            f"{key}: given {tuple(given[key].shape)}, expected {tuple(expected[key].shape)}"
+            for key in sorted(expected)
+            if key in given and given[key].shape != expected[key].shape
+        ],
+    }
+
+
 def load_state_dict_strict(
     module: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str = "state dict"
 ) -> None:
@@ -77,20 +99,13 @@ def load_state_dict_strict(
 
     ``nn.Module.load_state_dict`` copies tensors one by one and can fail half way; this checks everything first.
     """
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state_dict and state_dict[key].shape != expected[key].shape
-    ]
+    differences = state_dict_differences(module.state_dict(), state_dict)
     problems = [
         f"{label} {items[:5]}" + (f" and {len(items) - 5} more" if len(items) > 5 else "")
         for label, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
+            ("missing keys", differences["missing"]),
+            ("unexpected keys", differences["unexpected"]),
+            ("shape mismatches", differences["shape"]),
         )
         if items
     ]

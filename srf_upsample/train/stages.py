@@ -30,6 +30,7 @@ from ..upsample import SRFUpsample
 from .config import CONFIG_DIR, StageModules, TrainConfig, check_values, load_config_file
 from .data import scale_targets
 from .feature_cache import batch_features
+from .generators import load_start_generator, new_generator
 from .models import INTERPOLATION_MODES, detector_first_level, level_keys, patch_generator, set_fpn_interpolation
 from .pyramid import downsample_images, extract_levels, guide_sources, prepare_batch, target_batch_size
 from .run_folder import CHECKPOINT_NAME, DISCRIMINATOR_DIR, GENERATOR_DIR
@@ -48,67 +49,6 @@ __all__ = [
     "field_names",
     "load_config_file",
 ]
-
-
-def _new_generator(config: TrainConfig) -> SRFUpsample:
-    options = {"norm": config.generator_norm, "deconv_kernel": config.generator_deconv_kernel}
-    return SRFUpsample(
-        config.fpn_channels,
-        hidden_channels=config.generator_hidden_channels,
-        num_blocks=config.generator_num_blocks,
-        zero_init_residual=config.generator_zero_init_residual,
-        variant=config.generator_variant,
-        **{name: value for name, value in options.items() if value is not None},
-    )
-
-
-def _load_start_generator(generator: SRFUpsample, source: str) -> None:
-    """Load the trained generator ``source`` (folder or shipped name) into the fresh ``generator`` of the config.
-
-    The same variant loads every weight (strictly). A ``"lite"`` generator into a ``"guided"`` one loads the lite trunk,
-    which the guided variant shares key for key; only the guide branch (``guide.*``) keeps its fresh start, whose
-    modulation is zero, so the guided G starts as exactly that lite G (docs/guided_generator.md). Anything else, or any
-    other missing, unexpected or differently shaped key, is a ValueError.
-    """
-    start = SRFUpsample.from_pretrained(source)
-    allowed = {generator.variant} | ({"lite"} if generator.variant == "guided" else set())
-    if start.variant not in allowed:
-        raise ValueError(
-            f"generator={source!r} is a {start.variant!r} generator, but generator_variant is "
-            f"{generator.variant!r}: a G starts from a trained generator of its own variant"
-            + (", or a guided G from a trained lite G (its trunk)" if generator.variant == "guided" else "")
-            + f". Pass a {' or '.join(sorted(allowed))} generator folder, or set generator_variant to "
-            f"{start.variant!r}."
-        )
-    if start.negative_slope != generator.negative_slope:
-        raise ValueError(
-            f"generator={source!r} was built with negative_slope={start.negative_slope}, the trainer builds "
-            f"{generator.negative_slope}: its weights would compute another function. Train from scratch instead."
-        )
-    own, given = generator.state_dict(), start.state_dict()
-    fresh = sorted(key for key in own if key not in given)
-    allowed_fresh = [key for key in fresh if start.variant != generator.variant and key.startswith("guide.")]
-    problems = {
-        "missing": [key for key in fresh if key not in allowed_fresh],
-        "unexpected": sorted(key for key in given if key not in own),
-        "shape": [
-            f"{key}: {tuple(given[key].shape)} there, {tuple(own[key].shape)} here"
-            for key in sorted(given)
-            if key in own and given[key].shape != own[key].shape
-        ],
-    }
-    if any(problems.values()):
-        listed = "; ".join(
-            f"{kind}: {', '.join(keys[:3])}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-            for kind, keys in problems.items()
-            if keys
-        )
-        raise ValueError(
-            f"generator={source!r} does not fit the G this config builds ({listed}). Set fpn_channels, "
-            f"generator_hidden_channels and generator_num_blocks to that generator's (in_channels="
-            f"{start.in_channels}, hidden_channels={start.hidden_channels}, num_blocks={start.num_blocks})."
-        )
-    generator.load_state_dict(given, strict=not allowed_fresh)
 
 
 def _discriminator_update(trainer: Any, real: list[torch.Tensor], sr: list[torch.Tensor]) -> torch.Tensor:
@@ -175,9 +115,9 @@ class Stage1Config(TrainConfig):
     def build(self, num_classes: int) -> StageModules:
         """F from the trained detector, a fresh G and D; both train, both are saved as folders."""
         extractor = self.frozen_extractor(num_classes)
-        generator = _new_generator(self)
+        generator = new_generator(self)
         if self.generator:
-            _load_start_generator(generator, self.generator)
+            load_start_generator(generator, self.generator)
         discriminator = FeaturePatchDiscriminator(self.fpn_channels, hidden_channels=self.discriminator_hidden_channels)
         modules = {"generator": generator, "discriminator": discriminator}
         return StageModules(
@@ -369,7 +309,7 @@ class Stage3Config(TrainConfig):
             )
         generator = None
         if self.use_new_generator:
-            generator = _new_generator(self)
+            generator = new_generator(self)
         elif has_generator:
             generator = SRFUpsample.from_pretrained(self.generator or str(Path(self.init) / GENERATOR_DIR)).train()
         if generator is not None:
