@@ -188,3 +188,26 @@ def test_generators_only_plans_the_shared_stage1_and_reports_its_fidelity(tmp_pa
     assert copied == [tmp_path / "committed" / "generators" / "stage1-lite"]
     assert (copied[0] / "config.json").is_file()
     assert deepforest_run.generators_text(tmp_path / "empty", "", "") is None
+
+
+def test_continue_generators_skips_converged_runs_and_refuses_a_generator_an_arm_used(tmp_path, deepforest_run):
+    generators = sys.modules["generators"]
+    falling = [{"step": 60 * (i + 1), "generator_l1_mean": 1.0 - 0.02 * i} for i in range(6)]
+    flat = [{"step": 60 * (i + 1), "generator_l1_mean": 1.0} for i in range(6)]
+    capped = {"finished": True, "config": {"max_iters": 360}}
+    _stage1_run(tmp_path / "shared" / "stage1-lite", flat, capped)  # 5 evaluations without a 1 % gain: converged
+    _stage1_run(tmp_path / "shared" / "stage1-paper", falling, capped)  # still gaining 2 % per evaluation at the cap
+    assert generators.continue_generators(tmp_path, ["lite"]) == {"lite": "converged"}
+    arm = tmp_path / "seed0" / "A2-paper"
+    arm.mkdir(parents=True)
+    generator = tmp_path / "shared" / "stage1-paper" / "generator"
+    (arm / "run_config.json").write_text(json.dumps({"generator": str(generator)}))
+    with pytest.raises(ValueError, match=r"arms \['seed0/A2-paper'\] already trained with the generator"):
+        generators.continue_generators(tmp_path, ["paper"])
+    with pytest.raises(ValueError, match="holds no finished stage-1 run"):
+        generators.continue_generators(tmp_path, ["guided"])
+    # A continued run says so in the generators table.
+    resumed = [{"step": 360, "changes": {"max_iters": [360, 720]}}]
+    manifest = {**capped, "config": {"max_iters": 720}, "resumed_despite_changes": resumed}
+    assert generators._continued(manifest) == "; continued at step 360 from the 360 cap to at most 720 at its final lr"
+    assert generators._continued(capped) == ""

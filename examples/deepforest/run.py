@@ -33,6 +33,13 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generators import (  # noqa: E402
+    PLATEAU,
+    continue_generators,
+    copy_generators,
+    generator_jobs,
+    generators_text,
+)
 from prepare import SPLITS, prepare  # noqa: E402
 
 from srf_upsample.train.experiment import (  # noqa: E402
@@ -50,8 +57,8 @@ from srf_upsample.train.experiment import (  # noqa: E402
 from srf_upsample.train.experiment.archive import ARCHIVE_NAME, open_runs, read_archive, write_archive  # noqa: E402
 from srf_upsample.train.experiment.detections import DETECTIONS_NAME  # noqa: E402
 from srf_upsample.train.experiment.summary import resampled_ap_of_runs  # noqa: E402
-from srf_upsample.train.fidelity import evaluations_without_gain, plateau_step, plot_generator_curves  # noqa: E402
-from srf_upsample.train.run_folder import DIVERGED_NAME, is_finished, read_jsonl  # noqa: E402
+from srf_upsample.train.fidelity import plot_generator_curves  # noqa: E402
+from srf_upsample.train.run_folder import DIVERGED_NAME, is_finished  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -154,7 +161,6 @@ STAGE1_CONVERGED = {
     "gpu": {"max_iters": 2000, "milestones": [1600]},
     "cpu": {"max_iters": 1200, "milestones": [960], "discriminator_hidden_channels": [16, 32, 32]},
 }
-PLATEAU = {"plateau_patience": 5, "plateau_min_delta": 0.01}
 
 
 def blocks_values(data: Path, profile: str, stage1: dict, variants: list[str], arms: list[str] | None) -> dict:
@@ -370,98 +376,6 @@ def pooled_text(profile: str, folds: list[int], split: str = "rows", replicates:
     return header + "\n\n" + pooled_markdown(pool_paired(summaries, resampled))
 
 
-def generator_jobs(jobs: list) -> list:
-    """``--generators-only``: the shared stage-1 runs and what they need (seed 0's A1, their F), nothing else."""
-    by_name = {job.name: job for job in jobs}
-    wanted, keep = [job.name for job in jobs if job.name.startswith("shared/")], set()
-    while wanted:
-        name = wanted.pop()
-        if name not in keep:
-            keep.add(name)
-            wanted.extend(by_name[name].needs)
-    return [job for job in jobs if job.name in keep]
-
-
-def _run_minutes(run: Path) -> float:
-    """A run's logged time in minutes: its training steps and its validations."""
-    steps = sum(record["time"] for record in read_jsonl(run / "log.jsonl"))
-    return (steps + sum(record.get("seconds", 0.0) for record in read_jsonl(run / "eval.jsonl"))) / 60
-
-
-def generators_text(work: Path, command: str, where: str) -> str | None:
-    """The converged generators of a ``--split blocks`` fold (issue 31): how long each stage 1 ran, why it stopped,
-    and G's held-out L1 per level at its last evaluation against nearest, bilinear and bicubic on the same tiles.
-    ``None`` where no shared stage-1 run has evaluated G yet.
-    """
-    rows, levels, interpolations = [], None, None
-    for run in sorted((work / "shared").glob("stage1-*")):
-        records = [r for r in read_jsonl(run / "eval.jsonl") if "generator_l1" in r]
-        fixed = next((r for r in records if "interpolation_l1" in r), None)
-        if not records or fixed is None or not (run / "manifest.json").is_file():
-            continue
-        manifest = json.loads((run / "manifest.json").read_text())
-        last, best = records[-1], min(records, key=lambda r: r["generator_l1_mean"])
-        levels = levels or list(last["generator_l1"])
-        state = "finished" if manifest.get("finished") else "running"
-        stopped = manifest.get("stopped")
-        ending = f"plateau stop at {stopped['step']}" if stopped else f"{state}; {_plateau_state(records)}"
-        total = manifest.get("config", {}).get("max_iters", "?")
-        variant = run.name.removeprefix("stage1-")
-        head = f"| {variant} | {last['step']} of {total} ({ending}) | {_run_minutes(run):.1f} |"
-        rows.append(f"{head} G, step {last['step']} | " + _l1_cells(last["generator_l1"], last["generator_l1_mean"]))
-        if best is not last:
-            rows.append(
-                f"| | | | G, best (step {best['step']}) | " + _l1_cells(best["generator_l1"], best["generator_l1_mean"])
-            )
-        interpolations = interpolations or fixed  # the same tiles and F for every run of the fold
-    if not rows:
-        return None
-    for mode, values in interpolations["interpolation_l1"].items():
-        rows.append(f"| (fixed) | | | {mode} | " + _l1_cells(values, interpolations["interpolation_l1_mean"][mode]))
-    images = next(r for r in read_jsonl(next((work / "shared").glob("stage1-*")) / "eval.jsonl"))["heldout_images"]
-    header = (
-        f"Command: `{command}` ({where}). Stage 1 (SRF-GAN pre-training) against seed 0's A1, shared by every seed's "
-        f"arms; G's held-out L1 (Eq. 2, mean absolute difference to F(I_hr)) on the fold's {images} validation tiles "
-        "(which no detector trains on), every max_iters / 20 iterations. Plateau criterion: stop after 5 evaluations "
-        "in a row none of which improves the best mean L1 by 1 % (relative); a resumed run re-derives it from "
-        "eval.jsonl. Minutes: logged training steps and validations on one CPU thread (runs shared the machine's 2 "
-        "cores with up to 3 others, so they overstate a run's cost alone)."
-    )
-    columns = " | ".join(levels) + " | mean |"
-    table = [
-        f"| variant | iterations | minutes | upsampler | {columns}",
-        "|---|---|---|---|" + "---|" * (len(levels) + 1),
-        *rows,
-    ]
-    return header + "\n\n" + "\n".join(table)
-
-
-def _plateau_state(records: list[dict]) -> str:
-    """How far the last evaluations are from the plateau criterion (for a run that reached max_iters)."""
-    patience, min_delta = PLATEAU["plateau_patience"], PLATEAU["plateau_min_delta"]
-    met = plateau_step(records, patience, min_delta)
-    if met is not None:
-        return f"plateau criterion met at step {met}"
-    waited = evaluations_without_gain(records, min_delta)[-1][1]
-    return f"{waited} of {patience} evaluations without a {min_delta:.0%} gain at the end"
-
-
-def _l1_cells(per_level: dict, mean: float) -> str:
-    return " | ".join(f"{per_level[level]:.4f}" for level in per_level) + f" | {mean:.4f} |"
-
-
-def copy_generators(work: Path, target: Path) -> list[Path]:
-    """Copy each finished shared stage-1 run's ``generator`` folder (``save_pretrained``) to ``target/generators``."""
-    copied = []
-    for run in sorted((work / "shared").glob("stage1-*")):
-        if is_finished(run) and (run / "generator").is_dir():
-            destination = target / "generators" / run.name
-            shutil.rmtree(destination, ignore_errors=True)
-            shutil.copytree(run / "generator", destination)
-            copied.append(destination)
-    return copied
-
-
 def report_generators(work: Path, *, command: str, where: str, write_results: bool, prefix: str, fold: str) -> None:
     """Print (and with ``write_results`` commit) the fold's converged generators: table, curves, folders."""
     text = generators_text(work, command, where)
@@ -538,6 +452,15 @@ def main(argv: list[str] | None = None) -> int:
         "against), report their held-out fidelity and stop",
     )
     parser.add_argument(
+        "--continue-generators",
+        nargs="+",
+        default=None,
+        choices=GENERATOR_VARIANTS,
+        metavar="VARIANT",
+        help="--split blocks: continue these variants' shared stage-1 runs that reached their cap short of the plateau "
+        "criterion, at their final lr, to the criterion or twice the cap; refused once an arm used that generator",
+    )
+    parser.add_argument(
         "--plan-only", action="store_true", help="write the experiment config and list the planned runs, train nothing"
     )
     parser.add_argument(
@@ -556,8 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick and args.write_results:
         parser.error("--quick runs never write the committed results.")
-    if args.generators_only and args.split != "blocks":
-        parser.error("--generators-only needs --split blocks (only its folds share one converged stage 1).")
+    for flag, given in (
+        ("--generators-only", args.generators_only),
+        ("--continue-generators", args.continue_generators),
+    ):
+        if given and args.split != "blocks":
+            parser.error(f"{flag} needs --split blocks (only its folds share one converged stage 1).")
     for fold in args.pool_folds or [args.fold]:
         if fold not in range(SPLITS[args.split]):
             parser.error(f"folds of --split {args.split} are 0..{SPLITS[args.split] - 1}, got {fold}.")
@@ -613,6 +540,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     elif args.generators_only:
         states = run_jobs(generator_jobs(plan_jobs(config, seeds, work)), max_parallel=args.jobs)
+    elif args.continue_generators:
+        try:
+            states = continue_generators(work, args.continue_generators)
+        except ValueError as error:
+            parser.error(str(error))
     else:
         jobs = plan_jobs(config, seeds, work)
         states = run_jobs(jobs, max_parallel=args.jobs)
@@ -632,8 +564,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{command.split(' --variants')[0]} --seeds 0 --generators-only --variants {' '.join(trained)}"
         )
         report_generators(work, command=generators_command, where=where, **report)
-    if args.generators_only:
-        return 1 if any(state != "done" for state in states.values()) else 0
+    if args.generators_only or args.continue_generators:
+        return 1 if any(state not in ("done", "converged") for state in states.values()) else 0
     summary.update(states=states, counts=counts, seeds=seeds, fold=args.fold)
     if args.split != "rows":
         summary["split"] = args.split
