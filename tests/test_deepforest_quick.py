@@ -51,6 +51,8 @@ def test_quick_protocol_runs_every_arm_and_leaves_committed_results_alone(tmp_pa
         "--quick",
         "--variants",
         "lite",
+        "--jobs",
+        "2",  # the runs are subprocesses: use both of CI's cores
         "--work-dir",
         str(work),
         "--cache-dir",

@@ -119,6 +119,8 @@ ARMS = {
             has_variant=True,
             tier=1,
             rank=5,
+            references=("A1", "B", "DySample"),
+            contrast=MappingProxyType({"DySample": "SRF's G against the light learned peer; above 0: G beats it"}),
         ),
         Arm(
             "A5",
