@@ -213,3 +213,23 @@ def test_continue_generators_skips_converged_runs_and_refuses_a_generator_an_arm
     manifest = {**capped, "config": {"max_iters": 720}, "resumed_despite_changes": resumed}
     assert generators._continued(manifest) == "; continued at step 360 from the 360 cap to at most 720 at its final lr"
     assert generators._continued(capped) == ""
+
+
+def test_arms_flag_trains_the_named_arms_and_what_they_need(deepforest_run):
+    from types import SimpleNamespace
+
+    def job(name, arm=None, needs=()):
+        return SimpleNamespace(name=name, arm=arm, needs=list(needs))
+
+    jobs = [
+        job("seed0/A1", "A1"),
+        job("seed0/B", "B", ["seed0/A1"]),
+        job("shared/stage1-lite", None, ["seed0/A1"]),
+        job("seed0/A2-lite", "A2-lite", ["shared/stage1-lite", "seed0/A1"]),
+        job("seed1/A1", "A1"),
+        job("seed1/E2E-lite", "E2E-lite", ["seed1/A1"]),
+        job("seed1/A2-lite", "A2-lite", ["shared/stage1-lite", "seed1/A1"]),
+    ]
+    names = [j.name for j in deepforest_run.arm_jobs(jobs, ["A2"])]
+    assert names == ["seed0/A1", "shared/stage1-lite", "seed0/A2-lite", "seed1/A1", "seed1/A2-lite"]
+    assert [j.name for j in deepforest_run.arm_jobs(jobs, ["E2E"])] == ["seed0/A1", "seed1/A1", "seed1/E2E-lite"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from srf_upsample.train.experiment import select_jobs
 from srf_upsample.train.fidelity import evaluations_without_gain, plateau_step
 from srf_upsample.train.run_folder import is_finished, read_jsonl
 
@@ -21,14 +22,7 @@ CONTINUE_FACTOR = 2
 
 def generator_jobs(jobs: list) -> list:
     """``--generators-only``: the shared stage-1 runs and what they need (seed 0's A1, their F), nothing else."""
-    by_name = {job.name: job for job in jobs}
-    wanted, keep = [job.name for job in jobs if job.name.startswith("shared/")], set()
-    while wanted:
-        name = wanted.pop()
-        if name not in keep:
-            keep.add(name)
-            wanted.extend(by_name[name].needs)
-    return [job for job in jobs if job.name in keep]
+    return select_jobs(jobs, [job.name for job in jobs if job.name.startswith("shared/")])
 
 
 def _run_minutes(run: Path) -> float:

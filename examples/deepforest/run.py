@@ -52,10 +52,12 @@ from srf_upsample.train.experiment import (  # noqa: E402
     pool_paired,
     pooled_markdown,
     run_jobs,
+    select_jobs,
     summarize,
 )
 from srf_upsample.train.experiment.archive import ARCHIVE_NAME, open_runs, read_archive, write_archive  # noqa: E402
 from srf_upsample.train.experiment.detections import DETECTIONS_NAME  # noqa: E402
+from srf_upsample.train.experiment.run import is_a1  # noqa: E402
 from srf_upsample.train.experiment.summary import resampled_ap_of_runs  # noqa: E402
 from srf_upsample.train.fidelity import plot_generator_curves  # noqa: E402
 from srf_upsample.train.run_folder import DIVERGED_NAME, is_finished  # noqa: E402
@@ -376,6 +378,12 @@ def pooled_text(profile: str, folds: list[int], split: str = "rows", replicates:
     return header + "\n\n" + pooled_markdown(pool_paired(summaries, resampled))
 
 
+def arm_jobs(jobs: list, arms: list[str]) -> list:
+    """``--arms``: the target runs of ``arms`` (``A2`` takes every variant's A2), every A1, and what they need."""
+    heads = {*arms, "A1"}
+    return select_jobs(jobs, [job.name for job in jobs if job.arm and job.arm.split("-")[0] in heads or is_a1(job)])
+
+
 def report_generators(work: Path, *, command: str, where: str, write_results: bool, prefix: str, fold: str) -> None:
     """Print (and with ``write_results`` commit) the fold's converged generators: table, curves, folders."""
     text = generators_text(work, command, where)
@@ -416,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         "--arms",
         nargs="+",
         default=None,
-        help=f"arms to run (A1 always runs: every other arm needs it; default {list(DEFAULT_ARMS)}, with --split "
-        f"blocks {BLOCKS_ARMS})",
+        help=f"arms to train now (and A1, which every other arm needs); the experiment's table and config keep every "
+        f"arm of its design: {list(DEFAULT_ARMS)}, with --split blocks {BLOCKS_ARMS}, plus any named here",
     )
     parser.add_argument(
         "--split",
@@ -524,10 +532,11 @@ def main(argv: list[str] | None = None) -> int:
             variants=args.variants or default_variants(args.profile),
             paper_seeds=args.paper_seeds,
             run={"num_workers": args.num_workers, "device": args.device},
-            arms=args.arms,
             profile=args.profile,
             split=args.split,
         )
+        # --arms chooses what trains now; the experiment (its table, its committed config) keeps every arm.
+        values["arms"] = list(dict.fromkeys([*values["arms"], *(args.arms or [])]))
         (work / "experiment_config.json").write_text(json.dumps(values, indent=2))
     config = load_experiment(values)
     if args.summarize_only:
@@ -547,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
     else:
         jobs = plan_jobs(config, seeds, work)
-        states = run_jobs(jobs, max_parallel=args.jobs)
+        states = run_jobs(arm_jobs(jobs, args.arms) if args.arms else jobs, max_parallel=args.jobs)
         summary = summarize(jobs, config)
     command = "python examples/deepforest/run.py" + (f" --profile {args.profile}" if prefix else "")
     command += "" if args.split == "rows" else f" --split {args.split}"

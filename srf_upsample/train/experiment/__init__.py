@@ -29,6 +29,7 @@ from .config import ExperimentConfig as ExperimentConfig
 from .config import load_experiment as load_experiment
 from .plan import Job as Job
 from .plan import plan_jobs as plan_jobs
+from .plan import select_jobs as select_jobs
 from .report import markdown_table as markdown_table
 from .report import plot_curves as plot_curves
 from .report import pooled_markdown as pooled_markdown
@@ -51,6 +52,7 @@ __all__ = [
     "main",
     "markdown_table",
     "plan_jobs",
+    "select_jobs",
     "plot_curves",
     "pool_paired",
     "pooled_markdown",

@@ -154,6 +154,18 @@ def plan_jobs(config: ExperimentConfig, seeds: Sequence[int], work_dir: str | os
     return sorted(jobs.values(), key=lambda job: job.priority)
 
 
+def select_jobs(jobs: Sequence[Job], names: Sequence[str]) -> list[Job]:
+    """The jobs named ``names`` and every job they need, transitively, in the order of ``jobs``."""
+    by_name = {job.name: job for job in jobs}
+    wanted, keep = list(names), set()
+    while wanted:
+        name = wanted.pop()
+        if name not in keep:
+            keep.add(name)
+            wanted.extend(by_name[name].needs)
+    return [job for job in jobs if job.name in keep]
+
+
 def _depth(name: str) -> int:
     """How many pre-training runs the run ``name`` starts from (``stage1-{variant}``: 0, ``stage2-{variant}``: 1)."""
     init = PRETRAINING[name].init
