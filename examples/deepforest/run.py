@@ -597,7 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         copy_small_outputs(work, target)
         if (work / "curves.png").is_file():
             shutil.copyfile(work / "curves.png", REPO / "docs" / "images" / f"deepforest_curves_{prefix}{fold}.png")
-        write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}")
+        title = f"Does SRF help? DeepForest{' CPU profile' if prefix else ''}, {where}"
+        title += " (k-fold experiment, issue 32: in progress)" if args.split == "blocks" else ""
+        write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}", title)
     failed = [name for name, state in states.items() if state != "done"]
     return 1 if failed else 0
 
