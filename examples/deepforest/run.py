@@ -505,7 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         if args.write_results:
             pooled_name = "pooled" if args.split == "rows" else f"{args.split}-pooled"
-            write_results_section(text, f"deepforest-{'cpu-' if args.profile == 'cpu' else ''}{pooled_name}")
+            title = "" if args.split == "rows" else "Does SRF help? The k-fold experiment pooled over spatial blocks"
+            title += f" ({'CPU profile; ' if args.profile == 'cpu' else ''}issue 32: in progress)" if title else ""
+            write_results_section(text, f"deepforest-{'cpu-' if args.profile == 'cpu' else ''}{pooled_name}", title)
         return 0
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     prefix = "cpu_" if args.profile == "cpu" and not args.quick else ""
