@@ -51,6 +51,7 @@ from srf_upsample.train.experiment import (  # noqa: E402
     plot_curves,
     pool_paired,
     pooled_markdown,
+    pooled_reading,
     run_jobs,
     select_jobs,
     summarize,
@@ -375,7 +376,12 @@ def pooled_text(profile: str, folds: list[int], split: str = "rows", replicates:
         "sign test's p; the smallest true difference a paired t-test at 5 % finds with 80 % power given the pairs' "
         "sd. The last columns give each fold's own mean ± sd (per-seed values)."
     )
-    return header + "\n\n" + pooled_markdown(pool_paired(summaries, resampled))
+    pooled = pool_paired(summaries, resampled)
+    variants = sorted({arm.partition("-")[2] for arm in pooled if arm.startswith("A2-")})
+    readings = [
+        f"The reading ({variant} generator):\n\n{pooled_reading(pooled, variant=variant)}" for variant in variants
+    ]
+    return "\n\n".join([header, pooled_markdown(pooled), *readings])
 
 
 def arm_jobs(jobs: list, arms: list[str]) -> list:

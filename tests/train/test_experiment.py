@@ -443,3 +443,29 @@ def test_runs_archive_rebuilds_the_same_table_and_intervals_come_from_detections
     low, high = entry["interval"]
     assert low < entry["mean_sd"][0] < high and low > 0  # B's better boxes: the whole interval above 0
     assert "[+" in pooled_markdown(pooled)
+
+
+def test_pooled_reading_states_effects_with_intervals_and_withholds_a_reading_below_the_pairs_needed():
+    from srf_upsample.train.experiment import pooled_reading
+
+    def entry(mean, interval, n=12):
+        return {"mean_sd": (mean, 1.0), "n": n, "interval": interval}
+
+    pooled = {
+        "A2-lite": {"AP_minus_B": entry(0.8, (0.3, 1.4)), "AP_minus_DySample": entry(-0.1, (-0.6, 0.4))},
+        # E2E - A2 = +0.9: end to end beats the GAN pre-training, so the headline (A2 - E2E) reads "hurts".
+        "E2E-lite": {"AP_minus_A2-lite": entry(0.9, (0.2, 1.5))},
+        "A5-lite": {"AP_minus_C": entry(0.1, (-0.4, 0.6), n=8)},
+    }
+    lines = pooled_reading(pooled, variant="lite").splitlines()
+    assert (
+        lines[0]
+        == "- G alone (A2 - B: the stage-1 generator against bilinear): SRF helps by 0.8 AP [+0.3, +1.4], 12 pairs."
+    )
+    assert "SRF hurts by 0.9 AP [-1.5, -0.2], 12 pairs." in lines[1]
+    assert lines[2].endswith("no effect larger than 0.6 AP either way (-0.1 [-0.6, +0.4], 12 pairs).")
+    assert lines[3].endswith("no reading yet (8 of the 12 pairs).")
+    # Enough pairs but no per-image detections: still no reading. An arm that never ran: none either.
+    pooled["A5-lite"]["AP_minus_C"] = entry(0.1, None)
+    assert pooled_reading(pooled, variant="lite").splitlines()[3].endswith("no reading yet (no interval over tiles).")
+    assert pooled_reading(pooled, variant="paper").count("no reading yet (0 of the 12 pairs).") == 4

@@ -33,6 +33,7 @@ from .plan import select_jobs as select_jobs
 from .report import markdown_table as markdown_table
 from .report import plot_curves as plot_curves
 from .report import pooled_markdown as pooled_markdown
+from .report import pooled_reading as pooled_reading
 from .run import run_jobs as run_jobs
 from .stats import pool_paired as pool_paired
 from .summary import METRICS as METRICS
@@ -56,6 +57,7 @@ __all__ = [
     "plot_curves",
     "pool_paired",
     "pooled_markdown",
+    "pooled_reading",
     "run_jobs",
     "summarize",
 ]

@@ -11,7 +11,7 @@ from .arms import ARMS, arm_order, find_arm
 from .stats import mean_sd, references
 from .summary import METRICS
 
-__all__ = ["markdown_table", "plot_curves", "pooled_markdown"]
+__all__ = ["HEADLINE_QUESTIONS", "PAIRS_NEEDED", "markdown_table", "plot_curves", "pooled_markdown", "pooled_reading"]
 
 
 def _cell(mean: float, sd: float, *, one_seed: bool, sign: bool = False) -> str:
@@ -156,6 +156,54 @@ def pooled_markdown(pooled: dict[str, dict[str, Any]]) -> str:
                     cells.append("")
             statistics_cells = _pooled_cells(entry)
             lines.append(f"| {arm} | {reference} | {entry['n']} | " + " | ".join(statistics_cells + cells) + " |")
+    return "\n".join(lines)
+
+
+# The questions the headline answers: (what, arm, reference, sign). ``sign`` -1 turns ``arm - reference`` around so
+# that above 0 always means "SRF's generator (or method) is better"; ``{variant}`` is the generator variant.
+HEADLINE_QUESTIONS = (
+    ("G alone (A2 - B: the stage-1 generator against bilinear)", "A2-{variant}", "B", 1),
+    (
+        "G against its end-to-end twin (A2 - E2E: does the GAN pre-training matter?)",
+        "E2E-{variant}",
+        "A2-{variant}",
+        -1,
+    ),
+    ("G against DySample (A2 - DySample: against the light learned peer)", "A2-{variant}", "DySample", 1),
+    ("the full method against its control (A5 - C: what G adds to stage 2)", "A5-{variant}", "C", 1),
+)
+# The design's pairs per difference: 4 spatial folds x 3 seeds.
+PAIRS_NEEDED = 12
+
+
+def pooled_reading(pooled: dict[str, dict[str, Any]], *, variant: str, pairs_needed: int = PAIRS_NEEDED) -> str:
+    """The headline of a pooled experiment: one line per :data:`HEADLINE_QUESTIONS` entry, read off its interval.
+
+    A difference whose 95 % interval excludes 0 reads "SRF helps by x [lo, hi]" (or "hurts"); one whose interval
+    holds 0 reads "no effect larger than y", y the interval's farther end. Fewer than ``pairs_needed`` pairs, or no
+    interval (no per-image detections), give no reading, and the line says why.
+    """
+    lines = []
+    for what, arm, reference, sign in HEADLINE_QUESTIONS:
+        arm, reference = arm.format(variant=variant), reference.format(variant=variant)
+        entry = pooled.get(arm, {}).get(f"AP_minus_{reference}")
+        pairs = entry["n"] if entry else 0
+        interval = entry.get("interval") if entry else None
+        if pairs < pairs_needed or interval is None:
+            missing = f"{pairs} of the {pairs_needed} pairs" if pairs < pairs_needed else "no interval over tiles"
+            lines.append(f"- {what}: no reading yet ({missing}).")
+            continue
+        mean = sign * entry["mean_sd"][0]
+        low, high = sorted((sign * interval[0], sign * interval[1]))
+        if low > 0 or high < 0:
+            verb = "helps" if mean > 0 else "hurts"
+            lines.append(f"- {what}: SRF {verb} by {abs(mean):.1f} AP [{low:+.1f}, {high:+.1f}], {pairs} pairs.")
+        else:
+            bound = max(-low, high)
+            lines.append(
+                f"- {what}: no effect larger than {bound:.1f} AP either way ({mean:+.1f} [{low:+.1f}, {high:+.1f}], "
+                f"{pairs} pairs)."
+            )
     return "\n".join(lines)
 
 
