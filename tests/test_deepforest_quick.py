@@ -233,3 +233,44 @@ def test_arms_flag_trains_the_named_arms_and_what_they_need(deepforest_run):
     names = [j.name for j in deepforest_run.arm_jobs(jobs, ["A2"])]
     assert names == ["seed0/A1", "shared/stage1-lite", "seed0/A2-lite", "seed1/A1", "seed1/A2-lite"]
     assert [j.name for j in deepforest_run.arm_jobs(jobs, ["E2E"])] == ["seed0/A1", "seed1/A1", "seed1/E2E-lite"]
+
+
+def test_restore_rebuilds_finished_runs_and_refuses_what_needs_their_weights(tmp_path, caplog, deepforest_run):
+    import hashlib
+    import logging
+
+    from srf_upsample.train.experiment import load_experiment, plan_jobs, run_jobs
+    from srf_upsample.train.experiment.run import RESTORED_NAME, missing_inputs
+
+    committed, work = COMMITTED_RESULTS / "cpu_block0", tmp_path / "block0"
+    (work / "seed0" / "B").mkdir(parents=True)
+    (work / "seed0" / "B" / "manifest.json").write_text('{"finished": false}')  # this machine's run: kept
+    restored = deepforest_run.restore_runs(work, committed)
+    assert "seed0/A1" in restored and "shared/stage1-lite" in restored and "seed0/B" not in restored
+    assert json.loads((work / "seed0" / "B" / "manifest.json").read_text()) == {"finished": False}
+    assert json.loads((work / "seed0" / "A1" / RESTORED_NAME).read_text())["weights"] is False
+    assert not (work / "seed0" / "A1" / "checkpoint.safetensors").exists()
+    generator = work / "shared" / "stage1-lite" / "generator" / "model.safetensors"
+    digest = hashlib.sha256(generator.read_bytes()).hexdigest()
+    assert digest == hashlib.sha256((committed / "generators/stage1-lite/model.safetensors").read_bytes()).hexdigest()
+    assert deepforest_run.restore_runs(work, committed) == []  # nothing missing any more
+
+    jobs = plan_jobs(load_experiment(json.loads((committed / "experiment_config.json").read_text())), [0, 1], work)
+    by_name = {job.name: job for job in jobs}
+    # A new seed's A2 starts from the committed generator alone; stage 2 and A1+ need weights no record keeps.
+    assert missing_inputs(by_name["seed1/A2-lite"], by_name) == []
+    reasons = missing_inputs(by_name["seed0/stage2-lite"], by_name)
+    assert len(reasons) == 2 and all("rebuilt from committed records, which keep no weights" in r for r in reasons)
+    assert reasons[0].startswith("init ") and "shared/stage1-lite" in reasons[0] and "seed0/A1" in reasons[1]
+    wanted = [by_name[name] for name in ("seed0/A1", "shared/stage1-lite", "seed0/stage2-lite", "seed0/A5-lite")]
+    with caplog.at_level(logging.ERROR):
+        states = run_jobs(wanted, poll_seconds=0.01)  # nothing can start, so nothing is launched
+    assert states == {
+        "seed0/A1": "done",
+        "shared/stage1-lite": "done",
+        "seed0/stage2-lite": "failed",
+        "seed0/A5-lite": "skipped",
+    }
+    assert "seed0/stage2-lite cannot start: init" in caplog.text and not (work / "seed0" / "stage2-lite").exists()
+    with pytest.raises(SystemExit):
+        deepforest_run.main(["--restore", "--quick"])

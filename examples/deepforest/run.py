@@ -41,6 +41,7 @@ from generators import (  # noqa: E402
     generators_text,
 )
 from prepare import SPLITS, prepare  # noqa: E402
+from restore import restore_runs  # noqa: E402
 
 from srf_upsample.train.experiment import (  # noqa: E402
     DEFAULT_ARMS,
@@ -475,6 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         "criterion, at their final lr, to the criterion or twice the cap; refused once an arm used that generator",
     )
     parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="first rebuild the finished runs this machine lacks from the fold's committed results (records and "
+        "generators, no detector weights: a run that starts from those weights is refused, with the reason)",
+    )
+    parser.add_argument(
         "--plan-only", action="store_true", help="write the experiment config and list the planned runs, train nothing"
     )
     parser.add_argument(
@@ -493,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick and args.write_results:
         parser.error("--quick runs never write the committed results.")
+    if args.restore and (args.quick or args.summarize_only or args.pool_folds):
+        parser.error(
+            "--restore continues a committed experiment: it takes neither --quick, --summarize-only nor --pool-folds."
+        )
     for flag, given in (
         ("--generators-only", args.generators_only),
         ("--continue-generators", args.continue_generators),
@@ -521,6 +532,13 @@ def main(argv: list[str] | None = None) -> int:
     suffix = ("_quick" if args.quick else "") + (f"_{fold}" if args.fold or args.split != "rows" else "")
     work = args.work_dir or REPO / "runs" / f"deepforest{'_cpu' if prefix else ''}{suffix}"
     work.mkdir(parents=True, exist_ok=True)
+    if args.restore:
+        committed = RESULTS_DIR / f"{prefix}{fold}"
+        try:
+            restored = restore_runs(work, committed)
+        except FileNotFoundError as error:
+            parser.error(str(error))
+        print(f"Restored {len(restored)} finished run(s) from {committed}: {', '.join(restored) or 'none missing'}.")
     if args.summarize_only:
         # Rebuild the table from finished runs (e.g. the committed copies), without data or weights.
         values = json.loads((work / "experiment_config.json").read_text())

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..run_folder import (
@@ -21,11 +22,23 @@ from ..run_folder import (
 from .arms import BASELINE
 from .plan import Job
 
-__all__ = ["LINEAGE_KEY", "lineage_of", "record_a1_lineage", "run_jobs"]
+__all__ = [
+    "INPUT_KEYS",
+    "LINEAGE_KEY",
+    "RESTORED_NAME",
+    "lineage_of",
+    "missing_inputs",
+    "record_a1_lineage",
+    "run_jobs",
+]
 
 # The manifest key of a run's lineage: ``{"a1": <A1 job>, "a1_sha256": <its final weights>}`` for the A1 its detector
 # or F descends from, and ``generator_a1`` / ``generator_a1_sha256`` for the A1 its generator learned against.
 LINEAGE_KEY = "lineage"
+# The trainer settings that name what a run starts from; each must exist before the run starts.
+INPUT_KEYS = ("init", "generator", "detector_weights", "extractor_weights")
+# The marker of a run folder rebuilt from committed records (manifest, logs, detections): it holds no weights.
+RESTORED_NAME = "restored.json"
 
 
 def _lineage(job: Job) -> dict[str, Any]:
@@ -43,7 +56,12 @@ def record_a1_lineage(job: Job) -> None:
 
     The trainer keeps that file (it prunes only older step folders), so descendants can be checked against it.
     """
-    if is_a1(job) and is_finished(job.output_dir) and not _lineage(job):
+    if (
+        is_a1(job)
+        and is_finished(job.output_dir)
+        and not _lineage(job)
+        and (job.output_dir / CHECKPOINT_NAME).is_file()
+    ):
         sha = file_sha256(job.output_dir / CHECKPOINT_NAME)
         update_manifest(job.output_dir, {LINEAGE_KEY: {"a1": job.name, "a1_sha256": sha}})
 
@@ -59,6 +77,31 @@ def lineage_of(job: Job, by_name: dict[str, Job]) -> dict[str, Any]:
         if "a1" in source:
             record.update(generator_a1=source["a1"], generator_a1_sha256=source["a1_sha256"])
     return record
+
+
+def missing_inputs(job: Job, by_name: dict[str, Job]) -> list[str]:
+    """Why ``job`` cannot start although the runs it needs are finished: each input it names that is not there.
+
+    An input is missing when its path does not exist, or when it is a run folder rebuilt from committed records
+    (:data:`RESTORED_NAME`), which keeps no weights. Each reason names the run that should have written it.
+    """
+    reasons = []
+    for key in INPUT_KEYS:
+        value = job.values.get(key)
+        if not value:
+            continue
+        path = Path(value)
+        owner = next((n for n in job.needs if n in by_name and path.is_relative_to(by_name[n].output_dir)), None)
+        restored = owner is not None and (by_name[owner].output_dir / RESTORED_NAME).is_file()
+        if path.exists() and not (key == "init" and restored):
+            continue
+        why = (
+            f"{owner} was rebuilt from committed records, which keep no weights"
+            if restored
+            else f"{owner or 'nothing in the plan'} did not write it"
+        )
+        reasons.append(f"{key} {str(path)!r} is missing ({why})")
+    return reasons
 
 
 logger = logging.getLogger(__name__)
@@ -77,7 +120,8 @@ def run_jobs(jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float 
 
     Finished runs are skipped and stopped runs resume from their checkpoint, so calling it again continues the
     experiment. Each run's output goes to ``<output_dir>/train.log``. Returns each job's state: ``done``,
-    ``failed`` or ``skipped`` (a run it needs failed). Each finished run's manifest records its lineage
+    ``failed`` (also: an input it names is missing, :func:`missing_inputs`; nothing is started for it) or
+    ``skipped`` (a run it needs failed). Each finished run's manifest records its lineage
     (:data:`LINEAGE_KEY`): an A1 run the SHA-256 of its final weights, every other run the A1 (and the generator's
     A1) it started from, as recorded when it was launched.
     """
@@ -110,6 +154,17 @@ def run_jobs(jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float 
                 state[job.name] = "skipped"
                 continue
             if len(running) >= max_parallel or any(state.get(need) != "done" for need in job.needs):
+                continue
+            reasons = missing_inputs(job, by_name)
+            if reasons:
+                state[job.name] = "failed"
+                logger.error(
+                    "%s cannot start: %s. Train the run it starts from again on this machine (delete its folder and "
+                    "rerun: everything that descends from it then descends from the new run), or continue where "
+                    "the weights are.",
+                    job.name,
+                    "; ".join(reasons),
+                )
                 continue
             lineages[job.name] = lineage_of(job, by_name)
             command = _command(job)

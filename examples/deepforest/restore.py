@@ -1,0 +1,59 @@
+"""Rebuild a fold's work folder from its committed results, so that a new machine continues the experiment.
+
+The committed results keep each finished run's records (``runs.tar.gz``: manifest, logs, metrics, per-image
+detections) and each fold's converged generators (``generators/stage1-<variant>``), never a detector's weights. A
+restored run therefore counts as finished, and the arms that start only from a shared generator (A2) can still train;
+a run that starts from restored weights (stage 2 and A1+ from an A1, stage 2 from the stage-1 run's discriminator) is
+refused by the scheduler with the reason (``srf_upsample.train.experiment.run.missing_inputs``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+from srf_upsample.train.experiment.archive import ARCHIVE_NAME, read_archive
+from srf_upsample.train.experiment.run import RESTORED_NAME
+from srf_upsample.train.run_folder import MANIFEST_NAME, write_json
+
+__all__ = ["restore_runs"]
+
+
+def restore_runs(work: Path, committed: Path) -> list[str]:
+    """Write into ``work`` each finished run of ``committed/runs.tar.gz`` that ``work`` does not hold.
+
+    A run ``work`` already holds (finished or in progress) is left as it is. A restored shared stage-1 run gets its
+    committed generator folder as ``generator/``. Each restored folder has a :data:`RESTORED_NAME` file saying where
+    it came from.
+
+    Returns:
+        The restored runs (``seed1/A1``, ``shared/stage1-lite``), sorted.
+
+    Raises:
+        FileNotFoundError: ``committed`` has no ``runs.tar.gz``.
+    """
+    archive = committed / ARCHIVE_NAME
+    if not archive.is_file():
+        raise FileNotFoundError(f"no committed runs to restore: {archive} does not exist.")
+    runs: dict[str, dict[str, bytes]] = defaultdict(dict)
+    for name, data in read_archive(archive).items():
+        parts = name.split("/")
+        if len(parts) == 3 and (parts[0].startswith("seed") or parts[0] == "shared"):
+            runs[f"{parts[0]}/{parts[1]}"][parts[2]] = data
+    restored = []
+    for run, files in sorted(runs.items()):
+        folder = work / run
+        manifest = json.loads(files.get(MANIFEST_NAME, b"{}"))
+        if (folder / MANIFEST_NAME).is_file() or not manifest.get("finished"):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        for file_name, data in files.items():
+            (folder / file_name).write_bytes(data)
+        generator = committed / "generators" / folder.name
+        if run.startswith("shared/") and generator.is_dir():
+            shutil.copytree(generator, folder / "generator", dirs_exist_ok=True)
+        write_json(folder / RESTORED_NAME, {"from": str(archive), "weights": False})
+        restored.append(run)
+    return restored
