@@ -257,11 +257,16 @@ def test_restore_rebuilds_finished_runs_and_refuses_what_needs_their_weights(tmp
 
     jobs = plan_jobs(load_experiment(json.loads((committed / "experiment_config.json").read_text())), [0, 1], work)
     by_name = {job.name: job for job in jobs}
-    # A new seed's A2 starts from the committed generator alone; stage 2 and A1+ need weights no record keeps.
+    # A new seed's A2 starts from the committed generator alone, stage 2 from the committed G and D; but stage 2's F
+    # (its seed's A1) and A1+ need a detector's weights, which no record keeps.
     assert missing_inputs(by_name["seed1/A2-lite"], by_name) == []
-    reasons = missing_inputs(by_name["seed0/stage2-lite"], by_name)
-    assert len(reasons) == 2 and all("rebuilt from committed records, which keep no weights" in r for r in reasons)
-    assert reasons[0].startswith("init ") and "shared/stage1-lite" in reasons[0] and "seed0/A1" in reasons[1]
+    assert (work / "shared" / "stage1-lite" / "discriminator" / "model.safetensors").is_file()
+    (reason,) = missing_inputs(by_name["seed0/stage2-lite"], by_name)
+    assert reason.startswith("extractor_weights ") and "seed0/A1 was rebuilt from committed records" in reason
+    (reason,) = missing_inputs(by_name["seed0/A1+"], by_name)
+    assert reason.startswith("detector_weights ") and "keep no weights" in reason
+    shutil.rmtree(work / "shared" / "stage1-lite" / "discriminator")  # a restored init without what stage 2 reads
+    assert missing_inputs(by_name["seed0/stage2-lite"], by_name)[0].startswith("init ")
     wanted = [by_name[name] for name in ("seed0/A1", "shared/stage1-lite", "seed0/stage2-lite", "seed0/A5-lite")]
     with caplog.at_level(logging.ERROR):
         states = run_jobs(wanted, poll_seconds=0.01)  # nothing can start, so nothing is launched

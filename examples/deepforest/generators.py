@@ -12,7 +12,7 @@ from pathlib import Path
 
 from srf_upsample.train.experiment import select_jobs
 from srf_upsample.train.fidelity import evaluations_without_gain, plateau_step
-from srf_upsample.train.run_folder import is_finished, read_jsonl
+from srf_upsample.train.run_folder import DISCRIMINATOR_DIR, GENERATOR_DIR, is_finished, read_jsonl
 
 # The plateau criterion of G's held-out L1 (the trainer's plateau stop): 5 evaluations in a row without a 1 % gain.
 PLATEAU = {"plateau_patience": 5, "plateau_min_delta": 0.01}
@@ -95,14 +95,18 @@ def _l1_cells(per_level: dict, mean: float) -> str:
 
 
 def copy_generators(work: Path, target: Path) -> list[Path]:
-    """Copy each finished shared stage-1 run's ``generator`` folder (``save_pretrained``) to ``target/generators``."""
+    """Copy each finished shared stage-1 run's ``generator`` folder (``save_pretrained``) to ``target/generators``,
+    and its ``discriminator`` to ``target/discriminators`` (stage 2 continues both: ``--restore`` needs them)."""
     copied = []
     for run in sorted((work / "shared").glob("stage1-*")):
-        if is_finished(run) and (run / "generator").is_dir():
-            destination = target / "generators" / run.name
-            shutil.rmtree(destination, ignore_errors=True)
-            shutil.copytree(run / "generator", destination)
-            copied.append(destination)
+        if not is_finished(run):
+            continue
+        for folder, kept_in in ((GENERATOR_DIR, "generators"), (DISCRIMINATOR_DIR, "discriminators")):
+            if (run / folder).is_dir():
+                destination = target / kept_in / run.name
+                shutil.rmtree(destination, ignore_errors=True)
+                shutil.copytree(run / folder, destination)
+                copied.append(destination)
     return copied
 
 

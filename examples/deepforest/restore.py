@@ -2,9 +2,10 @@
 
 The committed results keep each finished run's records (``runs.tar.gz``: manifest, logs, metrics, per-image
 detections) and each fold's converged generators (``generators/stage1-<variant>``), never a detector's weights. A
-restored run therefore counts as finished, and the arms that start only from a shared generator (A2) can still train;
-a run that starts from restored weights (stage 2 and A1+ from an A1, stage 2 from the stage-1 run's discriminator) is
-refused by the scheduler with the reason (``srf_upsample.train.experiment.run.missing_inputs``).
+restored run therefore counts as finished; the arms that start from a shared generator (A2) can still train, and so
+can stage 2 from a shared stage-1 run's generator and discriminator; a run that starts from a restored detector's
+weights (stage 2 and A1+ from their seed's A1, A5 and C from their stage 2) is refused by the scheduler with the
+reason (``srf_upsample.train.experiment.run.missing_inputs``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from srf_upsample.train.experiment.archive import ARCHIVE_NAME, read_archive
 from srf_upsample.train.experiment.run import RESTORED_NAME
-from srf_upsample.train.run_folder import MANIFEST_NAME, write_json
+from srf_upsample.train.run_folder import DISCRIMINATOR_DIR, GENERATOR_DIR, MANIFEST_NAME, write_json
 
 __all__ = ["restore_runs"]
 
@@ -25,8 +26,8 @@ def restore_runs(work: Path, committed: Path) -> list[str]:
     """Write into ``work`` each finished run of ``committed/runs.tar.gz`` that ``work`` does not hold.
 
     A run ``work`` already holds (finished or in progress) is left as it is. A restored shared stage-1 run gets its
-    committed generator folder as ``generator/``. Each restored folder has a :data:`RESTORED_NAME` file saying where
-    it came from.
+    committed generator and discriminator folders as ``generator/`` and ``discriminator/`` (what stage 2 reads).
+    Each restored folder has a :data:`RESTORED_NAME` file saying where it came from.
 
     Returns:
         The restored runs (``seed1/A1``, ``shared/stage1-lite``), sorted.
@@ -51,9 +52,9 @@ def restore_runs(work: Path, committed: Path) -> list[str]:
         folder.mkdir(parents=True, exist_ok=True)
         for file_name, data in files.items():
             (folder / file_name).write_bytes(data)
-        generator = committed / "generators" / folder.name
-        if run.startswith("shared/") and generator.is_dir():
-            shutil.copytree(generator, folder / "generator", dirs_exist_ok=True)
+        for kept_in, folder_name in (("generators", GENERATOR_DIR), ("discriminators", DISCRIMINATOR_DIR)):
+            if run.startswith("shared/") and (committed / kept_in / folder.name).is_dir():
+                shutil.copytree(committed / kept_in / folder.name, folder / folder_name, dirs_exist_ok=True)
         write_json(folder / RESTORED_NAME, {"from": str(archive), "weights": False})
         restored.append(run)
     return restored

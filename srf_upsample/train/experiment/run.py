@@ -12,6 +12,8 @@ from typing import Any
 
 from ..run_folder import (
     CHECKPOINT_NAME,
+    DISCRIMINATOR_DIR,
+    GENERATOR_DIR,
     MANIFEST_NAME,
     file_sha256,
     is_finished,
@@ -79,11 +81,23 @@ def lineage_of(job: Job, by_name: dict[str, Job]) -> dict[str, Any]:
     return record
 
 
+def _restored_init_suffices(init: Path) -> bool:
+    """Whether a restored ``--init`` folder holds what the next stage reads from it.
+
+    That is a stage-1 run's generator and discriminator (stage 2), or any other run's detector weights (which no
+    restored run has).
+    """
+    stage = read_json(init / MANIFEST_NAME).get("stage") if (init / MANIFEST_NAME).is_file() else None
+    needed = (GENERATOR_DIR, DISCRIMINATOR_DIR) if stage == "stage1" else (CHECKPOINT_NAME,)
+    return all((init / name).exists() for name in needed)
+
+
 def missing_inputs(job: Job, by_name: dict[str, Job]) -> list[str]:
     """Why ``job`` cannot start although the runs it needs are finished: each input it names that is not there.
 
     An input is missing when its path does not exist, or when it is a run folder rebuilt from committed records
-    (:data:`RESTORED_NAME`), which keeps no weights. Each reason names the run that should have written it.
+    (:data:`RESTORED_NAME`, no weights) that lacks what the next stage reads (a stage-1 run: its generator and
+    discriminator folders; any other run: its detector weights). Each reason names the run that should have written it.
     """
     reasons = []
     for key in INPUT_KEYS:
@@ -93,7 +107,7 @@ def missing_inputs(job: Job, by_name: dict[str, Job]) -> list[str]:
         path = Path(value)
         owner = next((n for n in job.needs if n in by_name and path.is_relative_to(by_name[n].output_dir)), None)
         restored = owner is not None and (by_name[owner].output_dir / RESTORED_NAME).is_file()
-        if path.exists() and not (key == "init" and restored):
+        if path.exists() and not (key == "init" and restored and not _restored_init_suffices(path)):
             continue
         why = (
             f"{owner} was rebuilt from committed records, which keep no weights"
