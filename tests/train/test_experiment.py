@@ -458,14 +458,34 @@ def test_pooled_reading_states_effects_with_intervals_and_withholds_a_reading_be
         "A5-lite": {"AP_minus_C": entry(0.1, (-0.4, 0.6), n=8)},
     }
     lines = pooled_reading(pooled, variant="lite").splitlines()
+    # Every entry's pairs have sd 1.0: a paired t-test then needs 90 pairs to find 0.3 AP at 80 % power (below).
+    POWER = " At this sd (1.0), 0.3 AP takes 90 pairs."
     assert (
         lines[0]
         == "- G alone (A2 - B: the stage-1 generator against bilinear): SRF helps by 0.8 AP [+0.3, +1.4], 12 pairs."
+        + POWER
     )
-    assert "SRF hurts by 0.9 AP [-1.5, -0.2], 12 pairs." in lines[1]
-    assert lines[2].endswith("no effect larger than 0.6 AP either way (-0.1 [-0.6, +0.4], 12 pairs).")
-    assert lines[3].endswith("no reading yet (8 of the 12 pairs).")
+    assert "SRF hurts by 0.9 AP [-1.5, -0.2], 12 pairs." + POWER in lines[1]
+    assert lines[2].endswith("no effect larger than 0.6 AP either way (-0.1 [-0.6, +0.4], 12 pairs)." + POWER)
+    assert lines[3].endswith("no reading yet (8 of the 12 pairs)." + POWER)
     # Enough pairs but no per-image detections: still no reading. An arm that never ran: none either.
     pooled["A5-lite"]["AP_minus_C"] = entry(0.1, None)
-    assert pooled_reading(pooled, variant="lite").splitlines()[3].endswith("no reading yet (no interval over tiles).")
+    assert (
+        pooled_reading(pooled, variant="lite")
+        .splitlines()[3]
+        .endswith("no reading yet (no interval over tiles)." + POWER)
+    )
     assert pooled_reading(pooled, variant="paper").count("no reading yet (0 of the 12 pairs).") == 4
+
+
+def test_pairs_to_find_an_effect_inverts_the_detectable_effect():
+    from srf_upsample.train.experiment.stats import minimal_detectable_effect, pairs_to_find
+
+    for effect, sd in ((0.3, 1.0), (0.3, 1.3), (1.0, 0.9), (0.5, 0.2)):
+        n = pairs_to_find(effect, sd)
+        assert minimal_detectable_effect(sd, n) <= effect < (minimal_detectable_effect(sd, n - 1) if n > 2 else 1e9)
+    # The normal approximation ((1.96 + 0.84) * sd / effect) ** 2 is 87 pairs for sd 1, effect 0.3; t needs a few more.
+    assert pairs_to_find(0.3, 1.0) == 90 and pairs_to_find(0.3, 1.3) == 150
+    assert pairs_to_find(0.3, 0.0) == 2 and pairs_to_find(0.01, 50.0, limit=1000) == 1000
+    with pytest.raises(ValueError, match="effect > 0"):
+        pairs_to_find(0.0, 1.0)

@@ -8,10 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from .arms import ARMS, arm_order, find_arm
-from .stats import mean_sd, references
+from .stats import mean_sd, pairs_to_find, references
 from .summary import METRICS
 
-__all__ = ["HEADLINE_QUESTIONS", "PAIRS_NEEDED", "markdown_table", "plot_curves", "pooled_markdown", "pooled_reading"]
+__all__ = [
+    "HEADLINE_QUESTIONS",
+    "PAIRS_NEEDED",
+    "TARGET_EFFECT",
+    "markdown_table",
+    "plot_curves",
+    "pooled_markdown",
+    "pooled_reading",
+]
 
 
 def _cell(mean: float, sd: float, *, one_seed: bool, sign: bool = False) -> str:
@@ -174,6 +182,8 @@ HEADLINE_QUESTIONS = (
 )
 # The design's pairs per difference: 4 spatial folds x 3 seeds.
 PAIRS_NEEDED = 12
+# The effect the issue asks the experiment to see (AP points); the reading says how many pairs that takes.
+TARGET_EFFECT = 0.3
 
 
 def pooled_reading(pooled: dict[str, dict[str, Any]], *, variant: str, pairs_needed: int = PAIRS_NEEDED) -> str:
@@ -181,7 +191,8 @@ def pooled_reading(pooled: dict[str, dict[str, Any]], *, variant: str, pairs_nee
 
     A difference whose 95 % interval excludes 0 reads "SRF helps by x [lo, hi]" (or "hurts"); one whose interval
     holds 0 reads "no effect larger than y", y the interval's farther end. Fewer than ``pairs_needed`` pairs, or no
-    interval (no per-image detections), give no reading, and the line says why.
+    interval (no per-image detections), give no reading, and the line says why. Each line with an sd ends with
+    the pairs a paired t-test needs at that sd to find :data:`TARGET_EFFECT` with 80 % power.
     """
     lines = []
     for what, arm, reference, sign in HEADLINE_QUESTIONS:
@@ -189,20 +200,24 @@ def pooled_reading(pooled: dict[str, dict[str, Any]], *, variant: str, pairs_nee
         entry = pooled.get(arm, {}).get(f"AP_minus_{reference}")
         pairs = entry["n"] if entry else 0
         interval = entry.get("interval") if entry else None
+        power = ""
+        if entry and entry["n"] > 1 and entry["mean_sd"][1] > 0:
+            sd = entry["mean_sd"][1]
+            power = f" At this sd ({sd:.1f}), {TARGET_EFFECT} AP takes {pairs_to_find(TARGET_EFFECT, sd)} pairs."
         if pairs < pairs_needed or interval is None:
             missing = f"{pairs} of the {pairs_needed} pairs" if pairs < pairs_needed else "no interval over tiles"
-            lines.append(f"- {what}: no reading yet ({missing}).")
+            lines.append(f"- {what}: no reading yet ({missing}).{power}")
             continue
         mean = sign * entry["mean_sd"][0]
         low, high = sorted((sign * interval[0], sign * interval[1]))
         if low > 0 or high < 0:
             verb = "helps" if mean > 0 else "hurts"
-            lines.append(f"- {what}: SRF {verb} by {abs(mean):.1f} AP [{low:+.1f}, {high:+.1f}], {pairs} pairs.")
+            lines.append(f"- {what}: SRF {verb} by {abs(mean):.1f} AP [{low:+.1f}, {high:+.1f}], {pairs} pairs.{power}")
         else:
             bound = max(-low, high)
             lines.append(
                 f"- {what}: no effect larger than {bound:.1f} AP either way ({mean:+.1f} [{low:+.1f}, {high:+.1f}], "
-                f"{pairs} pairs)."
+                f"{pairs} pairs).{power}"
             )
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ __all__ = [
     "minimal_detectable_effect",
     "paired_bootstrap",
     "paired_differences",
+    "pairs_to_find",
     "pool_paired",
     "references",
     "sign_test",
@@ -112,6 +113,25 @@ def minimal_detectable_effect(sd: float, n: int, *, power: float = 0.8, alpha: f
     if n < 2:
         return None
     return (student_t_quantile(1 - alpha / 2, n - 1) + student_t_quantile(power, n - 1)) * sd / math.sqrt(n)
+
+
+def pairs_to_find(effect: float, sd: float, *, power: float = 0.8, alpha: float = 0.05, limit: int = 100_000) -> int:
+    """The fewest pairs of standard deviation ``sd`` with which a paired t-test finds ``effect`` with ``power``.
+
+    The inverse of :func:`minimal_detectable_effect` in ``n``; ``limit`` if even that many are not enough.
+    """
+    if effect <= 0 or sd < 0:
+        raise ValueError(f"Need effect > 0 and sd >= 0, got effect={effect!r}, sd={sd!r}.")
+    low, high = 2, limit  # the detectable effect shrinks as n grows: bisect for the first n that reaches ``effect``
+    if minimal_detectable_effect(sd, high, power=power, alpha=alpha) > effect:
+        return limit
+    while low < high:
+        middle = (low + high) // 2
+        if minimal_detectable_effect(sd, middle, power=power, alpha=alpha) <= effect:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def tile_resamples(num_tiles: int, replicates: int, seed: int) -> np.ndarray:
