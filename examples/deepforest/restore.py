@@ -1,7 +1,8 @@
 """Rebuild a fold's work folder from its committed results, so that a new machine continues the experiment.
 
 The committed results keep each finished run's records (``runs.tar.gz``: manifest, logs, metrics, per-image
-detections) and each fold's converged generators (``generators/stage1-<variant>``), never a detector's weights. A
+detections) and each fold's converged generators and their discriminators (``generators/stage1-<variant>``,
+``discriminators/stage1-<variant>``), never a detector's weights. A
 restored run therefore counts as finished; the arms that start from a shared generator (A2) can still train, and so
 can stage 2 from a shared stage-1 run's generator and discriminator; a run that starts from a restored detector's
 weights (stage 2 and A1+ from their seed's A1, A5 and C from their stage 2) is refused by the scheduler with the
