@@ -478,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--restore",
         action="store_true",
-        help="first rebuild the finished runs this machine lacks from the fold's committed results (records and "
-        "generators, no detector weights: a run that starts from those weights is refused, with the reason)",
+        help="first rebuild the finished runs this machine lacks from the fold's committed results (records, stage-1 "
+        "generators and discriminators, no detector weights: a run that starts from those weights is refused, with "
+        "the reason)",
     )
     parser.add_argument(
         "--plan-only", action="store_true", help="write the experiment config and list the planned runs, train nothing"
