@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -31,6 +32,7 @@ __all__ = [
     "environment_lines",
     "format_table",
     "header_lines",
+    "interleaved_rounds",
     "machine_name",
     "parse_size",
     "publish",
@@ -39,6 +41,8 @@ __all__ = [
     "time_interleaved",
     "write_section",
 ]
+
+T = TypeVar("T")
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 QUICK_NOTE = " — QUICK MODE, not a measurement"
@@ -109,6 +113,32 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+def interleaved_rounds(
+    fns: dict[str, Callable[[], object]],
+    *,
+    warmup: int,
+    repeats: int,
+    device: torch.device | str,
+    measure: Callable[[Callable[[], object]], T],
+) -> dict[str, list[T]]:
+    """``repeats`` rounds of ``measure(fn)`` for every callable after ``warmup`` untimed rounds.
+
+    Round r runs every callable once, in an order rotated by r, which spreads load from other processes over all
+    candidates instead of one. ``measure`` calls ``fn`` once and returns what it timed.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+        sync(device)
+    samples: dict[str, list[T]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(measure(fns[name]))
+    return samples
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], object]],
     *,
@@ -119,31 +149,26 @@ def time_interleaved(
 ) -> dict[str, dict[str, float]]:
     """Time each callable ``repeats`` times, interleaved, after ``warmup`` untimed rounds.
 
-    Interleaving (round r runs every callable once, in an order rotated by r) spreads load from other processes over
-    all candidates instead of one, which matters on a shared machine. For each candidate the result holds the median
-    seconds and, when ``baseline`` names one of ``fns``, ``ratio``: the median over rounds of (candidate time /
-    baseline time in the same round), a paired statistic that cancels slow drifts in machine load.
+    Interleaved as in :func:`interleaved_rounds`, which matters on a shared machine. For each candidate the result
+    holds the median seconds and, when ``baseline`` names one of ``fns``, ``ratio``: the median over rounds of
+    (candidate time / baseline time in the same round), a paired statistic that cancels slow drifts in machine load.
 
     ``cpu_median_s`` and ``cpu_ratio`` are the same for the process's CPU time (all its threads, ``time.process_time``).
     On a CPU shared with other jobs, wall time includes the time our threads waited for a core while CPU time does
     not, so the CPU-time ratio is the steadier estimate of relative compute cost there. On CUDA it is meaningless.
     """
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
+
+    def wall_and_cpu_seconds(fn: Callable[[], object]) -> tuple[float, float]:
         sync(device)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    cpu_samples: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            fns[name]()
-            sync(device)
-            samples[name].append(time.perf_counter() - start)
-            cpu_samples[name].append(time.process_time() - cpu_start)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        fn()
+        sync(device)
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+    timings = interleaved_rounds(fns, warmup=warmup, repeats=repeats, device=device, measure=wall_and_cpu_seconds)
+    samples = {name: [wall for wall, _ in pairs] for name, pairs in timings.items()}
+    cpu_samples = {name: [cpu for _, cpu in pairs] for name, pairs in timings.items()}
+    names = list(fns)
     results: dict[str, dict[str, float]] = {}
     for name in names:
         entry = {

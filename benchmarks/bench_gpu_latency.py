@@ -43,10 +43,10 @@ from _common import (  # noqa: E402
     benchmark_parser,
     format_table,
     header_lines,
+    interleaved_rounds,
     parse_size,
     publish,
     rounds,
-    sync,
 )
 from bench_backbone_fpn import count_flops  # noqa: E402
 from bench_detectors import FixedWorkRPN  # noqa: E402
@@ -98,23 +98,6 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     start_time = time.perf_counter()
     fn()
     return time.perf_counter() - start_time
-
-
-def time_rounds(
-    fns: dict[str, Callable[[], object]], *, warmup: int, repeats: int, device: torch.device
-) -> dict[str, list[float]]:
-    """``repeats`` timed rounds after ``warmup`` untimed ones; each round runs every callable once, order rotated."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    sync(device)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            samples[name].append(time_call(fns[name], device))
-    return samples
 
 
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -217,7 +200,9 @@ def run(
         }
         for part, fns in groups.items():
             with torch.inference_mode():
-                samples = time_rounds(fns, warmup=warmup, repeats=repeats, device=device)
+                samples = interleaved_rounds(
+                    fns, warmup=warmup, repeats=repeats, device=device, measure=lambda fn: time_call(fn, device)
+                )
             for name, entry in summarize(samples, baseline="unpatched").items():
                 results.append({"dtype": dtype_name, "part": part, "model": name, **entry})
     costs = {}
