@@ -49,31 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         common += ["--backbone-weights", args.backbone_weights]
     val = ["--eval-data-root", args.val_images, "--eval-ann-file", args.val_ann]
     trained_f = ["--extractor-weights", str(args.out / "baseline" / "checkpoint.safetensors")]
+
+    def stage_args(name: str, *extra: str) -> list[str]:
+        return [name, "--config", f"{prefix}_{name}", *common, *extra, "--output-dir", str(args.out / name)]
+
     stages = [
-        ["baseline", "--config", f"{prefix}_baseline", *common, *val, "--output-dir", str(args.out / "baseline")],
-        ["stage1", "--config", f"{prefix}_stage1", *common, *trained_f, "--output-dir", str(args.out / "stage1")],
-        [
-            "stage2",
-            "--config",
-            f"{prefix}_stage2",
-            *common,
-            *trained_f,
-            "--init",
-            str(args.out / "stage1"),
-            "--output-dir",
-            str(args.out / "stage2"),
-        ],
-        [
-            "stage3",
-            "--config",
-            f"{prefix}_stage3",
-            *common,
-            *val,
-            "--init",
-            str(args.out / "stage2"),
-            "--output-dir",
-            str(args.out / "stage3"),
-        ],
+        stage_args("baseline", *val),
+        stage_args("stage1", *trained_f),
+        stage_args("stage2", *trained_f, "--init", str(args.out / "stage1")),
+        stage_args("stage3", *val, "--init", str(args.out / "stage2")),
     ]
     for stage in stages:
         print("+ srf-upsample train", " ".join(stage), flush=True)
