@@ -243,9 +243,8 @@ def test_restore_rebuilds_finished_runs_and_refuses_what_needs_their_weights(tmp
     from srf_upsample.train.experiment.archive import ARCHIVE_NAME, read_archive, write_archive
     from srf_upsample.train.experiment.run import RESTORED_NAME, missing_inputs
 
-    # The committed block 0 as it was before its stage-2 descendants finished: the test must not depend on how far
-    # the experiment has got: the records of the arms without stage 2 and every shared generator; no stage 2, A5, C
-    # or A1+.
+    # Block 0's committed records as they were before its stage-2 descendants finished (every shared generator and
+    # the arms that need no stage 2; no stage 2, A5, C or A1+), so the test does not depend on how far it has got.
     committed, work = tmp_path / "committed_block0", tmp_path / "block0"
     shutil.copytree(COMMITTED_RESULTS / "cpu_block0", committed)
     early = {"A1", "B", "A2-lite", "E2E-lite", "DySample"}
