@@ -235,6 +235,24 @@ def test_arms_flag_trains_the_named_arms_and_what_they_need(deepforest_run):
     assert [j.name for j in deepforest_run.arm_jobs(jobs, ["E2E"])] == ["seed0/A1", "seed1/A1", "seed1/E2E-lite"]
 
 
+def test_retrain_lineage_leaves_out_a1_and_its_descendants(tmp_path, deepforest_run):
+    from srf_upsample.train.experiment.run import RESTORED_NAME
+
+    committed, work = COMMITTED_RESULTS / "cpu_block0", tmp_path / "block0"
+    lineage = {f"seed0/{run}" for run in ("A1", "stage2-lite", "A5-lite", "stage2-C", "C", "A1+")}
+    stale = work / "seed0" / "C"  # an earlier restore's record of a descendant: removed, it has no weights
+    stale.mkdir(parents=True)
+    (stale / RESTORED_NAME).write_text("{}")
+    own = work / "seed0" / "A1+"  # this machine's run in progress: kept
+    own.mkdir(parents=True)
+    (own / "manifest.json").write_text('{"finished": false}')
+    restored = deepforest_run.restore_runs(work, committed, retrain_lineages=[0])
+    assert not lineage & set(restored)
+    assert {"seed0/B", "seed0/A2-lite", "seed0/DySample", "seed1/A1", "shared/stage1-lite"} <= set(restored)
+    assert not stale.exists() and (own / "manifest.json").is_file()
+    assert not (work / "seed0" / "A1").exists()
+
+
 def test_restore_rebuilds_finished_runs_and_refuses_what_needs_their_weights(tmp_path, caplog, deepforest_run):
     import hashlib
     import logging

@@ -7,6 +7,12 @@ restored run therefore counts as finished; the arms that start from a shared gen
 can stage 2 from a shared stage-1 run's generator and discriminator; a run that starts from a restored detector's
 weights (stage 2 and A1+ from their seed's A1, A5 and C from their stage 2) is refused by the scheduler with the
 reason (``srf_upsample.train.experiment.run.missing_inputs``).
+
+Those runs can only continue as a whole new lineage: ``retrain_lineages`` leaves out a seed's A1 and every run that
+descends from its weights, so that the scheduler retrains them together on this machine. Retraining A1 alone would
+not do: CPU training is not bit-reproducible across machines (on two machines, seed 1's A1 of block 0 already
+differed in its step-1 loss), so a new A1 has other weights than the one its committed descendants started from,
+and the table would leave those descendants out (``summary.lineage_conflict``).
 """
 
 from __future__ import annotations
@@ -14,21 +20,51 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 
 from srf_upsample.train.experiment.archive import ARCHIVE_NAME, read_archive
-from srf_upsample.train.experiment.run import RESTORED_NAME
+from srf_upsample.train.experiment.run import INPUT_KEYS, LINEAGE_KEY, RESTORED_NAME
 from srf_upsample.train.run_folder import DISCRIMINATOR_DIR, GENERATOR_DIR, MANIFEST_NAME, write_json
 
 __all__ = ["restore_runs"]
 
 
-def restore_runs(work: Path, committed: Path) -> list[str]:
+def lineage_runs(runs: dict[str, dict[str, bytes]], seed: int) -> set[str]:
+    """The runs of ``seed`` that are its A1 or descend from that A1's weights, from their committed records.
+
+    A run descends from a run when its manifest's lineage names that seed's A1 or when an input of its
+    ``run_config.json`` (``--init``, ``--detector-weights``, ...) lies in a run folder already found.
+    """
+    a1 = f"seed{seed}/A1"
+    found = {a1} if a1 in runs else set()
+    grew = True
+    while grew:
+        grew = False
+        for run, files in runs.items():
+            if run in found or not run.startswith(f"seed{seed}/"):
+                continue
+            lineage = json.loads(files.get(MANIFEST_NAME, b"{}")).get(LINEAGE_KEY) or {}
+            inputs = json.loads(files.get("run_config.json", b"{}"))
+            paths = [str(inputs[key]) + "/" for key in INPUT_KEYS if inputs.get(key)]
+            if lineage.get("a1") == a1 or any(f"/{source}/" in path for source in found for path in paths):
+                found.add(run)
+                grew = True
+    return found
+
+
+def restore_runs(work: Path, committed: Path, *, retrain_lineages: Collection[int] = ()) -> list[str]:
     """Write into ``work`` each finished run of ``committed/runs.tar.gz`` that ``work`` does not hold.
 
     A run ``work`` already holds (finished or in progress) is left as it is. A restored shared stage-1 run gets its
     committed generator and discriminator folders as ``generator/`` and ``discriminator/`` (what stage 2 reads).
     Each restored folder has a :data:`RESTORED_NAME` file saying where it came from.
+
+    Args:
+        work: the fold's work folder.
+        committed: the fold's committed results folder.
+        retrain_lineages: seeds whose A1 and its descendants (:func:`lineage_runs`) are not restored, so that they
+            retrain as one lineage; a folder of theirs that an earlier restore wrote (no weights) is removed.
 
     Returns:
         The restored runs (``seed1/A1``, ``shared/stage1-lite``), sorted.
@@ -44,9 +80,15 @@ def restore_runs(work: Path, committed: Path) -> list[str]:
         parts = name.split("/")
         if len(parts) == 3 and (parts[0].startswith("seed") or parts[0] == "shared"):
             runs[f"{parts[0]}/{parts[1]}"][parts[2]] = data
+    retrained = set().union(*(lineage_runs(runs, seed) for seed in retrain_lineages))
+    for run in sorted(retrained):
+        if (work / run / RESTORED_NAME).is_file():
+            shutil.rmtree(work / run)
     restored = []
     for run, files in sorted(runs.items()):
         folder = work / run
+        if run in retrained:
+            continue
         manifest = json.loads(files.get(MANIFEST_NAME, b"{}"))
         if (folder / MANIFEST_NAME).is_file() or not manifest.get("finished"):
             continue

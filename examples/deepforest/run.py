@@ -483,6 +483,13 @@ def main(argv: list[str] | None = None) -> int:
         "the reason)",
     )
     parser.add_argument(
+        "--retrain-lineage",
+        action="store_true",
+        help="with --restore: restore neither the --seeds' A1 nor the runs that descend from its weights (stage 2, A5, "
+        "C, A1+), so that they retrain as one lineage on this machine (weights are not committed, and a retrained A1 "
+        "differs from the committed one)",
+    )
+    parser.add_argument(
         "--plan-only", action="store_true", help="write the experiment config and list the planned runs, train nothing"
     )
     parser.add_argument(
@@ -505,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             "--restore continues a committed experiment: it takes neither --quick, --summarize-only nor --pool-folds."
         )
+    if args.retrain_lineage and not (args.restore and args.seeds):
+        parser.error("--retrain-lineage needs --restore and --seeds (the seeds whose lineage retrains).")
     for flag, given in (
         ("--generators-only", args.generators_only),
         ("--continue-generators", args.continue_generators),
@@ -536,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.restore:
         committed = RESULTS_DIR / f"{prefix}{fold}"
         try:
-            restored = restore_runs(work, committed)
+            restored = restore_runs(work, committed, retrain_lineages=args.seeds if args.retrain_lineage else ())
         except FileNotFoundError as error:
             parser.error(str(error))
         print(f"Restored {len(restored)} finished run(s) from {committed}: {', '.join(restored) or 'none missing'}.")
