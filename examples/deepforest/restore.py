@@ -10,9 +10,9 @@ reason (``srf_upsample.train.experiment.run.missing_inputs``).
 
 Those runs can only continue as a whole new lineage: ``retrain_lineages`` leaves out a seed's A1 and every run that
 descends from its weights, so that the scheduler retrains them together on this machine. Retraining A1 alone would
-not do: CPU training is not bit-reproducible across machines (on two machines, seed 1's A1 of block 0 already
-differed in its step-1 loss), so a new A1 has other weights than the one its committed descendants started from,
-and the table would leave those descendants out (``summary.lineage_conflict``).
+not do: CPU training is not always bit-reproducible across machines (seed 1's A1 of block 0, retrained on a second
+machine, differed from its step-1 loss on), so a new A1 may have other weights than the one its committed
+descendants started from, and the table would leave those descendants out (``summary.lineage_conflict``).
 """
 
 from __future__ import annotations
