@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --restore: restore neither the --seeds' A1 nor the runs that descend from its weights (stage 2, A5, "
         "C, A1+), so that they retrain as one lineage on this machine (weights are not committed, and a retrained A1 "
-        "differs from the committed one)",
+        "may differ from the committed one)",
     )
     parser.add_argument(
         "--plan-only", action="store_true", help="write the experiment config and list the planned runs, train nothing"
