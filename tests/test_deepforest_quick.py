@@ -239,18 +239,22 @@ def test_retrain_lineage_leaves_out_a1_and_its_descendants(tmp_path, deepforest_
     from srf_upsample.train.experiment.run import RESTORED_NAME
 
     committed, work = COMMITTED_RESULTS / "cpu_block0", tmp_path / "block0"
-    lineage = {f"seed0/{run}" for run in ("A1", "stage2-lite", "A5-lite", "stage2-C", "C", "A1+")}
-    stale = work / "seed0" / "C"  # an earlier restore's record of a descendant: removed, it has no weights
+    # Seed 0's A1 is what the shared generators learned against: its lineage cannot retrain, and nothing is written.
+    with pytest.raises(ValueError, match=r"seed 0's lineage cannot be retrained: the shared runs \['shared/stage1-"):
+        deepforest_run.restore_runs(work, committed, retrain_lineages=[0])
+    assert not work.exists()
+    lineage = {f"seed1/{run}" for run in ("A1", "stage2-lite", "A5-lite", "stage2-C", "C", "A1+")}
+    stale = work / "seed1" / "C"  # an earlier restore's record of a descendant: removed, it has no weights
     stale.mkdir(parents=True)
     (stale / RESTORED_NAME).write_text("{}")
-    own = work / "seed0" / "A1+"  # this machine's run in progress: kept
+    own = work / "seed1" / "A1+"  # this machine's run in progress: kept
     own.mkdir(parents=True)
     (own / "manifest.json").write_text('{"finished": false}')
-    restored = deepforest_run.restore_runs(work, committed, retrain_lineages=[0])
+    restored = deepforest_run.restore_runs(work, committed, retrain_lineages=[1])
     assert not lineage & set(restored)
-    assert {"seed0/B", "seed0/A2-lite", "seed0/DySample", "seed1/A1", "shared/stage1-lite"} <= set(restored)
+    assert {"seed1/B", "seed1/A2-lite", "seed1/DySample", "seed0/A1", "seed0/C", "shared/stage1-lite"} <= set(restored)
     assert not stale.exists() and (own / "manifest.json").is_file()
-    assert not (work / "seed0" / "A1").exists()
+    assert not (work / "seed1" / "A1").exists()
 
 
 def test_restore_rebuilds_finished_runs_and_refuses_what_needs_their_weights(tmp_path, caplog, deepforest_run):

@@ -30,6 +30,11 @@ from srf_upsample.train.run_folder import DISCRIMINATOR_DIR, GENERATOR_DIR, MANI
 __all__ = ["restore_runs"]
 
 
+def _lineage(files: dict[str, bytes]) -> dict:
+    """The lineage a run's committed manifest records (``run.LINEAGE_KEY``), empty if none."""
+    return json.loads(files.get(MANIFEST_NAME, b"{}")).get(LINEAGE_KEY) or {}
+
+
 def lineage_runs(runs: dict[str, dict[str, bytes]], seed: int) -> set[str]:
     """The runs of ``seed`` that are its A1 or descend from that A1's weights, from their committed records.
 
@@ -37,17 +42,20 @@ def lineage_runs(runs: dict[str, dict[str, bytes]], seed: int) -> set[str]:
     ``run_config.json`` (``--init``, ``--detector-weights``, ...) lies in a run folder already found.
     """
     a1 = f"seed{seed}/A1"
+    candidates = {}  # each other run of the seed: the A1 its lineage names, and the folders its inputs lie in
+    for run, files in runs.items():
+        if run.startswith(f"seed{seed}/") and run != a1:
+            inputs = json.loads(files.get("run_config.json", b"{}"))
+            paths = [str(inputs[key]) + "/" for key in INPUT_KEYS if inputs.get(key)]
+            candidates[run] = (_lineage(files).get("a1"), paths)
     found = {a1} if a1 in runs else set()
     grew = True
     while grew:
         grew = False
-        for run, files in runs.items():
-            if run in found or not run.startswith(f"seed{seed}/"):
-                continue
-            lineage = json.loads(files.get(MANIFEST_NAME, b"{}")).get(LINEAGE_KEY) or {}
-            inputs = json.loads(files.get("run_config.json", b"{}"))
-            paths = [str(inputs[key]) + "/" for key in INPUT_KEYS if inputs.get(key)]
-            if lineage.get("a1") == a1 or any(f"/{source}/" in path for source in found for path in paths):
+        for run, (lineage_a1, paths) in candidates.items():
+            if run not in found and (
+                lineage_a1 == a1 or any(f"/{source}/" in path for source in found for path in paths)
+            ):
                 found.add(run)
                 grew = True
     return found
@@ -71,6 +79,7 @@ def restore_runs(work: Path, committed: Path, *, retrain_lineages: Collection[in
 
     Raises:
         FileNotFoundError: ``committed`` has no ``runs.tar.gz``.
+        ValueError: a seed of ``retrain_lineages`` is the one whose A1 the shared stage-1 runs learned against.
     """
     archive = committed / ARCHIVE_NAME
     if not archive.is_file():
@@ -80,6 +89,18 @@ def restore_runs(work: Path, committed: Path, *, retrain_lineages: Collection[in
         parts = name.split("/")
         if len(parts) == 3 and (parts[0].startswith("seed") or parts[0] == "shared"):
             runs[f"{parts[0]}/{parts[1]}"][parts[2]] = data
+    for seed in retrain_lineages:
+        shared = sorted(
+            run
+            for run, files in runs.items()
+            if run.startswith("shared/") and _lineage(files).get("a1") == f"seed{seed}/A1"
+        )
+        if shared:
+            raise ValueError(
+                f"retrain_lineages: seed {seed}'s lineage cannot be retrained: the shared runs {shared} learned "
+                f"against its A1's weights, so every arm built on them would descend from another A1 than the "
+                f"retrained one and leave the table. Retrain the lineages of other seeds only."
+            )
     retrained = set().union(*(lineage_runs(runs, seed) for seed in retrain_lineages))
     for run in sorted(retrained):
         if (work / run / RESTORED_NAME).is_file():

@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         committed = RESULTS_DIR / f"{prefix}{fold}"
         try:
             restored = restore_runs(work, committed, retrain_lineages=args.seeds if args.retrain_lineage else ())
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ValueError) as error:
             parser.error(str(error))
         print(f"Restored {len(restored)} finished run(s) from {committed}: {', '.join(restored) or 'none missing'}.")
     if args.summarize_only:
