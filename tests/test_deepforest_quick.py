@@ -235,6 +235,30 @@ def test_arms_flag_trains_the_named_arms_and_what_they_need(deepforest_run):
     assert [j.name for j in deepforest_run.arm_jobs(jobs, ["E2E"])] == ["seed0/A1", "seed1/A1", "seed1/E2E-lite"]
 
 
+def test_a_run_with_fewer_variants_keeps_the_work_configs_other_variants(tmp_path, deepforest_run):
+    def build(variants):
+        return deepforest_run.experiment_values(
+            tmp_path / "data", tmp_path / "weights.pth", quick=False, variants=variants, paper_seeds=None, run={},
+            profile="cpu", split="blocks",
+        )  # fmt: skip
+
+    both = build(["lite", "paper"])
+    (tmp_path / "experiment_config.json").write_text(json.dumps(both))
+    paper_only = build(["paper"])
+    paper_only["arms"] = ["A5"]
+    trains = json.loads(json.dumps(paper_only))
+    written = deepforest_run.record_experiment(tmp_path, paper_only, build)
+    assert paper_only == trains  # what trains now is untouched
+    assert written == json.loads((tmp_path / "experiment_config.json").read_text())
+    assert written["variants"] == ["lite", "paper"] and written["arms"] == both["arms"]
+    assert written["budget_order"] == both["budget_order"]
+    # A first run writes its own config; a later one adds its variant after the recorded ones.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert deepforest_run.record_experiment(fresh, build(["paper"]), build)["variants"] == ["paper"]
+    assert deepforest_run.record_experiment(fresh, build(["lite"]), build)["variants"] == ["paper", "lite"]
+
+
 def test_retrain_lineage_leaves_out_a1_and_its_descendants(tmp_path, deepforest_run):
     from srf_upsample.train.experiment.run import RESTORED_NAME
 
@@ -255,6 +279,12 @@ def test_retrain_lineage_leaves_out_a1_and_its_descendants(tmp_path, deepforest_
     assert {"seed1/B", "seed1/A2-lite", "seed1/DySample", "seed0/A1", "seed0/C", "shared/stage1-lite"} <= set(restored)
     assert not stale.exists() and (own / "manifest.json").is_file()
     assert not (work / "seed1" / "A1").exists()
+    # The committed experiment config comes along (a later run widens it), but never replaces the work folder's.
+    config = (committed / "experiment_config.json").read_bytes()
+    assert (work / "experiment_config.json").read_bytes() == config
+    (work / "experiment_config.json").write_text("{}")
+    deepforest_run.restore_runs(work, committed, retrain_lineages=[1])
+    assert (work / "experiment_config.json").read_text() == "{}"
 
 
 def test_restore_rebuilds_finished_runs_and_refuses_what_needs_their_weights(tmp_path, caplog, deepforest_run):

@@ -62,7 +62,8 @@ def lineage_runs(runs: dict[str, dict[str, bytes]], seed: int) -> set[str]:
 
 
 def restore_runs(work: Path, committed: Path, *, retrain_lineages: Collection[int] = ()) -> list[str]:
-    """Write into ``work`` each finished run of ``committed/runs.tar.gz`` that ``work`` does not hold.
+    """Write into ``work`` each finished run of ``committed/runs.tar.gz`` that ``work`` does not hold, and the
+    committed ``experiment_config.json`` when ``work`` has none.
 
     A run ``work`` already holds (finished or in progress) is left as it is. A restored shared stage-1 run gets its
     committed generator and discriminator folders as ``generator/`` and ``discriminator/`` (what stage 2 reads).
@@ -105,6 +106,11 @@ def restore_runs(work: Path, committed: Path, *, retrain_lineages: Collection[in
     for run in sorted(retrained):
         if (work / run / RESTORED_NAME).is_file():
             shutil.rmtree(work / run)
+    # The experiment's record (its variants and arms): a run here widens it rather than narrowing it to its flags.
+    config = committed / "experiment_config.json"
+    if config.is_file() and not (work / config.name).is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(config, work / config.name)
     restored = []
     for run, files in sorted(runs.items()):
         folder = work / run

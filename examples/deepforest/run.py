@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -245,6 +246,21 @@ def experiment_values(
             values["stage1"]["eval_every"] = 1 if "eval_every" in values["stage1"] else None
             values["stage1"] = {k: v for k, v in values["stage1"].items() if v is not None}
     return values
+
+
+def record_experiment(work: Path, values: dict, build: Callable[[list[str]], dict]) -> dict:
+    """Write ``work/experiment_config.json``: this run's config widened to every variant, arm and variant seed the
+    folder's earlier config held, so a run with fewer ``--variants`` keeps the other variants' rows in
+    ``--summarize-only``. ``build(variants)`` gives the config for other variants; ``values`` (what trains now) is
+    left as it is. Returns what was written."""
+    recorded = work / "experiment_config.json"
+    earlier = json.loads(recorded.read_text()) if recorded.is_file() else {}
+    variants = list(dict.fromkeys([*earlier.get("variants", []), *values["variants"]]))
+    written = dict(values) if variants == values["variants"] else build(variants)
+    written["arms"] = list(dict.fromkeys([*earlier.get("arms", []), *written["arms"], *values["arms"]]))
+    written["variant_seeds"] = {**earlier.get("variant_seeds", {}), **values["variant_seeds"]}
+    recorded.write_text(json.dumps(written, indent=2))
+    return written
 
 
 def _relative_paths(data: bytes, name: str) -> bytes:
@@ -561,19 +577,23 @@ def main(argv: list[str] | None = None) -> int:
         data = work / "data"
         counts = prepare(data, args.cache_dir / "deepforest", args.fold, args.split)
         weights = fetch_mobilenet_weights(args.cache_dir / "mobilenet")
-        values = experiment_values(
-            data,
-            weights,
-            quick=args.quick,
-            variants=args.variants or default_variants(args.profile),
-            paper_seeds=args.paper_seeds,
-            run={"num_workers": args.num_workers, "device": args.device},
-            profile=args.profile,
-            split=args.split,
-        )
+
+        def build(variants: list[str]) -> dict:
+            return experiment_values(
+                data,
+                weights,
+                quick=args.quick,
+                variants=variants,
+                paper_seeds=args.paper_seeds,
+                run={"num_workers": args.num_workers, "device": args.device},
+                profile=args.profile,
+                split=args.split,
+            )
+
+        values = build(args.variants or default_variants(args.profile))
         # --arms chooses what trains now; the experiment (its table, its committed config) keeps every arm.
         values["arms"] = list(dict.fromkeys([*values["arms"], *(args.arms or [])]))
-        (work / "experiment_config.json").write_text(json.dumps(values, indent=2))
+        record_experiment(work, values, build)
     config = load_experiment(values)
     if args.summarize_only:
         states = {}
