@@ -27,7 +27,10 @@ from srf_upsample.train.experiment.archive import ARCHIVE_NAME, read_archive
 from srf_upsample.train.experiment.run import INPUT_KEYS, LINEAGE_KEY, RESTORED_NAME
 from srf_upsample.train.run_folder import DISCRIMINATOR_DIR, GENERATOR_DIR, MANIFEST_NAME, write_json
 
-__all__ = ["restore_runs"]
+__all__ = ["EXPERIMENT_CONFIG_NAME", "restore_runs"]
+
+# The fold's experiment config: in its work folder (what --summarize-only reads) and in its committed results.
+EXPERIMENT_CONFIG_NAME = "experiment_config.json"
 
 
 def _lineage(files: dict[str, bytes]) -> dict:
@@ -107,7 +110,7 @@ def restore_runs(work: Path, committed: Path, *, retrain_lineages: Collection[in
         if (work / run / RESTORED_NAME).is_file():
             shutil.rmtree(work / run)
     # The experiment's record (its variants and arms): a run here widens it rather than narrowing it to its flags.
-    config = committed / "experiment_config.json"
+    config = committed / EXPERIMENT_CONFIG_NAME
     if config.is_file() and not (work / config.name).is_file():
         work.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(config, work / config.name)

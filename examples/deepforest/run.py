@@ -42,7 +42,7 @@ from generators import (  # noqa: E402
     generators_text,
 )
 from prepare import SPLITS, prepare  # noqa: E402
-from restore import restore_runs  # noqa: E402
+from restore import EXPERIMENT_CONFIG_NAME, restore_runs  # noqa: E402
 
 from srf_upsample.train.experiment import (  # noqa: E402
     DEFAULT_ARMS,
@@ -253,7 +253,7 @@ def record_experiment(work: Path, values: dict, build: Callable[[list[str]], dic
     folder's earlier config held, so a run with fewer ``--variants`` keeps the other variants' rows in
     ``--summarize-only``. ``build(variants)`` gives the config for other variants; ``values`` (what trains now) is
     left as it is. Returns what was written."""
-    recorded = work / "experiment_config.json"
+    recorded = work / EXPERIMENT_CONFIG_NAME
     earlier = json.loads(recorded.read_text()) if recorded.is_file() else {}
     variants = list(dict.fromkeys([*earlier.get("variants", []), *values["variants"]]))
     written = dict(values) if variants == values["variants"] else build(variants)
@@ -329,7 +329,7 @@ def copy_small_outputs(work: Path, target: Path) -> None:
     if ground_truth.is_file():
         files["annotations/instances_val.json"] = ground_truth.read_bytes()
     write_archive(archive, files)
-    for name in ("results.json", "results.md", "experiment_config.json"):
+    for name in ("results.json", "results.md", EXPERIMENT_CONFIG_NAME):
         if (work / name).is_file():
             (target / name).write_bytes(_relative_paths((work / name).read_bytes(), name))
 
@@ -373,7 +373,7 @@ def pooled_text(profile: str, folds: list[int], split: str = "rows", replicates:
             )
         label = f"{'fold' if split == 'rows' else 'block'} {fold}"
         summaries[label] = json.loads(path.read_text())
-        config = load_experiment(json.loads((folder / "experiment_config.json").read_text()))
+        config = load_experiment(json.loads((folder / EXPERIMENT_CONFIG_NAME).read_text()))
         with open_runs(folder) as runs:
             per_seed = summaries[label]["per_seed"]
             seeds = summaries[label].get("seeds") or sorted({int(s) for runs_of in per_seed.values() for s in runs_of})
@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Restored {len(restored)} finished run(s) from {committed}: {', '.join(restored) or 'none missing'}.")
     if args.summarize_only:
         # Rebuild the table from finished runs (e.g. the committed copies), without data or weights.
-        values = json.loads((work / "experiment_config.json").read_text())
+        values = json.loads((work / EXPERIMENT_CONFIG_NAME).read_text())
         # The data counts: from an earlier summary, or from the prepared data of a run still in progress.
         summary_file = work / "results.json"
         counts_file = summary_file if summary_file.is_file() else work / "data" / "counts.json"
