@@ -114,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="pyramid levels, e.g. 2,3,4,5 (P2-P5) or 3,4,5",
     )
+    parser.add_argument(
+        "--area",
+        dest="coco_area",
+        choices=("file", "box"),
+        default=None,
+        help="what sizes ground truth for APs/APm/APl: the annotation file's area (default) or each box's w*h",
+    )
     for flag, key, value, text in _SWITCHES:
         parser.add_argument(flag, dest=key, action="store_const", const=value, default=None, help=text)
     parser.add_argument("--log-level", default="INFO")
@@ -139,7 +146,7 @@ def parse_config(argv: list[str]):
         key, text = item.split("=", 1)
         values[key.strip().replace("-", "_")] = _parse_value(text)
     names = field_names(args.stage)
-    for key in [key for _, key, _ in _FLAGS] + ["levels"] + [key for _, key, _, _ in _SWITCHES]:
+    for key in [key for _, key, _ in _FLAGS] + ["levels", "coco_area"] + [key for _, key, _, _ in _SWITCHES]:
         value = getattr(args, key)
         if value is not None:
             if key not in names:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AMP_CHOICES",
+    "COCO_AREAS",
     "CONFIG_DIR",
     "DEGRADATIONS",
     "StageModules",
@@ -37,6 +38,7 @@ __all__ = [
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEGRADATIONS = ("bilinear", "nearest", "bicubic")  # how I_lr is made from I_tr (Table 6)
 AMP_CHOICES = ("bf16", "fp16")
+COCO_AREAS = ("file", "box")  # what sizes ground truth for APs/APm/APl: the file's ``area`` or each box's w*h
 
 
 @dataclass
@@ -81,6 +83,7 @@ class TrainConfig:
             "eval_every",
             "eval_data_root",
             "eval_ann_file",
+            "coco_area",
             "keep_checkpoints",
             "resume_despite_changes",
             "allow_unfinished_init",
@@ -96,6 +99,8 @@ class TrainConfig:
     output_dir: str = ""
     eval_data_root: str | None = None
     eval_ann_file: str | None = None
+    # Which area sizes ground truth for APs/APm/APl: "file" (COCO's meaning) or "box" (each box's w*h); coco.read_coco.
+    coco_area: str = "file"
     min_size: int = 800  # shorter side of I_tr (Detectron2's default for COCO)
     max_size: int = 1333
     use_flip: bool = True
@@ -181,6 +186,7 @@ class TrainConfig:
 
     def _validate_common(self) -> None:
         check_choice("degradation", self.degradation, DEGRADATIONS)
+        check_choice("coco_area", self.coco_area, COCO_AREAS)
         if self.amp is not None:
             check_choice("amp", self.amp, AMP_CHOICES)
         if self.eval_every is not None:
