@@ -13,6 +13,8 @@ from .patch import PatchReport as PatchReport
 from .patch import PatchSite as PatchSite
 from .patch import patch_fpn as patch_fpn
 from .upsample import SRFUpsample as SRFUpsample
+from .upsamplers import build_upsampler as build_upsampler
+from .upsamplers import list_upsamplers as list_upsamplers
 
 __version__ = "0.1.0"
 
@@ -23,11 +25,13 @@ __all__ = [
     "PatchSite",
     "SRFUpsample",
     "__version__",
+    "build_upsampler",
     "discriminator_loss",
     "feature_l1_loss",
     "generator_adversarial_loss",
     "integral_loss",
     "list_shipped",
+    "list_upsamplers",
     "patch_fpn",
     "srf_extractor_loss",
     "srf_loss",

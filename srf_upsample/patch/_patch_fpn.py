@@ -39,7 +39,7 @@ def patch_fpn(
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     strict: bool = False,
 ) -> tuple[nn.Module, PatchReport]:
-    """Replace, in place, every feature-map enlargement of ``model`` by a learned upsampler (SRFUpsample).
+    """Replace, in place, every feature-map enlargement of ``model`` by a learned upsampler (SRFUpsample by default).
 
     Runs ``model`` once on ``example_inputs`` (eval mode, no grad) to find which submodules call ``F.interpolate``
     (also via ``F.upsample*`` or ``nn.Upsample``) and what they receive. Each smallest such submodule (the FPN, not
@@ -56,9 +56,14 @@ def patch_fpn(
 
     Args:
         model: a neck, a backbone with FPN, or a whole detector.
-        upsampler: ``None`` (``SRFUpsample(channels)`` with the paper's configuration), a factory called with the
-            channel count (e.g. ``functools.partial(SRFUpsample, variant="lite")``), or a ready module (e.g. from
-            ``SRFUpsample.from_pretrained``), which serves only sites with its ``in_channels``.
+        upsampler: ``None`` (``SRFUpsample(channels)`` with the paper's configuration); a name from
+            :func:`srf_upsample.list_upsamplers` (``"carafe"``, ``"dysample"``, ``"srf-lite"``, ``"srf-paper"``,
+            ``"srf-guided"``, or a shipped generator such as ``"srf-lite-mobilenetv2-fpn"``, which serves only sites
+            with its channel count); a factory called with the channel count (e.g.
+            ``functools.partial(SRFUpsample, variant="lite")``); or a ready module (e.g. from
+            ``SRFUpsample.from_pretrained``), which serves only sites with its ``in_channels``. An upsampler whose
+            ``accepts_guide`` attribute is true (``"srf-guided"``, or any module that has one) is also called with
+            ``guide=`` the map its output is added to, where the neck has one (``report.sites[i].guide`` names it).
         share: one upsampler per distinct channel count, named ``srf_upsampler_c<C>`` (the paper shares one generator
             across pyramid levels); ``False`` builds one per call site, named ``srf_<node>`` (a ready module is
             deep-copied).
@@ -81,7 +86,8 @@ def patch_fpn(
         TypeError: ``model`` is not an ``nn.Module``, or it is (or holds) a TorchScript module, whose compiled
             forward can be neither traced nor hooked: patch the ``nn.Module`` before ``torch.jit.script`` /
             ``torch.jit.trace``.
-        ValueError: the example input does not run, a ``concrete_args`` key names no submodule, a container module
+        ValueError: ``upsampler`` is an unknown name (the message lists the known ones), the example input does not
+            run, a ``concrete_args`` key names no submodule, a container module
             (``nn.Sequential`` ...) that fx cannot trace calls F.interpolate directly, or ``strict=True`` and nothing
             was replaced.
 
@@ -97,6 +103,9 @@ def patch_fpn(
         >>> out = fpn({"0": torch.rand(2, 8, 17, 25), "1": torch.rand(2, 16, 9, 13)})
         >>> out["0"].shape
         torch.Size([2, 8, 17, 25])
+        >>> fpn, report = patch_fpn(FeaturePyramidNetwork([8, 16], 8), "dysample")  # by name
+        >>> type(fpn.srf_upsampler_c8).__name__
+        'DySample'
     """
     _check_model(model)
     _check_exclude(exclude)

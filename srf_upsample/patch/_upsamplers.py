@@ -13,21 +13,23 @@ from torch import nn
 
 from .._interpolate import output_size
 from ..upsample import SRFUpsample
+from ..upsamplers import resolve_upsampler, upsampler_types
 
 PARAMETER_REASON = "resizes a parameter (e.g. a position embedding), not a feature map"
 
 __all__ = ["PARAMETER_REASON", "Upsampler", "UpsamplerProvider", "direction", "enlarge_or_interpolate", "is_upsampler"]
 
-Upsampler = nn.Module | Callable[[int], nn.Module]
+Upsampler = str | nn.Module | Callable[[int], nn.Module]
 
-# Upsamplers that patch_fpn put in place (besides SRFUpsample, which is always recognised), so that patching twice
-# sees them as already patched instead of as new call sites (a reference upsampler calls F.interpolate itself).
+# Upsamplers that patch_fpn put in place (besides the registry's classes, which are always recognised, also when a
+# checkpoint reloads them), so that patching twice sees them as already patched instead of as new call sites (a
+# reference upsampler calls F.interpolate itself).
 _INSTALLED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def is_upsampler(module: nn.Module) -> bool:
-    """Return True for an SRFUpsample or any module patch_fpn installed as an upsampler."""
-    return isinstance(module, SRFUpsample) or module in _INSTALLED
+    """Return True for a module of a registry class (SRFUpsample, DySample, CARAFE) or one patch_fpn installed."""
+    return isinstance(module, upsampler_types()) or module in _INSTALLED
 
 
 def direction(input_shape: Sequence[int] | None, output_shape: Sequence[int] | None) -> str:
@@ -121,10 +123,14 @@ class UpsamplerProvider:
     def __init__(self, upsampler: Upsampler | None, share: bool) -> None:
         if upsampler is None:
             upsampler = SRFUpsample
+        elif isinstance(upsampler, str):
+            # A registry name (srf_upsample.list_upsamplers()); an unknown one is a ValueError listing the names.
+            upsampler = resolve_upsampler(upsampler)
         if not isinstance(upsampler, nn.Module) and not callable(upsampler):
             raise TypeError(
-                "upsampler must be an nn.Module, a factory called with the channel count (e.g. SRFUpsample or "
-                f"functools.partial(SRFUpsample, variant='lite')), or None, got {type(upsampler).__name__}."
+                "upsampler must be a name from srf_upsample.list_upsamplers() (e.g. 'carafe'), an nn.Module, a "
+                "factory called with the channel count (e.g. SRFUpsample or functools.partial(SRFUpsample, "
+                f"variant='lite')), or None, got {type(upsampler).__name__}."
             )
         if not isinstance(share, bool):
             raise TypeError(f"share must be a bool, got {share!r}.")
