@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -129,8 +128,13 @@ def _command(job: Job) -> list[str]:
     return [sys.executable, "-m", "srf_upsample.cli", "train", job.stage, "--config", str(config_file)]
 
 
-def run_jobs(jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float = 2.0) -> dict[str, str]:
+def run_jobs(
+    jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float = 2.0, launcher: Any = None
+) -> dict[str, str]:
     """Run ``jobs`` as ``srf-upsample train`` processes, at most ``max_parallel`` at once, dependencies first.
+
+    ``launcher`` starts each run (:mod:`~srf_upsample.train.experiment.launch`: ``LocalLauncher``, the default, or
+    ``SubmititLauncher``, one cluster job per run).
 
     Finished runs are skipped and stopped runs resume from their checkpoint, so calling it again continues the
     experiment. Each run's output goes to ``<output_dir>/train.log``. Returns each job's state: ``done``,
@@ -140,17 +144,21 @@ def run_jobs(jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float 
     A1) it started from, as recorded when it was launched.
     """
     state = {job.name: "done" if is_finished(job.output_dir) else "pending" for job in jobs}
-    running: dict[str, tuple[subprocess.Popen, Any]] = {}
+    if launcher is None:
+        from .launch import LocalLauncher
+
+        launcher = LocalLauncher()
+    running: dict[str, Any] = {}
     by_name = {job.name: job for job in jobs}
     lineages: dict[str, dict[str, Any]] = {}
     for job in jobs:
         record_a1_lineage(job)
     while any(value in ("pending", "running") for value in state.values()):
-        for name, (process, log) in list(running.items()):
-            if process.poll() is not None:
-                log.close()
+        for name, process in list(running.items()):
+            returncode = process.poll()
+            if returncode is not None:
                 del running[name]
-                ok = process.returncode == 0 and is_finished(by_name[name].output_dir)
+                ok = returncode == 0 and is_finished(by_name[name].output_dir)
                 state[name] = "done" if ok else "failed"
                 if ok:
                     record_a1_lineage(by_name[name])
@@ -159,7 +167,7 @@ def run_jobs(jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float 
                 logger.info("%s %s", name, state[name])
                 if not ok:
                     logger.error(
-                        "%s failed (exit %s); see %s", name, process.returncode, by_name[name].output_dir / "train.log"
+                        "%s failed (exit %s); see %s", name, returncode, by_name[name].output_dir / "train.log"
                     )
         for job in jobs:
             if state[job.name] != "pending":
@@ -182,9 +190,8 @@ def run_jobs(jobs: Sequence[Job], *, max_parallel: int = 1, poll_seconds: float 
                 continue
             lineages[job.name] = lineage_of(job, by_name)
             command = _command(job)
-            log = open(job.output_dir / "train.log", "a", encoding="utf-8")
             logger.info("start %s: %s", job.name, " ".join(command))
-            running[job.name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log)
+            running[job.name] = launcher.start(command, job.output_dir / "train.log")
             state[job.name] = "running"
         if running:
             time.sleep(poll_seconds)
