@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 import os
@@ -13,8 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
-from torchvision.datasets import CocoDetection
+from torchvision.datasets import CocoDetection, VisionDataset
 from torchvision.transforms import v2
+
+from .coco import DROP_REASONS, CocoFile, coco_api, describe_drops, read_coco
 
 __all__ = [
     "DROP_REASONS",
@@ -31,42 +31,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Why an annotation is left out of training, in the words the summary and the errors use.
-DROP_REASONS = {
-    "unknown_image": "image id not among the file's images",
-    "unknown_category": "unknown category id",
-    "malformed": "bbox is not 4 numbers",
-    "not_finite": "NaN or infinite coordinates",
-    "empty": "zero or negative width or height",
-    "outside": "entirely outside its image",
-}
-
-
-def _drop_reason(ann: dict, images: dict, label_of: dict) -> str | None:
-    """The key of :data:`DROP_REASONS` that rules ``ann`` out, or ``None`` for a usable box."""
-    image = images.get(ann.get("image_id"))
-    if image is None:
-        return "unknown_image"
-    if ann.get("category_id") not in label_of:
-        return "unknown_category"
-    box = ann.get("bbox")
-    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
-        return "malformed"
-    x, y, w, h = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
-        return "not_finite"
-    if w <= 0 or h <= 0:
-        return "empty"
-    width, height = image.get("width"), image.get("height")
-    if width and height and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
-        return "outside"
-    return None
-
-
-def describe_drops(dropped: dict[str, int]) -> str:
-    """``{"empty": 2}`` -> ``"2 zero or negative width or height"``."""
-    return ", ".join(f"{count} {DROP_REASONS[reason]}" for reason, count in dropped.items()) or "none"
-
 
 def _pil_to_tensor(pil) -> torch.Tensor:
     return v2.functional.to_dtype(v2.functional.to_image(pil), torch.float32, scale=True)
@@ -80,58 +44,54 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
         return _pil_to_tensor(pil.convert("RGB"))
 
 
-def _require_pycocotools() -> None:
-    try:
-        import pycocotools  # noqa: F401
-    except ImportError as error:
-        raise ImportError("Training needs pycocotools: pip install 'srf_upsample[train]'.") from error
-
-
 class CocoDetectionDataset(CocoDetection):
     """A COCO-format folder (images + instances json) as ``(image, target)`` pairs for torchvision detectors.
 
-    Checks up front that the annotation file exists, that the set is not empty and that every image is on disk, and
-    audits every annotation: boxes that cannot be trained on (see :data:`DROP_REASONS`) are left out and counted by
-    reason in :attr:`report`; a file with no usable box, or with more than ``max_dropped_fraction`` of its boxes
-    unusable, is a ValueError naming the file and the counts.
+    The annotation file is read once by :func:`~srf_upsample.train.coco.read_coco` (checked, normalised in memory,
+    unusable boxes left out and counted); :attr:`coco` is pycocotools' index of that normalised dict, the one
+    evaluation scores against. Checks up front that every image is on disk; :attr:`report` holds the reader's counts
+    (filled in, recomputed, negatives, categories present and absent, left out by reason), for the run's manifest.
+    Images without annotations are kept: they are true negatives.
     Each item resizes the image so that its shorter side is ``min_size`` (longer side at most ``max_size``; ``None``
     keeps the original size) and flips it when the sampler asks, with boxes and masks transformed in step
     (transforms v2). Category ids are mapped to contiguous labels ``1..K`` (``category_ids[label - 1]`` maps back).
     A corrupt image yields ``None`` (see :func:`collate`), which the trainer counts.
 
     Args:
-        root: folder of the images (``file_name`` in the json is relative to it).
-        ann_file: the COCO instances json.
+        root: folder of the images (``file_name`` in the json is relative to it; sub-folders are fine).
+        ann_file: the COCO instances json, or a :class:`~srf_upsample.train.coco.CocoFile` already read.
         min_size: target shorter side, or ``None`` for no resize.
         max_size: cap on the longer side.
-        use_masks: also return instance masks (Mask R-CNN).
+        use_masks: also return instance masks (Mask R-CNN); every non-crowd annotation then needs a segmentation.
         category_ids: fix the label mapping (e.g. the training set's at evaluation); default the file's sorted ids.
         max_dropped_fraction: the largest share of non-crowd annotations that may be unusable; ``None``: no limit.
+        area: ``"file"`` or ``"box"``, what sizes ground truth for APs/APm/APl (see ``read_coco``).
     """
 
     def __init__(
         self,
         root: str | os.PathLike,
-        ann_file: str | os.PathLike,
+        ann_file: str | os.PathLike | CocoFile,
         *,
         min_size: int | None = None,
         max_size: int | None = None,
         use_masks: bool = False,
         category_ids: Sequence[int] | None = None,
         max_dropped_fraction: float | None = None,
+        area: str = "file",
     ) -> None:
-        _require_pycocotools()
-        root, ann_file = str(root), str(ann_file)
-        if not os.path.isfile(ann_file):
-            raise FileNotFoundError(f"Annotation file {ann_file!r} does not exist; pass --ann-file with a COCO json.")
+        root = str(root)
+        if isinstance(ann_file, CocoFile):
+            self.coco_file = ann_file
+        else:
+            self.coco_file = read_coco(ann_file, area=area, max_dropped_fraction=max_dropped_fraction)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"Image folder {root!r} does not exist; pass --data-root with the images folder.")
-        # pycocotools prints progress; keep the library quiet by going through CocoDetection as is.
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-                super().__init__(root, ann_file)
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{ann_file!r} is not a COCO instances file ({type(error).__name__}: {error}).") from error
+        # torchvision's CocoDetection would read the file again through pycocotools: index the normalised dict.
+        VisionDataset.__init__(self, root)
+        self.coco = coco_api(self.coco_file)
+        self.ids = sorted(self.coco.imgs)
+        ann_file = self.coco_file.path
         if not self.ids:
             raise ValueError(f"Dataset {ann_file!r} has no images; a COCO json with at least one image is needed.")
         missing = [
@@ -144,46 +104,27 @@ class CocoDetectionDataset(CocoDetection):
                 f"{len(missing)} of {len(self.ids)} images listed in {ann_file!r} are missing from {root!r}, "
                 f"e.g. {missing[:5]}; check --data-root."
             )
-        self.category_ids = list(category_ids) if category_ids is not None else sorted(self.coco.cats)
+        self.category_ids = list(category_ids) if category_ids is not None else self.coco_file.category_ids
         if not self.category_ids:
             raise ValueError(f"Dataset {ann_file!r} has no categories.")
         self.label_of = {cat_id: label + 1 for label, cat_id in enumerate(self.category_ids)}
-        self.report = self._audit(ann_file, max_dropped_fraction)
+        counts = self.coco_file.counts
+        if use_masks and counts["segmentation_missing"]:
+            raise ValueError(
+                f"{ann_file!r}: {counts['segmentation_missing']} of {counts['kept']} annotations have no "
+                "segmentation, and use_masks (the maskrcnn detector) trains on masks. Add the masks, or train a "
+                "box-only detector (--detector fasterrcnn)."
+            )
+        self.report = {
+            "ann_file": ann_file,
+            "area": self.coco_file.area,
+            **counts,
+            "usable": counts["kept"] - counts["crowd"],
+            "crowd_ignored": counts["crowd"],
+            "dropped": dict(self.coco_file.dropped),
+        }
         self.min_size, self.max_size, self.use_masks = min_size, max_size, use_masks
         self.sanitize = v2.SanitizeBoundingBoxes(min_size=1.0)
-
-    def _audit(self, ann_file: str, max_dropped_fraction: float | None) -> dict:
-        """Count the usable, crowd and unusable annotations (by reason); raise when too few are usable."""
-        dropped: dict[str, int] = {}
-        self.dropped_ids: set = set()
-        crowd = 0
-        for ann in self.coco.dataset.get("annotations", []):
-            if ann.get("iscrowd", 0):
-                crowd += 1
-                continue
-            reason = _drop_reason(ann, self.coco.imgs, self.label_of)
-            if reason is not None:
-                dropped[reason] = dropped.get(reason, 0) + 1
-                self.dropped_ids.add(ann.get("id"))
-        total = len(self.coco.dataset.get("annotations", []))
-        candidates = total - crowd
-        usable = candidates - sum(dropped.values())
-        report = {"ann_file": ann_file, "annotations": total, "usable": usable, "crowd_ignored": crowd}
-        report["dropped"] = dropped
-        if usable == 0:
-            raise ValueError(
-                f"{ann_file!r} has no usable box: {total} annotation(s), {crowd} crowd (ignored), unusable: "
-                f"{describe_drops(dropped)}. Fix the annotation file (bbox is [x, y, width, height] in pixels, "
-                "category_id one of its 'categories'): a detector can neither learn from nor be scored on background "
-                "alone."
-            )
-        if max_dropped_fraction is not None and sum(dropped.values()) > max_dropped_fraction * candidates:
-            raise ValueError(
-                f"{ann_file!r}: {sum(dropped.values())} of {candidates} annotations are unusable "
-                f"({describe_drops(dropped)}), more than max_dropped_fraction={max_dropped_fraction:g}. Fix the "
-                "file, or allow more with --set max_dropped_fraction=<share> to train on the usable ones."
-            )
-        return report
 
     @property
     def num_classes(self) -> int:
@@ -202,10 +143,9 @@ class CocoDetectionDataset(CocoDetection):
             return None
         width, height = pil.size
         image = _pil_to_tensor(pil)
+        # Crowd boxes are not trained on; at evaluation, categories the model has no label for are not targets.
         anns = [
-            ann
-            for ann in self._load_target(image_id)
-            if not ann.get("iscrowd", 0) and ann.get("id") not in self.dropped_ids
+            ann for ann in self._load_target(image_id) if not ann["iscrowd"] and ann["category_id"] in self.label_of
         ]
         boxes = torch.tensor([ann["bbox"] for ann in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
@@ -250,12 +190,20 @@ def log_report(report: dict) -> None:
     """Log a dataset's annotation summary (:attr:`CocoDetectionDataset.report`): WARNING when boxes were left out."""
     log = logger.warning if report["dropped"] else logger.info
     log(
-        "%s: %d annotation(s), %d usable, %d crowd (ignored), left out: %s",
+        "%s: %d image(s) (%d without boxes), %d annotation(s), %d usable, %d crowd (ignored), left out: %s; "
+        "filled in: %d iscrowd, %d area; %d area(s) set from boxes; categories: %d present, %d absent",
         report["ann_file"],
+        report["images"],
+        report["negatives"],
         report["annotations"],
         report["usable"],
         report["crowd_ignored"],
         describe_drops(report["dropped"]),
+        report["iscrowd_filled"],
+        report["area_filled"],
+        report["area_recomputed"],
+        report["categories_present"],
+        report["categories_absent"],
     )
 
 

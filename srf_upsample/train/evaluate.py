@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .coco import CocoFile
 from .data import CocoDetectionDataset, collate
 from .models import disable_detector_resize, enable_detector_resize
 
@@ -100,11 +102,25 @@ def _coco_eval(coco_gt, results: list, iou_type: str, image_ids: list[int]) -> d
     return {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6], strict=True)}
 
 
+def _warn_unscored_categories(coco_file: CocoFile, category_ids: Sequence[int]) -> None:
+    """Warn when the evaluation file has boxes of categories the model has no label for (AP 0 for them)."""
+    present = {ann["category_id"] for ann in coco_file.dataset["annotations"]}
+    unknown = sorted(present - set(category_ids))
+    if unknown:
+        warnings.warn(
+            f"{coco_file.path}: category ids {unknown} have boxes but are not among the model's categories "
+            f"{list(category_ids)}: their AP is 0 and lowers the mean. Evaluate on a file with the training "
+            "file's categories.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 @torch.no_grad()
 def evaluate_detector(
     model: nn.Module,
     data_root: str | os.PathLike,
-    ann_file: str | os.PathLike,
+    ann_file: str | os.PathLike | CocoFile,
     *,
     category_ids: Sequence[int],
     output_dir: str | os.PathLike | None = None,
@@ -114,6 +130,7 @@ def evaluate_detector(
     device: torch.device | str = "cpu",
     quiet: bool = True,
     step: int | None = None,
+    area: str = "file",
 ) -> dict[str, Any]:
     """Run ``model`` on a COCO-format set and score it with pycocotools.
 
@@ -123,7 +140,9 @@ def evaluate_detector(
     Args:
         model: a torchvision detector (patched or not).
         data_root: the images folder.
-        ann_file: the COCO instances json with the ground truth.
+        ann_file: the COCO instances json with the ground truth, or the :class:`~srf_upsample.train.coco.CocoFile`
+            already read (``train`` reads the evaluation file once, before its first step). pycocotools scores
+            against the normalised dict of ``read_coco``, never the raw file.
         category_ids: the training label mapping (label ``k`` is ``category_ids[k - 1]``).
         output_dir: if given, writes ``detections_bbox.json`` (and ``_segm``), ``metrics.json`` and the per-image
             detections ``detections.json.gz`` (:func:`per_image_detections`) there, replacing the previous
@@ -134,11 +153,15 @@ def evaluate_detector(
         device: where to run.
         quiet: hide the progress bar.
         step: the training step evaluated, recorded in ``detections.json.gz`` (``None``: not known).
+        area: what sizes ground truth for APs/APm/APl when ``ann_file`` is a path: ``"file"`` (its ``area``) or
+            ``"box"`` (each box's w*h); see ``read_coco``.
 
     Returns:
         ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}}`` (``segm`` only for detectors with masks).
     """
-    dataset = CocoDetectionDataset(data_root, ann_file, category_ids=category_ids)
+    dataset = CocoDetectionDataset(data_root, ann_file, category_ids=category_ids, area=area)
+    ann_file = dataset.coco_file.path
+    _warn_unscored_categories(dataset.coco_file, category_ids)
     was_training = model.training
     transform = model.transform
     old_sizes = transform.min_size, transform.max_size
@@ -170,6 +193,14 @@ def evaluate_detector(
     image_ids = [int(t["image_id"]) for t in targets_all]
     metrics: dict[str, Any] = {"bbox": _coco_eval(dataset.coco, boxes, "bbox", image_ids)}
     has_masks = type(model).__name__ == "MaskRCNN" or any("masks" in o for o in outputs_all)
+    missing = dataset.coco_file.counts["segmentation_missing"]
+    if has_masks and missing:  # pycocotools' segm evaluation needs every ground-truth mask
+        warnings.warn(
+            f"{ann_file}: {missing} ground-truth annotation(s) have no segmentation; only box AP is computed.",
+            UserWarning,
+            stacklevel=2,
+        )
+        has_masks = False
     if has_masks:
         metrics["segm"] = _coco_eval(dataset.coco, masks, "segm", image_ids)
     metrics["num_images"] = len(image_ids)

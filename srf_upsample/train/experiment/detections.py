@@ -19,7 +19,6 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,7 +72,10 @@ def read_detections(path: str | os.PathLike) -> dict[str, Any]:
 
 def read_ground_truth(path: str | os.PathLike) -> dict[str, Any]:
     """The COCO annotation file's boxes per (image id, category id): ``{"boxes", "crowd", "areas"}`` arrays."""
-    values = json.loads(Path(path).read_text(encoding="utf-8"))
+    from ..coco import read_coco
+
+    # As evaluation reads it (coco.read_coco, the same boxes left out); areas are not used here, so no area warning.
+    values = read_coco(path, area="box", max_dropped_fraction=None).dataset
     by_key: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for annotation in values["annotations"]:
         by_key.setdefault((annotation["image_id"], annotation["category_id"]), []).append(annotation)
