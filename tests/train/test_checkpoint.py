@@ -1,10 +1,17 @@
-"""Checkpoints as one unit: a trainer killed (SIGKILL) at every phase of a checkpoint write resumes bit-identically."""
+"""Checkpoints as one unit: a trainer killed (SIGKILL) at every phase of a checkpoint write resumes bit-identically.
 
+Bit-identical holds on one machine at one thread count (float sums depend on how work is split across threads), so
+every run here uses THREADS: the killed run is a subprocess with OMP_NUM_THREADS=THREADS, and the uninterrupted and
+resumed runs in this process run under :func:`pinned_threads`.
+"""
+
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +23,24 @@ from srf_upsample.train.checkpoint import KILL_PHASES, TEST_KILL_ENV, checkpoint
 from srf_upsample.train.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
+THREADS = 1  # the intra-op thread count of every run, in this process and in the killed subprocess
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int = THREADS) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(threads)``, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _pinned_threads() -> Iterator[None]:
+    with pinned_threads():
+        yield
 
 
 def _argv(coco, out: Path) -> list[str]:
@@ -47,12 +72,13 @@ def _assert_same(resumed: Path, straight: Path) -> None:
 @pytest.fixture(scope="module")
 def straight(coco, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("straight") / "run"
-    assert main(_argv(coco, out)) == 0
+    with pinned_threads():  # module-scoped: set up before the autouse pin of the first test that needs it
+        assert main(_argv(coco, out)) == 0
     return out
 
 
 def _killed_run(coco, out: Path, phase: str) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", **{TEST_KILL_ENV: phase})
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), **{TEST_KILL_ENV: phase})
     command = [sys.executable, "-m", "srf_upsample.cli", "train", *_argv(coco, out)]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
