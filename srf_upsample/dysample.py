@@ -142,7 +142,10 @@ class DySample(nn.Module):
         batch, channels, height, width = x.shape
         out_height, out_width = resolve_output_size((height, width), size, scale_factor)
         offset = self.offsets(x)
-        if tuple(offset.shape[-2:]) != (out_height, out_width):
+        # Under torch.export the resize is always traced (a same-size bilinear resize is an exact copy): the size
+        # test would otherwise be decided once for the example input and frozen into the graph, wrong for inputs
+        # whose target is not exactly scale times theirs (odd FPN levels).
+        if torch.compiler.is_exporting() or tuple(offset.shape[-2:]) != (out_height, out_width):
             offset = interpolate(offset, size=(out_height, out_width), mode="bilinear")
         if size is None:
             factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)

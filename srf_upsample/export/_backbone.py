@@ -1,4 +1,4 @@
-"""Export of the backbone + FPN neck of a detector patched with ``patch_fpn``, each generator as one pass."""
+"""Export of the backbone + FPN neck of a detector patched with ``patch_fpn``, each SRF generator as one pass."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch import nn
 
 from .._checks import check_size_pair
 from ..upsample import SRFUpsample
+from ..upsamplers import upsampler_types
 from ._onnx import DEFAULT_OPSET, check_opset, require_export_deps, torch_export
 
 __all__ = ["export_backbone", "export_copy", "find_backbone"]
@@ -93,10 +94,11 @@ def export_backbone(
     (``"0"``, ``"1"``, ..., ``"pool"``). Batch, height and width are dynamic (H, W >= 32). For export, each
     SRFUpsample of the copy is called as a single pass (``SRFUpsample.single_pass``) to the size the neck asks for
     (the same numbers as ``forward`` for FPN targets, which are at most twice the input), so no image size is baked
-    into the graph.
+    into the graph; DySample and CARAFE (``patch_fpn(model, "dysample")`` ...) run their own ``forward``. A guided
+    generator keeps the guide ``patch_fpn`` wired to it.
 
     Args:
-        model: a torchvision detector (or a bare backbone module) patched with ``patch_fpn``.
+        model: a torchvision detector (or a bare backbone module) patched with ``patch_fpn`` (any upsampler name).
         path: the ``.onnx`` file to write.
         opset: ONNX opset version, in ``SUPPORTED_OPSETS``.
         image_size: ``(H, W)`` of the example images traced; any size >= 32 works afterwards.
@@ -118,11 +120,13 @@ def export_backbone(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
     opset = check_opset(opset)
-    if not any(isinstance(m, SRFUpsample) for m in find_backbone(model).modules()):
+    types = upsampler_types()
+    if not any(isinstance(m, types) for m in find_backbone(model).modules()):
+        names = ", ".join(t.__name__ for t in types)
         raise ValueError(
-            f"model ({type(model).__name__}) has no SRFUpsample in its backbone: it is not patched. "
-            "Call `model, report = srf_upsample.patch_fpn(model)` first, or use export_generator for a bare "
-            "SRFUpsample."
+            f"model ({type(model).__name__}) has no learned upsampler ({names}) in its backbone: it is not patched. "
+            "Call `model, report = srf_upsample.patch_fpn(model)` (or patch_fpn(model, 'carafe'), any name of "
+            "srf_upsample.list_upsamplers()) first, or use export_generator for a bare upsampler."
         )
     check_size_pair("image_size", image_size, minimum=32)
     backbone = export_copy(model, fuse=fuse)

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from .._checks import check_int, check_size_pair
-from ..upsample import SRFUpsample
 from ._backbone import export_copy
+from ._generator import check_exportable
 from ._onnx import inference_session
 
 __all__ = [
@@ -97,7 +97,7 @@ def check_single_pass_sizes(sizes: Sequence[tuple[tuple[int, int], tuple[int, in
 
 
 def check_generator_parity(
-    module: SRFUpsample,
+    module: nn.Module,
     path: str | os.PathLike,
     *,
     sizes: Sequence[tuple[tuple[int, int], tuple[int, int]]] = DEFAULT_PARITY_SIZES,
@@ -106,10 +106,10 @@ def check_generator_parity(
     num_threads: int | None = None,
     seed: int = 0,
 ) -> list[ParityResult]:
-    """Run an exported generator in onnxruntime (CPU) and compare it with ``module(x, size=...)`` in PyTorch.
+    """Run an exported upsampler in onnxruntime (CPU) and compare it with ``module(x, size=...)`` in PyTorch.
 
     Args:
-        module: the PyTorch generator (a deep copy is evaluated in eval mode, fused if ``fuse``).
+        module: the PyTorch upsampler (a deep copy is evaluated in eval mode, fused if ``fuse``).
         path: the ``.onnx`` file written by :func:`export_generator`.
         sizes: ``((H, W), (H_out, W_out))`` pairs; each must be a single-pass target.
         batch_size: N of the random inputs.
@@ -127,15 +127,19 @@ def check_generator_parity(
     check_single_pass_sizes(sizes)
     check_int("batch_size", batch_size)
     session = inference_session(path, num_threads)
+    check_exportable(module)
+    if fuse and not callable(getattr(module, "fuse", None)):
+        raise ValueError(f"fuse=True folds SRFUpsample's BatchNorm, but module is a {type(module).__name__}.")
     generator = copy.deepcopy(module).eval()
     if fuse:
         generator.fuse()
     generator_cpu = generator.cpu()
+    accepts_guide = getattr(module, "accepts_guide", False)
     rng = torch.Generator().manual_seed(seed)
     results = []
     for (height, width), (out_height, out_width) in sizes:
         x = torch.randn(batch_size, module.in_channels, height, width, generator=rng)
-        if module.accepts_guide:
+        if accepts_guide:
             guide = torch.randn(batch_size, module.guide_channels, out_height, out_width, generator=rng)
             with torch.no_grad():
                 reference = generator_cpu(x, size=(out_height, out_width), guide=guide)
