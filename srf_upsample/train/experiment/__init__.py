@@ -15,7 +15,9 @@ schedule; :func:`summarize` checks it again in every run's saved config, with th
 FPN width.
 
 Modules: ``arms`` (the registry), ``config`` (the experiment file), ``plan`` (runs and their order), ``run`` (the
-process scheduler), ``summary`` (reading finished runs), ``stats``, ``report`` (Markdown, curves), ``cli``.
+process scheduler), ``summary`` (reading finished runs), ``stats``, ``report`` (Markdown, curves), ``intervals``
+(one paired difference's interval and variance split), ``readout`` (:func:`report_experiment`: the report step over
+folds, with ``readout_text`` and ``forest``), ``cli``.
 """
 
 from .arms import ARM_QUESTIONS as ARM_QUESTIONS
@@ -27,9 +29,11 @@ from .config import DEFAULT_ARMS as DEFAULT_ARMS
 from .config import DetectorSchedule as DetectorSchedule
 from .config import ExperimentConfig as ExperimentConfig
 from .config import load_experiment as load_experiment
+from .intervals import paired_interval as paired_interval
 from .plan import Job as Job
 from .plan import plan_jobs as plan_jobs
 from .plan import select_jobs as select_jobs
+from .readout import report_experiment as report_experiment
 from .report import markdown_table as markdown_table
 from .report import plot_curves as plot_curves
 from .report import pooled_markdown as pooled_markdown
@@ -52,12 +56,14 @@ __all__ = [
     "load_experiment",
     "main",
     "markdown_table",
+    "paired_interval",
     "plan_jobs",
     "select_jobs",
     "plot_curves",
     "pool_paired",
     "pooled_markdown",
     "pooled_reading",
+    "report_experiment",
     "run_jobs",
     "summarize",
 ]

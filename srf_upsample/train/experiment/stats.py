@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -92,6 +93,12 @@ def student_t_quantile(probability: float, df: int) -> float:
     """The ``probability`` quantile of Student's t with ``df`` degrees of freedom (bisection on its CDF)."""
     if not 0.0 < probability < 1.0 or df < 1:
         raise ValueError(f"Need 0 < probability < 1 and df >= 1, got {probability!r} and {df!r}.")
+    return _t_quantile(float(probability), int(df))
+
+
+@functools.lru_cache(maxsize=1024)
+def _t_quantile(probability: float, df: int) -> float:
+    """:func:`student_t_quantile` without the checks, remembered: reports ask for the same few quantiles often."""
 
     def cdf(t: float) -> float:
         tail = 0.5 * _regularized_beta(df / (df + t * t), df / 2, 0.5)
@@ -100,6 +107,8 @@ def student_t_quantile(probability: float, df: int) -> float:
     low, high = -1e6, 1e6
     for _ in range(200):
         middle = (low + high) / 2
+        if middle in (low, high):  # the bracket is one float wide: more steps change nothing
+            break
         low, high = (middle, high) if cdf(middle) < probability else (low, middle)
     return (low + high) / 2
 
