@@ -173,14 +173,17 @@ ARMS = {
         ),
         Arm(
             "A1+",
-            "is C's gain just more training? (the trained A1 trained again on the target schedule)",
+            "what does training A1 once more give? (A1's whole trained detector trained again on the target "
+            "schedule; not the extra training C gets: stage 2 on half-size images, then stage 3 with new heads)",
             "baseline",
             init=BASELINE,
             init_as="detector_weights",
             tier=1,
             rank=8,
             references=("A1", "B", "C"),
-            contrast=MappingProxyType({"C": "C's stage-2 pre-training against as much plain extra training"}),
+            contrast=MappingProxyType(
+                {"C": "A1 trained once more against C's stage 2 + stage 3: two kinds of extra training, not equal"}
+            ),
         ),
     )
 }
