@@ -20,6 +20,7 @@ from ._checks import (
     check_positive_int,
     resolve_output_size,
 )
+from ._fast_pass import may_run_inplace, shortcut_plus_tail
 from ._interpolate import interpolate
 from .hub import SRFHubMixin
 
@@ -375,20 +376,7 @@ class SRFUpsample(
         ``use_fast_inference`` is False. Both routes run the same layers and compute the same function up to float
         rounding. A guided pass with a guide runs in place under the same conditions, at any single-pass size.
         """
-        return self._may_run_inplace(x, size) and tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1])
-
-    def _may_run_inplace(self, x: torch.Tensor, size: Sequence[Any]) -> bool:
-        # The fast route writes in place (so no autograd), and autocast would change its dtypes.
-        return (
-            self.use_fast_inference
-            and self.variant != "paper"
-            and not self.training
-            and not torch.is_grad_enabled()
-            and (self.norm == "none" or self.is_fused)
-            and all(type(s) is int for s in (*x.shape, *size))
-            and x.is_contiguous()
-            and not torch.is_autocast_enabled(x.device.type)
-        )
+        return may_run_inplace(self, x, size) and tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1])
 
     def _guided_pass(self, x: torch.Tensor, size: Sequence[Any], guide: torch.Tensor) -> torch.Tensor:
         """One pass of the guided variant: the lite trunk, its hidden map modulated by the guide, then the tail.
@@ -397,39 +385,26 @@ class SRFUpsample(
         the guide lives at ``size``. The unguided pass resizes after the 1x1 tail instead; both resizes and the tail
         are linear per pixel with weights summing to 1, so they commute and a guide branch at zero gives the unguided
         output (exactly at x2, up to float rounding otherwise). In inference the in-place route of
-        ``_fast_lite_pass`` applies: activations in place, the tail fused into the shortcut as one GEMM.
+        ``_fast_pass`` applies: activations in place, the tail fused into the shortcut as one GEMM.
         """
-        is_inplace = self._may_run_inplace(x, size)
+        is_inplace = may_run_inplace(self, x, size)
         hidden = self._features(x, inplace=is_inplace)
         is_concrete = all(type(s) is int for s in (*hidden.shape[-2:], *size))
         if not (is_concrete and tuple(hidden.shape[-2:]) == tuple(size)):
             hidden = interpolate(hidden, size=size, mode="bilinear")
         hidden = self.guide(hidden, guide, inplace=is_inplace)
         if is_inplace:
-            n, c = x.shape[:2]
-            out = interpolate(x + self.tail.bias.view(1, -1, 1, 1), size=size, mode="bilinear")
-            weight = self.tail.weight.view(c, -1).expand(n, -1, -1)
-            out.view(n, c, -1).baddbmm_(weight, hidden.reshape(n, hidden.shape[1], -1))
-            return out
+            return shortcut_plus_tail(x, self.tail, hidden, size)
         shortcut = interpolate(x, size=size, mode="bilinear")
         return shortcut + self.tail(hidden).to(shortcut.dtype)
 
     def _fast_lite_pass(self, x: torch.Tensor) -> torch.Tensor:
-        """The lite pass for an exact x2 in inference, rearranged to move less memory; same result as the plain route.
+        """The lite pass for an exact x2 in inference, rearranged to move less memory (``_fast_pass``); same result.
 
-        On CPU the lite generator is memory-bound: its high-resolution tensors cost more than its FLOPs. The layers
-        up to the tail are those of ``residual`` (``_features``), with activations and the blocks' additions written
-        in place. Two rearrangements, each exact up to float rounding, remove high-resolution passes: the tail's bias
-        is added to ``x`` before the bilinear shortcut (bilinear weights sum to 1, so ``up(x + b) = up(x) + b``) at a
-        quarter of the pixels; and the tail 1x1 conv and the final sum become one in-place GEMM on the shortcut
-        (``shortcut += W @ hidden``), instead of a conv writing the residual and an add reading it back.
+        The layers up to the tail are those of ``residual`` (``_features``), run in place.
         """
-        n, c, height, width = x.shape
         hidden = self._features(x, inplace=True)
-        out = interpolate(x + self.tail.bias.view(1, -1, 1, 1), size=(2 * height, 2 * width), mode="bilinear")
-        weight = self.tail.weight.view(c, -1).expand(n, -1, -1)
-        out.view(n, c, -1).baddbmm_(weight, hidden.reshape(n, hidden.shape[1], -1))
-        return out
+        return shortcut_plus_tail(x, self.tail, hidden, (2 * x.shape[-2], 2 * x.shape[-1]))
 
     @torch.no_grad()
     def fuse(self) -> SRFUpsample:

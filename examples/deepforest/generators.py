@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from srf_upsample.train.experiment import select_jobs
-from srf_upsample.train.fidelity import evaluations_without_gain, plateau_step
+from srf_upsample.train.plateau import evaluations_without_gain, plateau_step
 from srf_upsample.train.run_folder import DISCRIMINATOR_DIR, GENERATOR_DIR, is_finished, read_jsonl
 
 # The plateau criterion of G's held-out L1 (the trainer's plateau stop): 5 evaluations in a row without a 1 % gain.

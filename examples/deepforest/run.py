@@ -62,7 +62,7 @@ from srf_upsample.train.experiment.archive import ARCHIVE_NAME, open_runs, read_
 from srf_upsample.train.experiment.detections import DETECTIONS_NAME  # noqa: E402
 from srf_upsample.train.experiment.run import is_a1  # noqa: E402
 from srf_upsample.train.experiment.summary import resampled_ap_of_runs  # noqa: E402
-from srf_upsample.train.fidelity import plot_generator_curves  # noqa: E402
+from srf_upsample.train.plots import plot_generator_curves  # noqa: E402
 from srf_upsample.train.run_folder import DIVERGED_NAME, is_finished  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ STAGE1_CONVERGED = {
 
 def blocks_values(data: Path, profile: str, stage1: dict, variants: list[str], arms: list[str] | None) -> dict:
     """What ``--split blocks`` adds to the experiment config: arms, budget order, one shared converged stage 1."""
-    from srf_upsample.train.stages import field_names
+    from srf_upsample.train.stage_configs import field_names
 
     converged = {**stage1, **STAGE1_CONVERGED[profile]}
     if "plateau_patience" in field_names("stage1"):  # the trainer's plateau stop on G's held-out L1

@@ -7,10 +7,8 @@ that step, plus the size and SHA-256 of every other file). Each part carries ste
 fsynced inside ``step_0000N.tmp/``, which becomes ``step_0000N/`` by one rename: a folder without ``.tmp`` is
 complete. Resume takes the newest folder whose parts all check out and falls back to the one before, saying why.
 The newest ``keep`` checkpoints are kept; the weights and folders of the newest are published at the top of the run
-folder (hard links), where ``--init``, ``--extractor-weights`` and ``evaluate`` read them.
-
-The run folder's other files belong to ``run_folder.py``; its names are re-exported here for code that imported them
-from this module.
+folder (hard links), where ``--init``, ``--extractor-weights`` and ``evaluate`` read them. The run folder's file
+names and its other files belong to ``run_folder.py``.
 """
 
 from __future__ import annotations
@@ -30,51 +28,22 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .run_folder import (
-    CHECKPOINT_NAME,
-    DIVERGED_NAME,
-    EVAL_LOG_NAME,
-    LOG_NAME,
-    MANIFEST_NAME,
-    STATE_NAME,
-    file_sha256,
-    is_finished,
-    read_json,
-    read_jsonl,
-    read_manifest,
-    truncate_jsonl,
-    write_json,
-)
-from .state_dicts import load_prefixed, state_for_save, strip_prefix
+from .run_folder import CHECKPOINT_NAME, CHECKPOINTS_DIR, MANIFEST_NAME, STATE_NAME, file_sha256, read_json, write_json
+from .state_dicts import load_prefixed, state_for_save
 
 __all__ = [
-    "CHECKPOINTS_DIR",
-    "CHECKPOINT_NAME",
-    "DIVERGED_NAME",
-    "EVAL_LOG_NAME",
     "KILL_PHASES",
-    "LOG_NAME",
-    "MANIFEST_NAME",
-    "STATE_NAME",
     "TEST_KILL_ENV",
     "TrainingState",
     "checkpoint_steps",
+    "choose_checkpoint",
     "clear_checkpoints",
-    "is_finished",
     "load_checkpoint",
-    "load_prefixed",
-    "read_jsonl",
-    "read_manifest",
     "save_checkpoint",
-    "state_for_save",
-    "strip_prefix",
-    "truncate_jsonl",
-    "write_json",
 ]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # Tests only: ``<phase>`` or ``<phase>:<step>`` makes the writer SIGKILL its own process at that phase.
 TEST_KILL_ENV = "SRF_UPSAMPLE_TEST_KILL_AT"
@@ -203,10 +172,7 @@ def checkpoint_steps(output_dir: str | os.PathLike) -> list[int]:
 
 def clear_checkpoints(output_dir: str | os.PathLike) -> None:
     """Delete every checkpoint of a run folder (a run that starts over must never resume into another's)."""
-    output_dir = Path(output_dir)
-    shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
-    for name in (STATE_NAME, *(path.name for path in output_dir.glob("rng_state_*.pt"))):
-        (output_dir / name).unlink(missing_ok=True)  # the single-folder layout of older versions
+    shutil.rmtree(Path(output_dir) / CHECKPOINTS_DIR, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -294,8 +260,6 @@ def _publish(output_dir: Path, final: Path, folders: list[str]) -> None:
             os.rename(target, old)
         os.rename(staged, target)
         shutil.rmtree(old, ignore_errors=True)
-    for name in (STATE_NAME, *(path.name for path in output_dir.glob("rng_state_*.pt"))):
-        (output_dir / name).unlink(missing_ok=True)  # the single-folder layout of older versions
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -338,16 +302,6 @@ def _load_step(folder: Path, step: int, state: TrainingState, rank: int) -> dict
         _set_rng_state(rng)
     else:
         logger.warning("%s has no RNG state for rank %d (more processes than when it was written)", folder, rank)
-    return {key: int(trainer_state[key]) for key in _COUNTER_KEYS}
-
-
-def _load_legacy(output_dir: Path, state: TrainingState, rank: int) -> dict[str, int]:
-    """Resume from the single-folder layout of older versions (top-level ``trainer_state.pt``)."""
-    load_prefixed(state.modules, safetensors.torch.load_file(str(output_dir / CHECKPOINT_NAME)), str(output_dir))
-    trainer_state = torch.load(output_dir / STATE_NAME, map_location="cpu", weights_only=True)
-    state.load_trainer_state(trainer_state)
-    if (output_dir / _rng_name(rank)).is_file():
-        _set_rng_state(torch.load(output_dir / _rng_name(rank), map_location="cpu", weights_only=True))
     return {key: int(trainer_state[key]) for key in _COUNTER_KEYS}
 
 
@@ -404,12 +358,4 @@ def load_checkpoint(
             f"{str(output_dir)!r} has checkpoints but none is complete ({'; '.join(skipped)}). Start the run over "
             "with --no-resume (it deletes them) or use a new --output-dir."
         )
-    if (output_dir / STATE_NAME).is_file() and (output_dir / CHECKPOINT_NAME).is_file():
-        try:
-            return _load_legacy(output_dir, state, rank)
-        except Exception as error:  # torch and safetensors raise many types for a damaged file
-            raise ValueError(
-                f"The checkpoint in {str(output_dir)!r} (older single-folder layout) cannot be read "
-                f"({type(error).__name__}: {error}). Start the run over with --no-resume or use a new --output-dir."
-            ) from None
     return None

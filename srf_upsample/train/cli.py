@@ -1,4 +1,8 @@
-"""``srf-upsample train <stage>``: turns command-line arguments into a stage config and runs it."""
+"""``srf-upsample train <stage>``: turns command-line arguments into a stage config and runs it.
+
+Running a config is this module's job: a training stage goes to ``loop.fit``, ``evaluate`` to
+``evaluate.evaluate_detector`` on the run folder's detector.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,21 @@ import logging
 import sys
 from typing import Any
 
-from .stages import STAGES, build_config, field_names, load_config_file
+from .config import TrainConfig, load_config_file
+from .distributed import resolve_device
+from .evaluate import evaluate_detector
+from .loop import fit
+from .run_folder import load_trained_detector
+from .stage_configs import STAGE_CONFIGS, EvaluateConfig, build_config, field_names
 
-__all__ = ["main"]
+__all__ = ["main", "parse_config", "run_config"]
 
 logger = logging.getLogger(__name__)
 
 
 def _description() -> str:
     """The ``--help`` text; each stage's line comes from its class (``HELP``)."""
-    stages = "\n".join(f"  {name:<9} {cls.HELP}" for name, cls in STAGES.items())
+    stages = "\n".join(f"  {name:<9} {cls.HELP}" for name, cls in STAGE_CONFIGS.items())
     return f"""Train the SRF-GAN stages of Lee & Bae (section 4) on a COCO-format dataset.
 
 stages:
@@ -97,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="srf-upsample train", description=_description(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stage", choices=list(STAGES))
+    parser.add_argument("stage", choices=list(STAGE_CONFIGS))
     parser.add_argument("--config", help="JSON config file or shipped name (e.g. cpu_stage1)")
     parser.add_argument(
         "--set",
@@ -155,6 +164,44 @@ def parse_config(argv: list[str]):
     return build_config(args.stage, values), args
 
 
+def _evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """COCO AP of the detector in ``config.init`` (rebuilt from its run folder); metrics go next to it."""
+    device = resolve_device(config.device)
+    detector, manifest = load_trained_detector(config.init, device, expected=config.INIT_FROM)
+    train_config = manifest["config"]
+    return evaluate_detector(
+        detector,
+        config.eval_data_root or config.data_root or train_config["data_root"],
+        config.eval_ann_file,
+        category_ids=manifest["category_ids"],
+        output_dir=config.output_dir or config.init,
+        min_size=train_config["min_size"],
+        max_size=train_config["max_size"],
+        batch_size=config.batch_size,
+        device=device,
+        quiet=bool(config.quiet),
+    )
+
+
+def run_config(config: TrainConfig) -> dict[str, Any]:
+    """Run a built config: train its stage (``loop.fit``) or, for ``evaluate``, score its run folder.
+
+    Returns:
+        What ``srf-upsample train`` prints: ``{"stage", "step", "losses", "metrics", "skipped_images"}`` after
+        training, the COCO metrics after ``evaluate``.
+    """
+    if isinstance(config, EvaluateConfig):
+        return _evaluate(config)
+    result = fit(config)
+    return {
+        "stage": config.stage,
+        "step": result.step,
+        "losses": result.losses,
+        "metrics": result.metrics,
+        "skipped_images": result.skipped_images,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``srf-upsample train <stage> ...``; returns the exit code (2 for a usage or data error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -171,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         root.addHandler(handler)
     root.setLevel(args.log_level.upper())
     try:
-        summary = config.run()
+        summary = run_config(config)
     except (ValueError, FileNotFoundError, ImportError) as error:  # ImportError: an optional extra (tensorboard)
         print(f"srf-upsample train: error: {error}", file=sys.stderr)
         return 2

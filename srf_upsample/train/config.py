@@ -1,7 +1,8 @@
-"""The fields every training stage shares, their checks, and reading them from shipped or user JSON files.
+"""The settings every training stage shares, their checks, and reading them from shipped or user JSON files.
 
-A stage (``stages.py``) is a subclass of :class:`TrainConfig`: its fields are the config, its methods are what the
-trainer calls (``build``, ``step``, ``validate``, ``run``). The loop never asks which stage it runs.
+A config is data: its fields and :meth:`TrainConfig.validate`. Each stage's own fields are a subclass in
+``stage_configs.py``; what a stage does with them (build, step) is in ``stages.py``; running one is ``loop.fit``'s.
+This module imports nothing else of the trainer.
 """
 
 from __future__ import annotations
@@ -14,22 +15,15 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from .._checks import check_choice, check_int, check_number
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
-    from .models import DetectorSpec
+from .._checks import check_choice, check_device, check_int, check_number
 
 __all__ = [
     "AMP_CHOICES",
     "COCO_AREAS",
     "CONFIG_DIR",
     "DEGRADATIONS",
-    "StageModules",
     "TrainConfig",
     "check_values",
     "load_config_file",
@@ -39,29 +33,6 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEGRADATIONS = ("bilinear", "nearest", "bicubic")  # how I_lr is made from I_tr (Table 6)
 AMP_CHOICES = ("bf16", "fp16")
 COCO_AREAS = ("file", "box")  # what sizes ground truth for APs/APm/APl: the file's ``area`` or each box's w*h
-
-
-@dataclass
-class StageModules:
-    """What a stage's ``build`` returns: the modules it trains and how the trainer treats each.
-
-    Attributes:
-        modules: the trained modules by name; each gets one SGD optimizer and is checkpointed under ``"<name>."``.
-        folders: ``save_pretrained`` folders written with every checkpoint (``generator/``, ``discriminator/``).
-        generator: G, trained alone (stage 1) or patched into the detector; ``None`` without one.
-        discriminator: D, when the stage trains one.
-        extractor: the frozen multi-scale extractor F, when the stage has a target for G.
-        detector_spec: how ``modules["detector"]`` was built (recorded in the manifest to rebuild it).
-        captures_fpn: keep the detector's FPN outputs of each forward (stage 2's Eq. 3 in the same pass as L_DET).
-    """
-
-    modules: dict[str, nn.Module]
-    folders: dict[str, nn.Module] = field(default_factory=dict)
-    generator: nn.Module | None = None
-    discriminator: nn.Module | None = None
-    extractor: nn.Module | None = None
-    detector_spec: DetectorSpec | None = None
-    captures_fpn: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,105 +167,8 @@ class TrainConfig:
         if self.stop_after is not None:
             check_int("stop_after", self.stop_after, hint="the global step to stop after")
         check_number("max_dropped_fraction", self.max_dropped_fraction, minimum=0, maximum=1)
-        from .distributed import resolve_device
-
-        resolve_device(self.device)  # --device cuda on a machine without a GPU fails here, before anything is written
-
-    # ---- what the trainer calls
-    def run(self) -> dict[str, Any]:
-        """Train this stage (``loop.fit``); returns the summary ``srf-upsample train`` prints."""
-        from .loop import fit
-
-        result = fit(self)
-        return {
-            "stage": self.stage,
-            "step": result.step,
-            "losses": result.losses,
-            "metrics": result.metrics,
-            "skipped_images": result.skipped_images,
-        }
-
-    def build(self, num_classes: int) -> StageModules:
-        """Build the modules this stage trains (seeded by the trainer just before)."""
-        raise NotImplementedError(f"{type(self).__name__} is not a training stage; use one of stages.STAGES.")
-
-    def step(self, trainer: Any, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
-        """One detection step (baseline and stage 3): the detector's summed losses, backpropagated and stepped."""
-        with trainer.autocast():
-            detection = trainer.detector(images, targets)
-        total = sum(value.float() for value in detection.values())
-        trainer.optimizers["detector"].zero_grad(set_to_none=True)
-        trainer.backward_and_step("loss", total, "detector")
-        out = {"loss": total.detach()}
-        out.update({name: value.detach() for name, value in detection.items()})
-        return out
-
-    def recorded(self, built: StageModules) -> dict[str, Any]:
-        """The config as it ran, for the manifest.
-
-        G's and D's fields are those of the modules that trained (loaded from ``init`` in stages 2 and 3), ``None``
-        where the stage has none.
-        """
-        values = self.to_dict()
-        generator, discriminator = built.generator, built.discriminator
-        for name in ("variant", "hidden_channels", "num_blocks", "zero_init_residual", "norm", "deconv_kernel"):
-            values[f"generator_{name}"] = getattr(generator, name, None) if generator is not None else None
-        values["discriminator_hidden_channels"] = (
-            list(discriminator.hidden_channels) if discriminator is not None else None
-        )
-        if discriminator is None:
-            values["adversarial_weight"] = None
-        return values
-
-    # ---- shared building blocks
-    def read_init(self) -> dict[str, Any]:
-        """The manifest of ``init``: a run of one of ``INIT_FROM``, finished unless ``allow_unfinished_init``."""
-        from .run_folder import read_manifest
-
-        manifest = read_manifest(self.init, self.INIT_FROM)
-        self._refuse_unfinished(self.init, manifest, "--init")
-        return manifest
-
-    def _refuse_unfinished(self, directory: str, manifest: dict[str, Any], flag: str) -> None:
-        if manifest.get("finished") or self.allow_unfinished_init:
-            return
-        total = manifest.get("config", {}).get("max_iters", "?")
-        raise ValueError(
-            f"{flag} {directory!r} is a {manifest.get('stage')} run that stopped at step {manifest.get('step')} of "
-            f"{total}: it has not finished. Finish it first (rerun its command: it resumes), or pass "
-            "--allow-unfinished-init to start from its last checkpoint anyway."
-        )
-
-    def detector_spec(self, num_classes: int, *, anchor_scale: float = 1.0) -> DetectorSpec:
-        """The spec of this config's detector (``anchor_scale`` is 1 except for stage 2's half-size M)."""
-        from .models import DetectorSpec
-
-        return DetectorSpec.from_values(
-            self.to_dict(),
-            num_classes=num_classes,
-            anchor_scale=anchor_scale,
-            frozen_batchnorm=bool(self.backbone_weights),
-        )
-
-    def frozen_extractor(self, num_classes: int) -> nn.Module:
-        """F: the backbone (body + FPN) of the trained detector of ``extractor_weights``, frozen, in eval mode."""
-        if not (self.extractor_weights or self.detector_weights or self.allow_untrained_extractor):
-            raise ValueError(
-                f"{self.stage} trains against the FPN of a trained detector (F, section 4.1), but neither "
-                "--extractor-weights nor --detector-weights is given: F would be an ImageNet body under a randomly "
-                "initialised FPN, and G would learn to imitate noise. Train the baseline first and pass "
-                "--extractor-weights <baseline output dir>/checkpoint.safetensors (set allow_untrained_extractor=true "
-                "only for smoke tests)."
-            )
-        from .run_folder import MANIFEST_NAME, read_json
-
-        weights = self.extractor_weights or self.detector_weights
-        run = Path(weights).parent if weights else None
-        if run is not None and (run / MANIFEST_NAME).is_file():  # the weights of one of our runs: finished?
-            self._refuse_unfinished(str(run), read_json(run / MANIFEST_NAME), "--extractor-weights from")
-        spec = self.detector_spec(num_classes)
-        extractor = spec.build(backbone_weights=self.backbone_weights, detector_weights=weights).backbone
-        return extractor.eval().requires_grad_(False)
+        if self.device != "auto":  # --device cuda on a machine without a GPU fails here, before anything is written
+            check_device("device (--device)", self.device)
 
 
 def _matches(value: Any, kind: Any) -> bool:

@@ -21,15 +21,15 @@ from torch import nn
 from .coco import CocoFile
 from .data import CocoDetectionDataset, collate
 from .models import disable_detector_resize, enable_detector_resize
+from .run_folder import DETECTIONS_NAME
 
-__all__ = ["DETECTIONS_NAME", "METRIC_NAMES", "evaluate_detector", "per_image_detections"]
+__all__ = ["METRIC_NAMES", "evaluate_detector", "per_image_detections"]
 
 logger = logging.getLogger(__name__)
 
 # The first six numbers of COCOeval.stats, in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Per-image box detections of the latest evaluation, gzip-compressed JSON (experiment.detections reads them).
-DETECTIONS_NAME = "detections.json.gz"
 
 
 def per_image_detections(

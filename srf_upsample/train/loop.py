@@ -1,12 +1,11 @@
 """The training loop: one stage's modules, stepped over the data, checkpointed, resumed and run under DDP.
 
-What differs between stages (what is built, how one step goes) is the stage config's ``build`` and ``step``
-(``stages.py``); this loop calls them and never asks which stage it runs.
+What differs between stages (what is built, how one step goes) is the stage's ``build`` and ``step``
+(``stages.py``, found by ``stages.stage_for(config)``); this loop calls them and never asks which stage it runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -18,10 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.profiler import record_function
 
 from .checkpoint import TrainingState, choose_checkpoint, clear_checkpoints, load_checkpoint, save_checkpoint
-from .config import StageModules, TrainConfig
+from .config import TrainConfig
 from .data import CocoDetectionDataset, KeyBatchSampler, collate, epoch_batches, log_report
 from .distributed import all_ranks_true, gather_parameter_hashes, init_distributed
 from .feature_cache import FeatureCache
@@ -39,16 +37,15 @@ from .run_folder import (
     read_jsonl,
     truncate_jsonl,
     update_manifest,
-    write_json,
 )
 from .run_log import RunLog
+from .stages import StageModules, stage_for
+from .step_tools import AMP_DTYPES, StepTools
 from .validation import Validation
 
 __all__ = ["FitResult", "fit"]
 
 logger = logging.getLogger(__name__)
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -92,11 +89,12 @@ def _levels(config: TrainConfig) -> list[int]:
     return list(range(detector_first_level(config.detector), 6))
 
 
-class _Trainer:
+class _Trainer(StepTools):
     """Runs one stage config; the stage's ``step`` reaches the modules, optimizers and helpers through it."""
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+        self.stage = stage_for(config)  # what the stage builds and how it steps
         self.rank, self.world_size, self.device = init_distributed(config.device)
         self.is_main = self.rank == 0
         if config.batch_size % self.world_size:
@@ -114,6 +112,7 @@ class _Trainer:
             max_size=config.max_size,
             use_masks=config.detector == "maskrcnn",
             max_dropped_fraction=config.max_dropped_fraction,
+            area=config.coco_area,
         )
         if self.is_main:  # the data summary, once per run (also in the manifest)
             log_report(self.dataset.report)
@@ -156,7 +155,7 @@ class _Trainer:
         """Build the stage's modules (seeded), move them to the device, and give each an optimizer and schedule."""
         config = self.config
         torch.manual_seed(config.seed)  # identical initial weights on every rank (DDP broadcasts rank 0's anyway)
-        self.built = config.build(self.dataset.num_classes)
+        self.built = self.stage.build(self.dataset.num_classes)
         self.modules = self.built.modules
         if self.built.extractor is not None:
             self.built.extractor.to(self.device)
@@ -250,10 +249,11 @@ class _Trainer:
             "levels": self.levels,
             "has_generator": self.generator is not None,
             "modules": sorted(self.modules),
-            "config": self.config.recorded(self.built),
+            "config": self.stage.recorded(self.built),
             **({"detector": spec.to_dict()} if spec is not None else {}),
             "fingerprint": self.fingerprint,
             "data": self.dataset.report,
+            **({"eval_data": self.validation.eval_report} if self.validation.eval_report else {}),
             **({"stopped": self.stopped} if self.stopped else {}),
             **({"feature_cache": self.feature_cache.stats()} if self.feature_cache is not None else {}),
         }
@@ -261,57 +261,6 @@ class _Trainer:
     def write_manifest(self, finished: bool, **extra: Any) -> None:
         """Record the run in its top-level ``manifest.json`` (:meth:`_manifest_values` and ``extra``)."""
         update_manifest(self.output_dir, {**self._manifest_values(finished), **extra})
-
-    # ---- what a stage's step uses
-    def autocast(self):
-        """The autocast context of ``--amp`` (a no-op in float32)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def _check_finite(self, name: str, loss: torch.Tensor) -> None:
-        # Training on NaN silently wastes the rest of the run; stop at the first non-finite loss instead.
-        if not torch.isfinite(loss).all():
-            if self.is_main:  # so that experiment tables can tell a diverged run from one not run yet
-                record = {"stage": self.config.stage, "step": self.step + 1, "loss": name, "value": str(loss.item())}
-                write_json(self.output_dir / DIVERGED_NAME, record)
-            raise FloatingPointError(
-                f"{name} is {loss.item()} at step {self.step + 1}: training diverged. Lower --lr (the paper's 0.02 is "
-                f"for 16 images per step; scale it linearly: 0.02 * batch_size / 16 = "
-                f"{0.02 * self.config.batch_size / 16:g}) or lengthen warmup_iters; resume restarts from the last "
-                "checkpoint."
-            )
-
-    def backward_and_step(self, name: str, loss: torch.Tensor, optimizer: str) -> None:
-        """Check ``loss`` (named ``name`` in errors), backpropagate it (scaled under fp16 AMP), step ``optimizer``."""
-        self._check_finite(name, loss)
-        # Labels for torch.profiler (benchmarks/bench_stage_steps.py); free when no profiler runs.
-        with record_function(f"backward ({optimizer})"):
-            self.scaler.scale(loss).backward()
-        with record_function(f"optimizer step ({optimizer})"):
-            self.scaler.step(self.optimizers[optimizer])
-
-    def fake_logits(self, sr: list[torch.Tensor]) -> list[torch.Tensor]:
-        """D's logits on ``sr`` for G's (or M's) adversarial loss, gradients reaching ``sr``."""
-        wrapper = self.discriminator_levels
-        # D is not stepped on this loss and its gradients are zeroed before its next step: recording its parameters
-        # as constants skips computing their gradients in the backward (about a third of D's backward), while the
-        # gradient that reaches ``sr`` is the same.
-        trainable = [param for param in self.discriminator.parameters() if param.requires_grad]
-        for param in trainable:
-            param.requires_grad_(False)
-        try:
-            with self.autocast():
-                if isinstance(wrapper, DistributedDataParallel):
-                    # D is not stepped here: skip all-reducing its gradients.
-                    with wrapper.no_sync():
-                        logits = wrapper(sr)
-                else:
-                    logits = wrapper(sr)
-        finally:
-            for param in trainable:
-                param.requires_grad_(True)
-        return [logit.float() for logit in logits]
 
     # ---- data
     def _batches_of_epoch(self, epoch: int):
@@ -405,7 +354,7 @@ class _Trainer:
                     empty_in_a_row += 1
                     continue
                 empty_in_a_row = 0
-                step_losses = config.step(self, *batch)
+                step_losses = self.stage.step(self, *batch)
                 self.scaler.update()
                 for scheduler in self.schedulers.values():
                     scheduler.step()

@@ -1,7 +1,7 @@
 """The run folder (``--output-dir``): its file names, ``manifest.json``, JSON-lines logs and the detector it holds.
 
-Only this module opens ``manifest.json`` or rebuilds a detector from a saved run; the checkpoints themselves are
-written and read by ``checkpoint.py``.
+Every file name of a run folder is defined here and read from here. Only this module opens ``manifest.json`` or
+rebuilds a detector from a saved run; the checkpoints themselves are written and read by ``checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -19,20 +19,24 @@ from torch import nn
 from ..hub import load_state_dict_strict, read_safetensors
 from ..upsample import SRFUpsample
 from .models import DetectorSpec, patch_generator, set_fpn_interpolation
+from .state_dicts import strip_prefix
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-from .state_dicts import strip_prefix
 
 __all__ = [
+    "CHECKPOINTS_DIR",
     "CHECKPOINT_NAME",
+    "DETECTIONS_NAME",
     "DISCRIMINATOR_DIR",
     "DIVERGED_NAME",
     "EVAL_LOG_NAME",
     "GENERATOR_DIR",
     "LOG_NAME",
     "MANIFEST_NAME",
+    "RUN_CONFIG_NAME",
     "STATE_NAME",
+    "TENSORBOARD_DIR",
     "check_run_folder",
     "detector_spec_of",
     "file_sha256",
@@ -47,14 +51,18 @@ __all__ = [
     "write_json",
 ]
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-STATE_NAME = "trainer_state.pt"
+CHECKPOINT_NAME = "checkpoint.safetensors"  # every module's weights: in each checkpoint and, the newest, at the top
+STATE_NAME = "trainer_state.pt"  # optimizers, schedulers, grad scaler and counters of a checkpoint
+CHECKPOINTS_DIR = "checkpoints"  # one complete checkpoint per step_NNNNNN/ folder (checkpoint.py)
 MANIFEST_NAME = "manifest.json"
 LOG_NAME = "log.jsonl"
 EVAL_LOG_NAME = "eval.jsonl"
 DIVERGED_NAME = "diverged.json"  # written when a run stops at a non-finite loss; removed when a run (re)starts
 GENERATOR_DIR = "generator"
 DISCRIMINATOR_DIR = "discriminator"
+TENSORBOARD_DIR = "tensorboard"  # <output_dir>/tensorboard/<stage>/events.out.tfevents.* (run_log.py)
+DETECTIONS_NAME = "detections.json.gz"  # the final validation's detections per image (evaluate.py)
+RUN_CONFIG_NAME = "run_config.json"  # the values the experiment runner trained the run with (experiment/run.py)
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:

@@ -13,11 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .run_folder import EVAL_LOG_NAME, LOG_NAME
+from .run_folder import EVAL_LOG_NAME, LOG_NAME, TENSORBOARD_DIR
 
-__all__ = ["TENSORBOARD_DIR_NAME", "RunLog", "scalar_tags"]
-
-TENSORBOARD_DIR_NAME = "tensorboard"  # <output_dir>/tensorboard/<stage>/events.out.tfevents.*
+__all__ = ["RunLog", "scalar_tags"]
 
 
 def scalar_tags(prefix: str, record: Mapping[str, Any]) -> dict[str, float]:
@@ -105,7 +103,7 @@ class RunLog:
     @property
     def tensorboard_dir(self) -> Path:
         """Where the TensorBoard event files go (``tensorboard --logdir`` this folder or any above it)."""
-        return self.output_dir / TENSORBOARD_DIR_NAME / self.stage
+        return self.output_dir / TENSORBOARD_DIR / self.stage
 
     def _open_writer(self) -> Any:
         if self._writer is None:

@@ -3,18 +3,49 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch.distributed as dist
 
-from .fidelity import HeldoutFeatures, plateau_step
+from .heldout import HeldoutFeatures
+from .plateau import plateau_step
 from .pyramid import guide_sources
 from .run_folder import EVAL_LOG_NAME, read_jsonl
 
 if TYPE_CHECKING:
-    from .loop import _Trainer
+    import torch
+    from torch import nn
 
-__all__ = ["Validation"]
+    from .config import TrainConfig
+    from .data import CocoDetectionDataset
+    from .run_log import RunLog
+
+__all__ = ["TrainerView", "Validation"]
+
+
+class TrainerView(Protocol):
+    """What :class:`Validation` reads of the trainer that owns it (``loop._Trainer`` has it all)."""
+
+    config: TrainConfig
+    modules: dict[str, nn.Module]  # what trains, by name; ``"detector"`` is scored with COCO AP
+    dataset: CocoDetectionDataset  # the training set (its category ids)
+    output_dir: Path
+    device: torch.device
+    step: int
+    keys: list[str]  # the FPN keys of the trained levels
+    levels: list[int]
+    is_main: bool
+    world_size: int
+    run_log: RunLog
+
+    @property
+    def generator(self) -> nn.Module | None:
+        """G, if the stage has one."""
+
+    @property
+    def extractor(self) -> nn.Module | None:
+        """The frozen extractor F, if the stage has one."""
 
 
 class Validation:
@@ -25,9 +56,11 @@ class Validation:
     the first evaluation).
     """
 
-    def __init__(self, trainer: _Trainer) -> None:
+    def __init__(self, trainer: TrainerView) -> None:
         self.trainer = trainer
         self.heldout: HeldoutFeatures | None = None
+        self.eval_file = None  # the evaluation file as read once by check_set (a coco.CocoFile)
+        self.eval_report: dict[str, Any] = {}  # its counts, for the manifest
 
     def check_set(self) -> None:
         """Refuse an evaluation set that holds no usable box before training, not at the first evaluation."""
@@ -37,9 +70,13 @@ class Validation:
         from .data import CocoDetectionDataset
 
         # As evaluate_detector reads it: a set without a usable box is a ValueError naming the file.
-        CocoDetectionDataset(
-            config.eval_data_root or config.data_root, config.eval_ann_file, category_ids=trainer.dataset.category_ids
+        dataset = CocoDetectionDataset(
+            config.eval_data_root or config.data_root,
+            config.eval_ann_file,
+            category_ids=trainer.dataset.category_ids,
+            area=config.coco_area,
         )
+        self.eval_file, self.eval_report = dataset.coco_file, dataset.report
 
     def evaluates_generator(self) -> bool:
         """Whether the stage has G and F, so G's held-out L1 can be measured."""
@@ -67,7 +104,7 @@ class Validation:
                 evaluate_detector(
                     trainer.modules["detector"],
                     config.eval_data_root or config.data_root,
-                    config.eval_ann_file,
+                    self.eval_file or config.eval_ann_file,
                     category_ids=trainer.dataset.category_ids,
                     output_dir=trainer.output_dir,
                     min_size=config.min_size,
@@ -75,6 +112,7 @@ class Validation:
                     device=trainer.device,
                     quiet=True,
                     step=trainer.step,
+                    area=config.coco_area,
                 )
             )
         if self.evaluates_generator():

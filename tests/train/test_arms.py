@@ -7,7 +7,7 @@ from test_experiment import SCHEDULE, _config, _finish
 
 from srf_upsample.train.experiment import markdown_table, plan_jobs, summarize
 from srf_upsample.train.experiment.run import LINEAGE_KEY, lineage_of, record_a1_lineage
-from srf_upsample.train.stages import build_config
+from srf_upsample.train.stage_configs import build_config
 
 ORDER = ["A1", "B", "A2-lite", "E2E-lite", "DySample", "A5-lite", "C", "A1+"]
 

@@ -9,8 +9,9 @@ from conftest import TINY, data_args
 
 from srf_upsample.train.cli import main
 from srf_upsample.train.feature_cache import FeatureCache, batch_features
-from srf_upsample.train.fidelity import plateau_step, plot_generator_curves
 from srf_upsample.train.models import DetectorSpec
+from srf_upsample.train.plateau import plateau_step
+from srf_upsample.train.plots import plot_generator_curves
 from srf_upsample.train.pyramid import downsample_images, extract_levels, prepare_batch
 from srf_upsample.train.run_folder import read_jsonl
 

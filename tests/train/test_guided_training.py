@@ -15,7 +15,8 @@ import srf_upsample.patch
 from srf_upsample import SRFUpsample, patch_fpn
 from srf_upsample.train.cli import main
 from srf_upsample.train.feature_cache import FeatureCache, batch_features
-from srf_upsample.train.fidelity import HeldoutFeatures, feature_pairs, fidelity
+from srf_upsample.train.fidelity import feature_pairs, fidelity
+from srf_upsample.train.heldout import HeldoutFeatures
 from srf_upsample.train.models import DetectorSpec, patch_generator
 from srf_upsample.train.pyramid import (
     downsample_images,
@@ -24,7 +25,8 @@ from srf_upsample.train.pyramid import (
     prepare_batch,
 )
 from srf_upsample.train.run_folder import read_jsonl
-from srf_upsample.train.stages import build_config
+from srf_upsample.train.stage_configs import build_config
+from srf_upsample.train.stages import stage_for
 
 KEYS = ["0", "1", "2", "3"]
 LEVELS = [2, 3, 4, 5]
@@ -296,7 +298,7 @@ def test_stages_2_and_3_run_the_guided_g_with_every_fpn_site_guided(coco, tmp_pa
             "init": str(tmp_path / "s2"),
         },
     )
-    built = config.build(3)
+    built = stage_for(config).build(3)
     guides = []
     built.generator.register_forward_hook(
         lambda module, args, kwargs, output: guides.append(kwargs.get("guide") is not None), with_kwargs=True

@@ -9,6 +9,7 @@ from conftest import TINY, data_args, make_coco
 
 from srf_upsample.train.cli import main, parse_config
 from srf_upsample.train.data import CocoDetectionDataset
+from srf_upsample.train.stages import stage_for
 
 
 def test_resuming_another_run_is_refused_with_the_differing_keys(coco, tmp_path, capsys):
@@ -38,9 +39,9 @@ def test_init_from_an_unfinished_run_is_refused(coco, tmp_path):
     argv = ["stage2", *data_args(coco), *TINY, "--max-iters", "1", "--init", str(s1), "--output-dir", str(tmp_path)]
     config, _ = parse_config(argv[:-1] + [str(tmp_path / "s2")])
     with pytest.raises(ValueError, match=r"stopped at step 1 of 2: it has not finished.*--allow-unfinished-init"):
-        config.read_init()
+        stage_for(config).read_init()
     config, _ = parse_config([*argv[:-1], str(tmp_path / "s2"), "--allow-unfinished-init"])
-    assert config.read_init()["step"] == 1
+    assert stage_for(config).read_init()["step"] == 1
 
 
 def _bad_annotations(tmp_path):

@@ -8,37 +8,53 @@ from typing import ClassVar
 import pytest
 from conftest import TINY, data_args
 
-from srf_upsample.train import stages
+from srf_upsample.train import stage_configs, stages
 from srf_upsample.train.cli import _parser, main, parse_config
-from srf_upsample.train.config import StageModules
 from srf_upsample.train.models import DetectorSpec
 from srf_upsample.train.run_folder import load_trained_detector
+from srf_upsample.train.stages import StageModules
 
 
 def test_every_stage_describes_itself_in_the_cli_help():
     help_text = _parser().format_help()
-    for name, cls in stages.STAGES.items():
+    for name, cls in stage_configs.STAGE_CONFIGS.items():
         assert cls.stage == name and cls.HELP
         assert f"{name:<9} {cls.HELP}" in help_text
 
 
+def test_every_training_stage_has_its_settings_and_its_behaviour_under_one_name():
+    assert set(stages.STAGES) == set(stage_configs.STAGE_CONFIGS) - {"evaluate"}
+    for name, stage in stages.STAGES.items():
+        config = stage_configs.STAGE_CONFIGS[name]
+        assert issubclass(stage, stages.Stage) and not hasattr(config, "step") and not hasattr(config, "build")
+
+
+def test_a_config_of_no_training_stage_has_no_stage(tmp_path):
+    config = stage_configs.build_config("evaluate", {"init": str(tmp_path), "eval_ann_file": "val.json"})
+    with pytest.raises(ValueError, match=r"stage 'evaluate' is not a training stage; train one of \['stage1'"):
+        stages.stage_for(config)
+
+
 @dataclass(frozen=True)
-class _FrozenBodyConfig(stages.BaselineConfig):
+class _FrozenBodyConfig(stage_configs.BaselineConfig):
     """A stage the package does not have: the baseline with its backbone body frozen (only FPN and heads train)."""
 
     HELP: ClassVar[str] = "the baseline with a frozen backbone body"
     stage: str = "frozen_body"
 
+
+class _FrozenBody(stages.Baseline):
     def build(self, num_classes: int) -> StageModules:
         built = super().build(num_classes)
         built.modules["detector"].backbone.body.requires_grad_(False)
         return built
 
 
-def test_a_new_stage_is_one_class(coco, tmp_path, monkeypatch):
-    # Pins the extension point of issue 29: one subclass and one STAGES entry; the CLI, the loop, the checkpoint and
-    # the run folder need no change.
-    monkeypatch.setitem(stages.STAGES, "frozen_body", _FrozenBodyConfig)
+def test_a_new_stage_is_a_config_and_a_stage(coco, tmp_path, monkeypatch):
+    # Pins the extension point: a config class in STAGE_CONFIGS and a Stage in STAGES under one name; the CLI, the
+    # loop, the checkpoint and the run folder need no change.
+    monkeypatch.setitem(stage_configs.STAGE_CONFIGS, "frozen_body", _FrozenBodyConfig)
+    monkeypatch.setitem(stages.STAGES, "frozen_body", _FrozenBody)
     out = tmp_path / "frozen"
     argv = ["frozen_body", *data_args(coco), *TINY, "--max-iters", "1", "--output-dir", str(out)]
     assert main(argv) == 0
@@ -65,7 +81,7 @@ def test_values_of_the_wrong_type_are_named(setting, message, coco, tmp_path):
 
 
 def test_stage_only_fields_belong_to_their_stage(coco, tmp_path):
-    fields = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in stages.STAGES.items()}
+    fields = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in stage_configs.STAGE_CONFIGS.items()}
     assert "reuse" in fields["stage3"] and "reuse" not in fields["baseline"]
     assert "use_generator" in fields["stage2"] and "use_generator" not in fields["stage3"]
     assert "interpolation" in fields["baseline"] and "interpolation" not in fields["stage2"]

@@ -39,7 +39,7 @@ def _generator_grads(argv: list[str], weight: float, optimizer: str) -> list[tor
     opt.step = step
     batch = collate([trainer.dataset[(0, False)], trainer.dataset[(1, False)]])
     torch.manual_seed(0)  # the same box sampling in both runs
-    config.step(trainer, batch.images, batch.targets)
+    trainer.stage.step(trainer, batch.images, batch.targets)
     assert captured and all(torch.isfinite(g).all() for g in captured)
     return captured
 

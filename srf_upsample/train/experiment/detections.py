@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from ..run_folder import DETECTIONS_NAME
+
 __all__ = [
-    "DETECTIONS_NAME",
+    "DETECTIONS_NAME",  # the file this module reads; defined with the run folder's other names (run_folder.py)
     "ImageMatches",
     "average_precision",
     "match_run",
@@ -33,7 +35,6 @@ __all__ = [
     "resampled_ap",
 ]
 
-DETECTIONS_NAME = "detections.json.gz"
 # COCOeval's bbox defaults: IoU 0.50:0.05:0.95, 101 recall points, 100 detections per image, every area.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)

@@ -14,6 +14,7 @@ from ..run_folder import (
     DISCRIMINATOR_DIR,
     GENERATOR_DIR,
     MANIFEST_NAME,
+    RUN_CONFIG_NAME,
     file_sha256,
     is_finished,
     read_json,
@@ -122,7 +123,7 @@ logger = logging.getLogger(__name__)
 
 def _command(job: Job) -> list[str]:
     values = {key: value for key, value in job.values.items() if value is not None}
-    config_file = job.output_dir / "run_config.json"
+    config_file = job.output_dir / RUN_CONFIG_NAME
     job.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(config_file, {"stage": job.stage, **values})
     return [sys.executable, "-m", "srf_upsample.cli", "train", job.stage, "--config", str(config_file)]
