@@ -8,6 +8,14 @@ import pytest
 
 from srf_upsample.train.experiment import load_experiment, paired_interval, plan_jobs, report_experiment
 from srf_upsample.train.experiment.intervals import DEFAULT_LEVEL, EXTRA_SEEDS
+from srf_upsample.train.experiment.stats import paired_bootstrap
+
+
+def _percentile_covers(resampled, true, seed):
+    """Whether the former interval (percentile bootstrap over images, then seeds) holds ``true``."""
+    low, high = np.quantile(paired_bootstrap(resampled, seed=seed), [(1 - DEFAULT_LEVEL) / 2, (1 + DEFAULT_LEVEL) / 2])
+    return low < true < high
+
 
 SCHEDULE = {"max_iters": 4, "lr": 0.01, "milestones": [3], "warmup_iters": 1, "batch_size": 2, "eval_every": 2}
 
@@ -40,19 +48,22 @@ def test_interval_reaches_its_coverage_and_the_variance_split_recovers_the_set_p
     rng = np.random.default_rng(0)
     folds, seeds, images, image_sd, seed_sd, noise_sd = 4, 3, 8, 1.0, 0.8, 0.5
     counts = dict.fromkeys((f"fold {k}" for k in range(folds)), images)
-    covered, image_parts, seed_parts = [], [], []
-    for points, resampled in _draws(
+    covered, former, image_parts, seed_parts = [], [], [], []
+    for draw, (points, resampled) in enumerate(_draws(
         rng, draws=300, folds=folds, seeds=seeds, images=images, true=0.7, image_sd=image_sd, seed_sd=seed_sd,
         noise_sd=noise_sd,
-    ):  # fmt: skip
+    )):  # fmt: skip
         answer = paired_interval(points, resampled, images=counts, level=DEFAULT_LEVEL)
+        former.append(_percentile_covers(resampled, 0.7, draw))
         assert answer["method"] == "images+seeds" and answer["n"] == folds * seeds
         low, high = answer["interval"]
         covered.append(low < 0.7 < high)
         image_parts.append(answer["variance"]["images"])
         seed_parts.append(answer["variance"]["seeds"])
-    # Seed noise dominates with 3 seeds per fold: a percentile bootstrap over seeds covers less (variance x 2/3).
+    print(f"3 seeds per fold: coverage {np.mean(covered):.3f}, percentile bootstrap {np.mean(former):.3f}")
     assert DEFAULT_LEVEL - 0.05 <= np.mean(covered) <= min(DEFAULT_LEVEL + 0.04, 1.0)
+    # Seed noise dominates with 3 seeds per fold: a percentile bootstrap over seeds covers less (variance x 2/3).
+    assert np.mean(former) < DEFAULT_LEVEL - 0.03
     # Known parts of the variance of the mean over all pairs (by hand, F folds, n seeds, m images):
     # images: (image_sd^2 + noise_sd^2 / n) / (F m); seeds: (seed_sd^2 + noise_sd^2 / m) / (F n).
     expected_images = (image_sd**2 + noise_sd**2 / seeds) / (folds * images)  # 0.0338542
@@ -71,16 +82,19 @@ def test_one_seed_per_fold_still_carries_seed_noise_and_reaches_its_coverage():
     assert answer["mde"] == pytest.approx((3.1824463 + 0.9784723) * half / 3.1824463, abs=1e-5)
     rng = np.random.default_rng(1)
     counts = dict.fromkeys((f"fold {k}" for k in range(4)), 8)
-    covered, image_only = [], []
-    for points, resampled in _draws(
+    covered, former, image_only = [], [], []
+    for draw, (points, resampled) in enumerate(_draws(
         rng, draws=300, folds=4, seeds=1, images=8, true=-0.4, image_sd=0.6, seed_sd=1.0, noise_sd=0.0,
-    ):  # fmt: skip
+    )):  # fmt: skip
         answer = paired_interval(points, resampled, images=counts)
+        former.append(_percentile_covers(resampled, -0.4, draw))
         low, high = answer["interval"]
         covered.append(low < -0.4 < high)
         image_only.append(answer["variance"]["images"])
         assert answer["projection"]["more_seeds"] is not None
+    print(f"1 seed per fold: coverage {np.mean(covered):.3f}, image-only percentile bootstrap {np.mean(former):.3f}")
     assert DEFAULT_LEVEL - 0.05 <= np.mean(covered) <= min(DEFAULT_LEVEL + 0.04, 1.0)
+    assert np.mean(former) < 0.6  # one seed: a bootstrap cannot resample seeds, so it shows image noise only
     # Image noise alone, 0.6^2 / (4 folds x 8 images), is a small part of the mean's variance (1.36 / 4).
     assert np.mean(image_only) == pytest.approx(0.36 / 32, rel=0.15)
 
