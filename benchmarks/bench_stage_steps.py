@@ -33,8 +33,8 @@ import torch
 from _common import MachineLoad, benchmark_parser, format_table, header_lines, publish, time_interleaved
 
 from srf_upsample.train.config import load_config_file
-from srf_upsample.train.loop import _Trainer
-from srf_upsample.train.stages import build_config
+from srf_upsample.train.loop import _Trainer, fit
+from srf_upsample.train.stage_configs import build_config
 from srf_upsample.train.synthetic import write_tiny_coco
 
 __all__ = ["main", "run_setup"]
@@ -109,7 +109,7 @@ def _trainer(stage: str, values: dict[str, Any], common: dict[str, Any]) -> _Tra
 
 def _step(trainer: _Trainer, images: list[torch.Tensor], targets: list[dict]):
     def call() -> None:
-        trainer.config.step(trainer, images, targets)
+        trainer.stage.step(trainer, images, targets)
         trainer.scaler.update()
 
     return call
@@ -164,7 +164,7 @@ def run_setup(
             "output_dir": str(stage1_dir),
         },
     )
-    init_config.run()
+    fit(init_config)
     # M starts from ImageNet weights instead of F's detector (init_from_extractor): the same modules, the same cost.
     values["stage2"] = {**values["stage2"], "init_from_extractor": False}
     trainers = {
