@@ -59,14 +59,16 @@ def test_eq2_full_loss_by_hand():
 
 
 def test_eq3_compares_with_targets_downsampled_by_half():
-    # A 2x2 block-constant target downsampled by s = 0.5 (bilinear, half-pixel centres) is exactly the block values.
-    target = torch.tensor([[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0]]).view(1, 1, 2, 4)
-    sr = torch.tensor([[1.0, 2.0]]).view(1, 1, 1, 2)
+    # A target where bilinear and nearest downsampling differ. Bilinear with half-pixel centres: output pixel (0, j)
+    # samples input (0.5, 2j + 0.5), the mean of a 2x2 block: [(1+2+5+6)/4, (3+4+7+8)/4] = [3.5, 5.5]. Nearest
+    # would take the top-left of each block, [1, 3].
+    target = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]).view(1, 1, 2, 4)
+    sr = torch.tensor([[3.0, 7.0]]).view(1, 1, 1, 2)
     fake = [torch.zeros(1, 1, 1, 2)]
     loss = srf_extractor_loss([sr], [target], fake, adversarial_weight=0.0)
-    assert loss.item() == pytest.approx(0.5)  # mean(|1 - 1|, |2 - 3|)
+    assert loss.item() == pytest.approx(1.0)  # mean(|3 - 3.5|, |7 - 5.5|); against nearest it would be mean(2, 4) = 3
     with_adv = srf_extractor_loss([sr], [target], fake)
-    assert with_adv.item() == pytest.approx(0.5 + 0.001 * math.log(2), rel=1e-6)
+    assert with_adv.item() == pytest.approx(1.0 + 0.001 * math.log(2), rel=1e-6)
 
 
 def test_downsample_targets_uses_floor_sizes():
@@ -185,3 +187,153 @@ def test_discriminator_shapes_and_paper_widths():
         small(torch.randn(1, 5, 7, 9))
     with pytest.raises(ValueError, match="hidden_channels"):
         FeaturePatchDiscriminator(4, hidden_channels=[])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Known answers that tell the directions, the boundaries and the resampling modes apart
+
+
+def test_generator_adversarial_term_pushes_d_towards_real():
+    # At logit log 3 (D = 0.75) the term is -log 0.75, not -log(1 - 0.75); its gradient on each of the 4 logits is
+    # d softplus(-x)/dx / 4 = -(1 - D) / 4 = -1/16: a descent step raises D(G(.)), i.e. G is pushed towards "real".
+    logits = torch.full((1, 1, 2, 2), math.log(3), requires_grad=True)
+    loss = generator_adversarial_loss([logits])
+    assert loss.item() == pytest.approx(-math.log(0.75), rel=1e-6)
+    loss.backward()
+    torch.testing.assert_close(logits.grad, torch.full((1, 1, 2, 2), -1 / 16))
+
+
+def test_discriminator_loss_pushes_real_up_and_fake_down():
+    # D = 0.75 on real and on fake: loss -log 0.75 - log 0.25. Gradients per pixel (2 pixels each):
+    # real -(1 - D) / 2 = -1/8 (raise the real logit), fake D / 2 = 3/8 (lower the fake logit).
+    real = torch.full((1, 1, 1, 2), math.log(3), requires_grad=True)
+    fake = torch.full((1, 1, 1, 2), math.log(3), requires_grad=True)
+    loss = discriminator_loss([real], [fake])
+    assert loss.item() == pytest.approx(-math.log(0.75) - math.log(0.25), rel=1e-6)
+    loss.backward()
+    torch.testing.assert_close(real.grad, torch.full((1, 1, 1, 2), -1 / 8))
+    torch.testing.assert_close(fake.grad, torch.full((1, 1, 1, 2), 3 / 8))
+
+
+def test_srf_loss_gradients_of_both_terms_by_value():
+    # L1 term: d mean|sr - t| / d sr = sign(sr - t) / 4. Adversarial term, weight 0.5, logit 0 (D = 1/2) on 2 pixels:
+    # 0.5 * -(1 - 1/2) / 2 = -1/8 per logit. A detached term would leave a zero gradient, not these values.
+    sr = torch.tensor([1.0, -1.0, 2.0, 0.0]).view(1, 1, 2, 2).requires_grad_()
+    target = torch.tensor([0.0, 0.0, 3.0, -1.0]).view(1, 1, 2, 2)
+    logits = torch.zeros(1, 1, 1, 2, requires_grad=True)
+    loss = srf_loss([sr], [target], [logits], adversarial_weight=0.5)
+    assert loss.item() == pytest.approx(1.0 + 0.5 * math.log(2), rel=1e-6)  # mean(1, 1, 1, 1) + 0.5 log 2
+    loss.backward()
+    torch.testing.assert_close(sr.grad, torch.tensor([1.0, -1.0, -1.0, 1.0]).view(1, 1, 2, 2) / 4)
+    torch.testing.assert_close(logits.grad, torch.full((1, 1, 1, 2), -1 / 8))
+
+
+def test_downsample_targets_modes_differ_by_hand():
+    # [[1, 2], [3, 4]] to 1x1: bilinear (half-pixel centres) samples the middle, 2.5; nearest takes [0, 0], 1.
+    target = [torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)]
+    assert downsample_targets(target).pop().item() == pytest.approx(2.5)
+    assert downsample_targets(target, mode="nearest").pop().item() == 1.0
+    assert downsample_targets(target, [(1, 2)], mode="nearest").pop().flatten().tolist() == [1.0, 2.0]
+
+
+def test_eq3_multi_channel_and_odd_sizes_use_the_given_sizes():
+    # A 9x9 target: the FPN of the half-size image rounds up to 5x5 where floor(9 / 2) = 4; Eq. (3) resizes the
+    # target to the sr shape. Constant channels c stay c after any resize: L1 = mean |0 - c| over c = 1..4 = 2.5.
+    target = torch.arange(1.0, 5.0).view(1, 4, 1, 1).expand(2, 4, 9, 9)
+    sr = torch.zeros(2, 4, 5, 5)
+    loss = srf_extractor_loss([sr], [target], [torch.zeros(2, 1, 5, 5)], adversarial_weight=0.0)
+    assert loss.item() == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(("sr_size", "accepted"), [((5, 4), True), ((3, 4), True), ((6, 4), False), ((4, 2), False)])
+def test_eq3_size_check_allows_a_difference_of_one_pixel_exactly(sr_size, accepted):
+    # s * 8 = 4: an sr side of 5 or 3 is within 1 (accepted: "> 1" rejects), 6 or 2 is 2 away (rejected).
+    target = torch.ones(1, 1, 8, 8)
+    sr = torch.ones(1, 1, *sr_size)
+    fake = [torch.zeros(1, 1, *sr_size)]
+    if accepted:
+        assert srf_extractor_loss([sr], [target], fake, adversarial_weight=0.0).item() == 0.0
+    else:
+        with pytest.raises(ValueError, match="Level 0: sr_features is"):
+            srf_extractor_loss([sr], [target], fake, adversarial_weight=0.0)
+
+
+_Z = torch.zeros(1, 1, 2, 2)
+_WRAP = (
+    "must be a non-empty list of tensors, one per pyramid level, got a Tensor; wrap a single level in a list: [tensor]."
+)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: discriminator_loss(_Z, [_Z]), TypeError, f"real_logits {_WRAP}"),
+        (lambda: discriminator_loss([_Z], _Z), TypeError, f"fake_logits {_WRAP}"),
+        (
+            lambda: discriminator_loss([_Z], [_Z, _Z]),
+            ValueError,
+            "fake_logits has 2 levels but real_logits has 1; pass the same levels.",
+        ),
+        (lambda: generator_adversarial_loss(_Z), TypeError, f"fake_logits {_WRAP}"),
+        (lambda: feature_l1_loss(_Z, [_Z]), TypeError, f"sr_features {_WRAP}"),
+        (
+            lambda: feature_l1_loss([_Z], [_Z, _Z]),
+            ValueError,
+            "target_features has 2 levels but sr_features has 1; pass the same levels.",
+        ),
+        (
+            lambda: srf_loss([_Z], [_Z], [_Z], adversarial_weight=-0.5),
+            ValueError,
+            "adversarial_weight must be a float in [0, inf), got -0.5; the paper's lambda is 0.001.",
+        ),
+        (lambda: downsample_targets(_Z), TypeError, f"target_features {_WRAP}"),
+        (
+            lambda: downsample_targets([_Z], [(1, 1), (1, 1)]),
+            ValueError,
+            "sizes has 2 entries but target_features has 1 levels.",
+        ),
+        (lambda: srf_extractor_loss(_Z, [_Z], [_Z]), TypeError, f"sr_features {_WRAP}"),
+        (lambda: srf_extractor_loss([_Z], _Z, [_Z]), TypeError, f"target_features {_WRAP}"),
+        (
+            lambda: srf_extractor_loss([_Z], [_Z, _Z], [_Z]),
+            ValueError,
+            "target_features has 2 levels but sr_features has 1; pass the same levels.",
+        ),
+        (
+            lambda: srf_extractor_loss([_Z], [_Z], [_Z], scale=1.5),
+            ValueError,
+            "scale must be a float in (0, 1), got 1.5; the paper's s is 0.5.",
+        ),
+        (
+            lambda: srf_extractor_loss([_Z], [_Z], [_Z], scale=0.0),
+            ValueError,
+            "scale must be a float in (0, 1), got 0.0; the paper's s is 0.5.",
+        ),
+        (
+            lambda: srf_extractor_loss([torch.zeros(1, 1, 8, 4)], [torch.zeros(1, 1, 8, 8)], [_Z]),
+            ValueError,
+            "Level 0: sr_features is (8, 4) but s * target is about (4, 4) (s=0.5); feed M the image downsampled by s "
+            "and F the full-size image.",
+        ),
+        (
+            lambda: srf_extractor_loss([torch.zeros(1, 1, 2, 6)], [torch.zeros(1, 1, 4, 4)], [_Z]),
+            ValueError,
+            "Level 0: sr_features is (2, 6) but s * target is about (2, 2) (s=0.5); feed M the image downsampled by s "
+            "and F the full-size image.",
+        ),
+        (
+            lambda: integral_loss(torch.tensor(1.0), {}),
+            ValueError,
+            "detection_losses is empty; call the detector in train mode with targets.",
+        ),
+        (
+            lambda: integral_loss(torch.tensor(1.0), [1.0]),
+            TypeError,
+            "detection_losses must be a dict of tensors or a tensor, got list.",
+        ),
+    ],
+)
+def test_loss_errors_name_the_argument_exactly(call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value) == message

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Mutation testing of one critical module with mutmut 3 (pip install -e ".[test,mutation]"). Not part of CI: a module
+# takes from minutes (losses) to hours (the trainer) on 2 cores.
+#
+# Usage: benchmarks/mutation.sh MODULE [MUTMUT_COMMAND ...]
+#   MODULE          a key of [tool.srf_upsample.mutation] in pyproject.toml: losses, interpolate, upsamplers,
+#                   run_folder, checkpoint, data, stats, coco, carafe
+#   MUTMUT_COMMAND  default "run"; e.g. "results", "show NAME", "tests-for-mutant NAME" on an earlier run
+# In the background, as documented in docs/testing.md:
+#   nohup benchmarks/mutation.sh losses > mutants/losses.log 2>&1 &
+#
+# The run happens in mutants/MODULE/ (gitignored): a fresh copy of srf_upsample/ and tests/, and a pyproject.toml whose
+# [tool.mutmut] mutates the module's `source` only and collects stats on its `tests` only; mutmut then reruns, for each
+# mutant, only the tests that called the mutated function. One worker, nice -n 10, one thread per process: the
+# machine's cores are shared. At the end it prints the counts (mutmut export-cicd-stats) and the survivors.
+set -euo pipefail
+
+if [[ $# -lt 1 ]]; then
+    sed -n '4,9p' "$0" >&2
+    exit 2
+fi
+module=$1
+shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+if ! command -v mutmut >/dev/null && [[ -f .venv/bin/activate ]]; then
+    . .venv/bin/activate
+fi
+
+# The module's entry, checked: a source that exists and test files that exist.
+read -r source tests < <(python - "$module" <<'EOF'
+import sys, tomllib
+from pathlib import Path
+
+table = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["srf_upsample"]["mutation"]
+name = sys.argv[1]
+if name not in table:
+    sys.exit(f"MODULE must be one of {sorted(table)}, got {name!r}.")
+entry = table[name]
+if not Path(entry["source"]).is_file():
+    sys.exit(f"{name}: {entry['source']} does not exist (yet); nothing to mutate.")
+missing = [t for t in entry["tests"] if not Path(t).exists()]
+if missing:
+    sys.exit(f"{name}: test files {missing} do not exist; fix [tool.srf_upsample.mutation] in pyproject.toml.")
+print(entry["source"], " ".join(entry["tests"]))
+EOF
+)
+
+work="$root/mutants/$module"
+if [[ $# -eq 0 ]]; then
+    rm -rf "$work"  # a run starts fresh: mutmut keeps earlier verdicts, which new tests would not revisit
+fi
+mkdir -p "$work"
+rm -rf "$work/srf_upsample" "$work/tests"
+cp -r "$root/srf_upsample" "$root/tests" "$work/"
+# Tests that load shipped generators read weights/ beside the package (mutmut copies the package to $work/mutants/).
+mkdir -p "$work/mutants"
+ln -sfn "$root/weights" "$work/weights"
+ln -sfn "$root/weights" "$work/mutants/weights"
+
+# The root pyproject.toml with its [tool.mutmut] replaced by this module's.
+python - "$source" $tests > "$work/pyproject.toml" <<'EOF'
+import json, re, sys
+from pathlib import Path
+
+text = Path("pyproject.toml").read_text()
+text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[[a-z]|\Z)", "", text)
+source, tests = sys.argv[1], sys.argv[2:]
+print(text.rstrip() + "\n")
+print("[tool.mutmut]")
+print('source_paths = ["srf_upsample"]')
+print(f"only_mutate = [{json.dumps(source)}]")
+print('pytest_add_cli_args = ["-p", "no:cacheprovider"]')
+print(f"pytest_add_cli_args_test_selection = {json.dumps(tests)}")
+EOF
+
+cd "$work"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+if [[ $# -eq 0 ]]; then
+    echo "mutmut run: $source against ${tests// /, } (in $work), $(date -u +%FT%TZ)"
+    # The spinner redraws the counts many times a second; keep one line per mutant in the log.
+    nice -n 10 mutmut run --max-children 1 2>&1 | tr '\r' '\n' | sed -u 's/\x1b\[[0-9;]*[A-Za-z]//g' || status=$?
+    mutmut export-cicd-stats >/dev/null
+    echo "counts (mutants/$module/mutants/mutmut-cicd-stats.json):"
+    cat mutants/mutmut-cicd-stats.json
+    echo
+    echo "not killed:"
+    mutmut results
+    exit "${status:-0}"
+fi
+exec nice -n 10 mutmut "$@"
