@@ -13,15 +13,24 @@ from .arms import ARMS, GENERATOR_VARIANTS
 
 __all__ = [
     "DEFAULT_ARMS",
+    "EXPERIMENT_RECORD",
+    "GROWING_KEYS",
     "SCHEDULE_KEYS",
     "SHARED_STAGE1_SEED",
     "DetectorSchedule",
     "ExperimentConfig",
     "load_experiment",
+    "widen_experiment",
+    "write_experiment",
 ]
 
 # The arms an experiment runs unless it names others (every arm of the registry but the later additions).
 DEFAULT_ARMS = ("A1", "B", "A5", "C", "A2", "A5g")
+# A work folder's record of its experiment: the config and seeds every run so far was planned from.
+EXPERIMENT_RECORD = "experiment.json"
+# What a later run on a work folder may add to: which arms, variants and seeds train, and how runs are run. Any other
+# difference (data, detector, schedule, pre-training) is another experiment, refused on that folder.
+GROWING_KEYS = ("arms", "variants", "variant_seeds", "budget_order", "run")
 # With shared_stage1, the seed whose A1 the one stage-1 run of each variant learns against.
 SHARED_STAGE1_SEED = 0
 
@@ -139,3 +148,49 @@ def load_experiment(source: str | os.PathLike | dict[str, Any]) -> ExperimentCon
             f"{clash} belong to 'schedule' (one schedule for every target detector), not to 'detector' or 'run'."
         )
     return config
+
+
+def _plain(values: Any) -> Any:
+    return json.loads(json.dumps(values))
+
+
+def widen_experiment(
+    work_dir: str | os.PathLike, config: ExperimentConfig, seeds: list[int]
+) -> tuple[ExperimentConfig, list[int]]:
+    """The experiment of ``work_dir`` grown by ``config`` and ``seeds``: arms, variants and seeds of both, in order.
+
+    Nothing is written (:func:`write_experiment` does). A folder without :data:`EXPERIMENT_RECORD` takes ``config``
+    and ``seeds`` as they are.
+
+    Raises:
+        ValueError: ``work_dir`` holds another experiment: its record differs from ``config`` outside
+            :data:`GROWING_KEYS`.
+    """
+    path = Path(work_dir) / EXPERIMENT_RECORD
+    if not path.is_file():
+        return config, list(seeds)
+    record = json.loads(path.read_text(encoding="utf-8"))
+    earlier = load_experiment(record["config"]).to_dict()
+    now = config.to_dict()
+    differs = sorted(key for key in now if key not in GROWING_KEYS and _plain(now[key]) != _plain(earlier[key]))
+    if differs:
+        raise ValueError(
+            f"work_dir {str(work_dir)!r} holds another experiment: its {EXPERIMENT_RECORD} differs in {differs} "
+            f"(e.g. {differs[0]}={earlier[differs[0]]!r}, now {now[differs[0]]!r}); continue it with the config it "
+            "was made with, or choose another --work-dir."
+        )
+    grown = dict(now)
+    for key in ("arms", "variants"):
+        grown[key] = list(dict.fromkeys([*earlier[key], *now[key]]))
+    grown["variant_seeds"] = {**earlier["variant_seeds"], **now["variant_seeds"]}
+    grown["budget_order"] = now["budget_order"] or earlier["budget_order"]
+    grown["schedule"] = config.schedule
+    return ExperimentConfig(**grown), list(dict.fromkeys([*record.get("seeds", []), *seeds]))
+
+
+def write_experiment(work_dir: str | os.PathLike, config: ExperimentConfig, seeds: list[int]) -> Path:
+    """Write ``work_dir``'s :data:`EXPERIMENT_RECORD` (the config and seeds); returns its path."""
+    path = Path(work_dir) / EXPERIMENT_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": config.to_dict(), "seeds": list(seeds)}, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .arms import ARMS, BASELINE, PRETRAINING, Arm, Pretraining
+from .arms import ARMS, BASELINE, GENERATOR_VARIANTS, PRETRAINING, Arm, Pretraining
 from .config import SHARED_STAGE1_SEED, ExperimentConfig
 
-__all__ = ["Job", "plan_jobs"]
+__all__ = ["Job", "check_arm_names", "plan_jobs", "select_arms", "select_jobs"]
 
 # The trainer switch of a stage-3 run that trains a generator built afresh (an arm with ``new_generator``).
 NEW_GENERATOR_KEY = "use_new_generator"
@@ -164,6 +164,45 @@ def select_jobs(jobs: Sequence[Job], names: Sequence[str]) -> list[Job]:
             keep.add(name)
             wanted.extend(by_name[name].needs)
     return [job for job in jobs if job.name in keep]
+
+
+def check_arm_names(names: Sequence[str]) -> list[str]:
+    """The registry arms ``names`` stand for (``A2-lite`` -> ``A2``), in order; an unknown name raises.
+
+    A name is a registry arm (``A1``, ``B``, ``DySample``, ``A2`` for every variant of it) or an arm with a generator
+    and one variant (``A2-lite``).
+
+    Example:
+        >>> check_arm_names(["A1", "A2-lite", "A2", "DySample"])
+        ['A1', 'A2', 'DySample']
+    """
+    heads = []
+    for name in names:
+        head, _, variant = name.partition("-")
+        arm = ARMS.get(name) or ARMS.get(head)
+        if arm is None or (arm.name != name and (not arm.has_variant or variant not in GENERATOR_VARIANTS)):
+            with_variant = [f"{a}-<variant>" for a in ARMS if ARMS[a].has_variant]
+            raise ValueError(
+                f"arms: unknown arm {name!r}; known arms are {list(ARMS)} (those with a generator also as "
+                f"{with_variant}, variant in {list(GENERATOR_VARIANTS)})."
+            )
+        heads.append(arm.name)
+    return list(dict.fromkeys(heads))
+
+
+def select_arms(jobs: Sequence[Job], names: Sequence[str]) -> list[Job]:
+    """The target runs of the arms ``names``, every A1, and what they need, in the order of ``jobs``.
+
+    ``A2`` selects every variant's A2 runs, ``A2-lite`` only the lite one's.
+    """
+    wanted = set(names)
+    keep = [
+        job.name
+        for job in jobs
+        if (job.arm and (job.arm in wanted or job.arm.split("-")[0] in wanted))
+        or job.name.rsplit("/", 1)[-1] == BASELINE
+    ]
+    return select_jobs(jobs, keep)
 
 
 def _depth(name: str) -> int:
