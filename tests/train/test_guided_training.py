@@ -192,15 +192,15 @@ def test_the_validation_curve_feeds_the_guide_as_stage_1_does(coco):
         heldout.generator_fidelity(_generator("lite"))
 
 
+def _tiny_values(coco, output_dir: Path, **extra) -> dict:
+    """Config values of a tiny Faster R-CNN R18 run on the test COCO set, on the CPU."""
+    paths = {"data_root": str(coco[0]), "ann_file": str(coco[1]), "output_dir": str(output_dir)}
+    return {**paths, "detector": "fasterrcnn", "backbone": "resnet18", "device": "cpu", "fpn_channels": 16, **extra}
+
+
 def _stage1_values(tmp_path: Path, coco, **extra) -> dict:
     return {
-        "data_root": str(coco[0]),
-        "ann_file": str(coco[1]),
-        "output_dir": str(tmp_path / "out"),
-        "detector": "fasterrcnn",
-        "backbone": "resnet18",
-        "device": "cpu",
-        "fpn_channels": 16,
+        **_tiny_values(coco, tmp_path / "out"),
         "generator_variant": "guided",
         "generator_hidden_channels": 8,
         "generator_num_blocks": 1,
@@ -284,19 +284,7 @@ def test_stages_2_and_3_run_the_guided_g_with_every_fpn_site_guided(coco, tmp_pa
         assert manifest["config"]["generator_variant"] == "guided"
     # The stage-3 detector, as the trainer builds it, calls G with a guide at every site.
     config = build_config(
-        "stage3",
-        {
-            "data_root": str(coco[0]),
-            "ann_file": str(coco[1]),
-            "output_dir": str(tmp_path / "s3b"),
-            "detector": "fasterrcnn",
-            "backbone": "resnet18",
-            "device": "cpu",
-            "fpn_channels": 16,
-            "min_size": 64,
-            "max_size": 64,
-            "init": str(tmp_path / "s2"),
-        },
+        "stage3", _tiny_values(coco, tmp_path / "s3b", min_size=64, max_size=64, init=str(tmp_path / "s2"))
     )
     built = stage_for(config).build(3)
     guides = []

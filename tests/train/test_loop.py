@@ -21,27 +21,13 @@ def stage_dirs(coco, tmp_path_factory):
         == 0
     )
     tiny_mask = [*TINY, "--detector", "maskrcnn"]  # later flags win: G comes from stage 2 whatever the detector
-    assert (
-        main(
-            [
-                "stage3",
-                *data,
-                *tiny_mask,
-                "--max-iters",
-                "2",
-                "--init",
-                str(root / "s2"),
-                "--output-dir",
-                str(root / "s3"),
-                "--eval-ann-file",
-                str(coco[1]),
-                "--eval-data-root",
-                str(coco[0]),
-            ]
-        )
-        == 0
-    )
+    stage3 = ["stage3", *data, *tiny_mask, "--max-iters", "2", "--init", str(root / "s2")]
+    assert main([*stage3, "--output-dir", str(root / "s3"), *_evaluation(coco)]) == 0
     return root
+
+
+def _evaluation(coco) -> list[str]:
+    return ["--eval-ann-file", str(coco[1]), "--eval-data-root", str(coco[0])]
 
 
 def test_three_stages_write_checkpoints_and_generators(stage_dirs):
@@ -69,23 +55,8 @@ def test_stage3_evaluates_boxes_and_masks(stage_dirs, coco):
     metrics = json.loads((stage_dirs / "s3" / "metrics.json").read_text())
     for kind in ("bbox", "segm"):
         assert set(metrics[kind]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-    assert (
-        main(
-            [
-                "evaluate",
-                "--init",
-                str(stage_dirs / "s3"),
-                "--eval-ann-file",
-                str(coco[1]),
-                "--eval-data-root",
-                str(coco[0]),
-                "--quiet",
-                "--log-level",
-                "WARNING",
-            ]
-        )
-        == 0
-    )
+    evaluate = ["evaluate", "--init", str(stage_dirs / "s3"), *_evaluation(coco), "--quiet", "--log-level", "WARNING"]
+    assert main(evaluate) == 0
 
 
 def test_stage_rejects_the_wrong_kind_of_checkpoint(stage_dirs, coco, tmp_path):

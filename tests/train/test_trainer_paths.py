@@ -113,24 +113,8 @@ def test_control_arms_bilinear_baseline_and_pretraining_without_generator(coco, 
     manifest = json.loads((tmp_path / "c2" / "manifest.json").read_text())
     assert manifest["has_generator"] is False and manifest["config"]["anchor_scale"] == 0.5
     assert "loss_d" not in read_jsonl(tmp_path / "c2" / "log.jsonl")[0]["losses"]
-    assert (
-        main(
-            [
-                "stage3",
-                *data,
-                *TINY,
-                "--max-iters",
-                "1",
-                "--init",
-                str(tmp_path / "c2"),
-                "--reuse",
-                "extractor",
-                "--output-dir",
-                str(tmp_path / "c3"),
-            ]
-        )
-        == 0
-    )
+    reuse = ["--init", str(tmp_path / "c2"), "--reuse", "extractor", "--output-dir", str(tmp_path / "c3")]
+    assert main(["stage3", *data, *TINY, "--max-iters", "1", *reuse]) == 0
     with pytest.raises(ValueError, match="--reuse extractor"):
         from srf_upsample.train.loop import fit
 

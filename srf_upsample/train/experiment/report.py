@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..plots import pyplot, save_figure
 from .arms import ARMS, arm_order, find_arm
 from .stats import mean_sd, pairs_to_find, references
 from .summary import METRICS
@@ -224,14 +225,7 @@ def pooled_reading(pooled: dict[str, dict[str, Any]], *, variant: str, pairs_nee
 
 def plot_curves(summary: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
     """Validation AP against iterations, one line per arm (mean over seeds, band = min..max); needs matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("Plotting the curves needs matplotlib: pip install matplotlib.") from error
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     for arm in sorted(summary["curves"], key=arm_order):
         runs = summary["curves"][arm]
         steps = sorted({step for curve in runs.values() for step, _ in curve})
@@ -247,9 +241,4 @@ def plot_curves(summary: dict[str, Any], path: str | os.PathLike, title: str = "
     ax.set_title(title or "Validation AP during training (mean over seeds; band: min-max)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
