@@ -122,3 +122,48 @@ def test_train_one_epoch_reload_predict(tiny_dataset, tmp_path) -> None:
 def test_use_srf_bad_input() -> None:
     with pytest.raises(TypeError, match="model must be an ultralytics model object"):
         use_srf(torch.nn.Conv2d(3, 3, 1))
+
+
+@pytest.fixture
+def restore_environ():
+    """Put os.environ back as it was: ultralytics' trainer sets variables (CUBLAS_WORKSPACE_CONFIG, ...) for good."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_train_and_reload_keep_an_upsampler_given_by_name(tiny_dataset, tmp_path, restore_environ) -> None:
+    from srf_upsample.carafe import CARAFE
+
+    model = use_srf(YOLO("yolov8n.yaml"), "carafe")
+    assert [type(model.model.get_submodule(site.upsampler)) for site in model.srf_report.replaced] == [CARAFE] * 2
+    built = []
+    # The trainer builds its own network: it must hold CARAFE modules (one per channel count) when training starts.
+    model.add_callback(
+        "on_pretrain_routine_end",
+        lambda trainer: built.append({n: m.in_channels for n, m in trainer.model.named_modules() if type(m) is CARAFE}),
+    )
+    model.train(
+        data=str(tiny_dataset),
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        workers=0,
+        device="cpu",
+        plots=False,
+        amp=False,
+        val=False,
+        project=str(tmp_path / "runs"),
+        name="carafe",
+        exist_ok=True,
+        verbose=False,
+    )
+    assert built == [{"srf_upsampler_c256": 256, "srf_upsampler_c128": 128}]
+    network = YOLO(str(tmp_path / "runs" / "carafe" / "weights" / "last.pt")).model
+    sites = [m for m in network.modules() if isinstance(m, UpsampleSite)]
+    assert len(sites) == 2
+    assert {n: m.in_channels for n, m in network.named_modules() if type(m) is CARAFE} == built[0]
+    # Patching the reloaded network again finds nothing new: its sites already call CARAFE.
+    _, again = patch_fpn(network.float(), "carafe")
+    assert not again.replaced and [m for m in network.modules() if isinstance(m, UpsampleSite)] == sites

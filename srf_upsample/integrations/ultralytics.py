@@ -5,7 +5,8 @@ patched beforehand is not the one trained. :func:`use_srf` patches the model it 
 ``on_pretrain_routine_start`` callback that wraps the trainer's ``get_model``: every network the trainer builds is
 patched before its optimizer and EMA exist, so the generators train with the detector and are saved inside
 ``last.pt`` / ``best.pt``. ``YOLO("runs/.../last.pt")`` then loads with SRF inside (``srf_upsample`` must be
-importable, as the checkpoint pickles its modules).
+importable, as the checkpoint pickles its modules). Any upsampler name works the same way:
+``use_srf(YOLO("yolov8n.yaml"), "carafe")`` (names: ``srf_upsample.list_upsamplers()``).
 
 The guided generator (``variant="guided"``) works here too, but runs its unguided pass: ultralytics' layer-routing
 forward does not trace with fx, so the upsampling layers are swapped one by one and the skip map each output is
@@ -62,7 +63,8 @@ def srf_callback(upsampler: Upsampler | None = None, **patch_kwargs: Any) -> Any
     ``trainer.add_callback("on_pretrain_routine_start", srf_callback())``.
 
     Args:
-        upsampler: as in :func:`srf_upsample.patch_fpn` (``None``: ``SRFUpsample(C)``; a factory; a ready module).
+        upsampler: as in :func:`srf_upsample.patch_fpn` (``None``: ``SRFUpsample(C)``; a name such as
+            ``"carafe"``; a factory; a ready module).
         **patch_kwargs: further keyword arguments of :func:`srf_upsample.patch_fpn` (``share``, ``exclude``, ...).
 
     Returns:
@@ -96,14 +98,16 @@ def srf_callback(upsampler: Upsampler | None = None, **patch_kwargs: Any) -> Any
 def use_srf(model: Any, upsampler: Upsampler | None = None, **patch_kwargs: Any) -> Any:
     """Patch an ultralytics ``YOLO`` / ``RTDETR`` model in place and make its ``train()`` keep the patch.
 
-    The ``nn.Upsample`` layers of the neck are swapped for upsampling sites that call one ``SRFUpsample`` per
-    channel count (``model.model.srf_upsampler_c<C>``); ``predict``, ``val``, ``train`` and checkpoints all use them.
+    The ``nn.Upsample`` layers of the neck are swapped for upsampling sites that call one upsampler per channel
+    count (``model.model.srf_upsampler_c<C>``, an ``SRFUpsample`` unless ``upsampler`` names another); ``predict``,
+    ``val``, ``train`` and checkpoints all use them.
 
     Args:
         model: an ``ultralytics.YOLO`` (or ``RTDETR``) object, built from a YAML or loaded from a checkpoint.
-        upsampler: as in :func:`srf_upsample.patch_fpn`; e.g. ``SRFUpsample.from_pretrained(...)`` for a trained
-            generator (it serves the sites with its ``in_channels``), or ``functools.partial(SRFUpsample,
-            variant="lite")``.
+        upsampler: as in :func:`srf_upsample.patch_fpn`: a name of :func:`srf_upsample.list_upsamplers` (e.g.
+            ``"carafe"``, ``"dysample"``, ``"srf-lite"``, or a shipped generator, which serves the sites with its
+            channel count); ``SRFUpsample.from_pretrained(...)`` for a trained generator; or
+            ``functools.partial(SRFUpsample, variant="lite")``.
         **patch_kwargs: further keyword arguments of :func:`srf_upsample.patch_fpn`.
 
     Returns:
@@ -111,8 +115,9 @@ def use_srf(model: Any, upsampler: Upsampler | None = None, **patch_kwargs: Any)
 
     Raises:
         TypeError: ``model`` is not an ultralytics model object.
-        ValueError: no upsampling site was replaced and none was patched before (``strict=True`` is the default
-            here; a model loaded from a patched checkpoint is kept as it is).
+        ValueError: ``upsampler`` is an unknown name (the message lists the known ones), or no upsampling site was
+            replaced and none was patched before (``strict=True`` is the default here; a model loaded from a patched
+            checkpoint is kept as it is).
     """
     _require_ultralytics()
     from ultralytics.engine.model import Model
