@@ -20,6 +20,7 @@ process scheduler), ``summary`` (reading finished runs), ``stats``, ``report`` (
 folds, with ``readout_text`` and ``forest``), ``cli``.
 """
 
+from .archive import open_runs as open_runs
 from .arms import ARM_QUESTIONS as ARM_QUESTIONS
 from .arms import ARMS as ARMS
 from .arms import GENERATOR_VARIANTS as GENERATOR_VARIANTS
@@ -32,6 +33,7 @@ from .config import load_experiment as load_experiment
 from .intervals import paired_interval as paired_interval
 from .plan import Job as Job
 from .plan import plan_jobs as plan_jobs
+from .plan import select_arms as select_arms
 from .plan import select_jobs as select_jobs
 from .readout import report_experiment as report_experiment
 from .report import markdown_table as markdown_table
@@ -55,9 +57,11 @@ __all__ = [
     "Job",
     "load_experiment",
     "main",
+    "open_runs",
     "markdown_table",
     "paired_interval",
     "plan_jobs",
+    "select_arms",
     "select_jobs",
     "plot_curves",
     "pool_paired",
