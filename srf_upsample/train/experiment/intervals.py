@@ -154,7 +154,9 @@ def paired_interval(
         method, df = "between folds", num_folds - 1
         spread = sum(weights[f] ** 2 * (values.mean() - mean) ** 2 for f, values in folds.items())
         variance = spread * num_folds / (num_folds - 1)
-        seed_variance = max(variance - image_variance, 0.0) if has_images else None
+        if has_images:  # the bootstrap's image part, at most the whole (a few folds can spread less than it)
+            image_variance = min(image_variance, variance)
+            seed_variance = variance - image_variance
     elif within_df:
         method, variance, df = "seeds only", seed_variance, within_df
     else:
@@ -184,16 +186,20 @@ def _projection(
 
     More seeds: the seed part of the mean shrinks to ``s^2 / (N + k F)`` (``s^2`` the per-pair seed variance it
     was estimated from), the image part keeps each fold's variance under the new weights, and the seed part's df
-    grows to ``sum(n_f + k - 1)``. Twice the images: the image part halves and its df grows to ``sum(2 m_f - 1)``;
-    a design with one seed per fold keeps its t over fold means. Each half-width takes the t quantile at the larger
-    of the current and the projected Satterthwaite df: more data never lowers what is known about either part, but
-    the formula's df can drop when the better-known part shrinks, which would widen the projection.
+    grows to ``sum(n_f + k - 1)`` (a design with one seed per fold then has the image bootstrap + seed variance
+    interval, its image part scaled as the current one was capped). Twice the images: the image part halves and its
+    df grows to ``sum(2 m_f - 1)``; a design with one seed per fold keeps its t over fold means. Each half-width
+    takes the t quantile at the larger of the current and the projected Satterthwaite df: more data never lowers
+    what is known about either part, but the formula's df can drop when the better-known part shrinks, which would
+    widen the projection.
     """
     counts = {label: len(values) for label, values in folds.items()}
     total, extra = sum(counts.values()), EXTRA_SEEDS * len(folds)
     per_pair = answer["variance"]["seeds"] * total
     more = {label: (count + EXTRA_SEEDS) / (total + extra) for label, count in counts.items()}
-    parts = _image_parts({f: replicates[f] for f in folds}, more, images)
+    current = _image_parts({f: replicates[f] for f in folds}, {f: c / total for f, c in counts.items()}, images)
+    scale = answer["variance"]["images"] / max(sum(part for part, _ in current), 1e-300)  # < 1 where it was capped
+    parts = [(scale * part, df) for part, df in _image_parts({f: replicates[f] for f in folds}, more, images)]
     image_variance = sum(part for part, _ in parts)
     seeds_df = sum(count + EXTRA_SEEDS - 1 for count in counts.values())
     seed_variance = per_pair / (total + extra)
@@ -201,7 +207,6 @@ def _projection(
     more_seeds = _half_width(image_variance + seed_variance, max(df, answer["df"]), level)
     image_variance = answer["variance"]["images"] / 2
     if answer["method"] == "images+seeds":
-        current = _image_parts({f: replicates[f] for f in folds}, {f: c / total for f, c in counts.items()}, images)
         image_df = satterthwaite_df([(part / 2, 2 * df + 1) for part, df in current])  # m_f - 1 -> 2 m_f - 1
         seeds_df = sum(count - 1 for count in counts.values())
         df = satterthwaite_df([(image_variance, image_df), (answer["variance"]["seeds"], seeds_df)])

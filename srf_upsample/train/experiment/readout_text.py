@@ -149,7 +149,9 @@ def readout_markdown(report: Mapping[str, Any], *, forest: str | None = None) ->
         for fold in report["folds"]
     )
     lines = [
-        f"Paired AP differences (points), from the finished runs of {len(labels)} fold(s) ({sources}). A pair is two "
+        "Paired AP differences (points), written by `srf_upsample.train.experiment.report_experiment` "
+        f"(replicates={report['replicates']}, level={report['level']}, seed={report['seed']}) from the finished runs "
+        f"of {len(labels)} fold(s) ({sources}). A pair is two "
         "runs of one fold and seed; its difference is taken within the fold, then pooled. Per difference: the mean "
         f'± sd over all pairs; a {level} interval and how it was computed ("t: image bootstrap + seed variance": '
         f"{report['replicates']} resamples of each fold's validation images give the image part, the spread of the "
