@@ -180,6 +180,7 @@ def _evaluate(config: EvaluateConfig) -> dict[str, Any]:
         batch_size=config.batch_size,
         device=device,
         quiet=bool(config.quiet),
+        area=config.coco_area,
     )
 
 
