@@ -214,11 +214,32 @@ def test_panet_shared_upsample_replaced_per_call_site() -> None:
 def test_panet_srf_backward_reaches_generator() -> None:
     patched, report = patch_fpn(PANet(), SMALL_SRF, example_inputs=(panet_inputs(),))
     assert patched.training
-    sum(out.square().mean() for out in patched(panet_inputs())).backward()
-    for name in ("srf_upsampler_c16", "srf_upsampler_c8"):
-        generator = patched.get_submodule(name)
-        assert isinstance(generator, SRFUpsample)
-        assert all(p.grad is not None for p in generator.parameters())
+    patched.double()
+    generators = [patched.get_submodule(name) for name in ("srf_upsampler_c16", "srf_upsampler_c8")]
+    assert all(isinstance(generator, SRFUpsample) for generator in generators)
+    with torch.no_grad():  # a fresh generator's zero convs (tail, last conv of each block) zero other gradients
+        for param in (p for generator in generators for p in generator.parameters() if not p.any()):
+            param.normal_(0.0, 0.1)
+    inputs = [x.double() for x in panet_inputs()]
+
+    def loss() -> torch.Tensor:
+        return sum(out.square().mean() for out in patched(inputs))
+
+    loss().backward()
+    for generator in generators:
+        for name, param in generator.named_parameters():
+            assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
+        # The gradient is the loss's true derivative: a central difference on one weight of the last conv agrees.
+        weight = generator.tail.weight
+        step = 1e-4
+        with torch.no_grad():
+            original = weight.view(-1)[0].item()
+            weight.view(-1)[0] = original + step
+            plus = loss().item()
+            weight.view(-1)[0] = original - step
+            minus = loss().item()
+            weight.view(-1)[0] = original
+        assert weight.grad.view(-1)[0].item() == pytest.approx((plus - minus) / (2 * step), rel=1e-4, abs=1e-9)
 
 
 @pytest.mark.parametrize("constant_size", [None, (16, 24)])
@@ -260,11 +281,28 @@ def test_mixed_sites_reported_and_only_enlargements_replaced() -> None:
         "interpolate_2": "same-size resize",
         "interpolate_3": "broadcast from a 1x1 map (e.g. global pooling), not an enlargement",
     }
-    # The bilinear site is not nearest, so compare the nearest sites only: patch with share=False and check names.
+    # NearestUpsample computes what a nearest call computes, so the patched model equals the original with the
+    # bilinear site (replaced too) computed by nearest instead; the skipped sites still run their own calls.
+    low, high = inputs
+    a = F.interpolate(low, scale_factor=2.0, mode="nearest")
+    b = F.interpolate(low, size=high.shape[-2:], mode="nearest")
+    c = F.interpolate(F.interpolate(high, scale_factor=0.5), size=high.shape[-2:])
+    e = F.adaptive_avg_pool2d(high, 1).expand_as(high)
+    f = F.interpolate(model.conv(low), scale_factor=2.0, mode="nearest")
     out = patched(inputs)
-    assert out.shape == expected.shape
-    assert isinstance(report.to_dict()["sites"][0]["input_shape"], list)
-    json.dumps(report.to_dict())
+    torch.testing.assert_close(out, a + b + c + high + e + f, rtol=0, atol=0)
+    assert not torch.allclose(out, expected)  # the bilinear site did change
+    # The report survives JSON: every site with its node, action, reason and shapes as lists.
+    data = json.loads(json.dumps(report.to_dict()))
+    assert (data["num_replaced"], data["num_skipped"]) == (4, 3)
+    rows = {
+        site["node"]: (site["action"], site["reason"], site["input_shape"], site["output_shape"])
+        for site in data["sites"]
+    }
+    assert rows["interpolate"] == ("replaced", "", [2, 4, 5, 7], [2, 4, 10, 14])
+    assert rows["interpolate_1"] == ("skipped", "downsampling", [2, 4, 10, 14], [2, 4, 5, 7])
+    assert rows["interpolate_3"][:3] == ("skipped", skipped["interpolate_3"], [2, 4, 1, 1])
+    assert {node for node, row in rows.items() if row[0] == "replaced"} == set(replaced)
     text = str(report)
     assert "replaced by srf_upsampler_c4" in text and "same-size resize" in text
 

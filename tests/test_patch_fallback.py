@@ -277,7 +277,7 @@ def test_mobilenet_fpn_detector_runs_at_any_size_after_patching() -> None:
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-@pytest.mark.parametrize("size", [(8, 12), (7, 9), (3, 4), (1, 1)])
+@pytest.mark.parametrize("size", [(8, 12), (7, 9), (3, 4), (8, 6), (16, 6), (4, 24), (1, 1)])
 def test_guard_runs_original_call_on_non_enlargements(size) -> None:
     class Neck(nn.Module):
         def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -285,11 +285,17 @@ def test_guard_runs_original_call_on_non_enlargements(size) -> None:
 
     patched, report = patch_fpn(Neck(), SMALL_SRF, example_inputs=(torch.rand(2, 4, 4, 6), torch.rand(2, 4, 8, 12)))
     assert len(report.replaced) == 1
-    # Same size, shrink, one side and 1x1: F.interpolate with the original mode, exactly.
+    # From 8x12: same size, shrinks (both sides, one side), one side enlarged and the other shrunk (16x6, 4x24), and
+    # a 1x1 broadcast: F.interpolate with the original mode, exactly; the generator is never called.
     x = torch.rand(2, 4, 8, 12) if size != (1, 1) else torch.rand(2, 4, 1, 1)
     y = torch.rand(2, 4, *size) if size != (1, 1) else torch.rand(2, 4, 5, 7)
     expected = F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=False)
+    generator = patched.get_submodule(report.replaced[0].upsampler)
+    calls = []
+    handle = generator.register_forward_hook(lambda *args: calls.append(args))
     assert_equal(patched(x, y), expected)
+    handle.remove()
+    assert calls == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
