@@ -25,7 +25,9 @@ from .state_dicts import strip_prefix
 
 __all__ = [
     "BACKBONES",
+    "CARAFE_INACTIVE_WEIGHT",
     "DETECTORS",
+    "END_TO_END_STARTS",
     "DEFAULT_ANCHOR_SIZES",
     "INTERPOLATION_MODES",
     "DetectorSpec",
@@ -37,7 +39,9 @@ __all__ = [
     "level_keys",
     "load_weights_file",
     "patch_generator",
+    "patch_upsampler",
     "set_fpn_interpolation",
+    "start_carafe_as_bilinear",
 ]
 
 logger = logging.getLogger(__name__)
@@ -270,6 +274,89 @@ def patch_generator(model: nn.Module, generator: nn.Module) -> nn.Module:
             "same-size lateral map (torchvision's FeaturePyramidNetwork), or generator_variant='lite'."
         )
     return model
+
+
+# Before normalisation, the weight of each of CARAFE's taps outside bilinear's 2x2 neighbourhood at the start: small,
+# so the start is bilinear to within 21 * 1e-3 / 1.021 (about 2 %) of each kernel's mass, yet not so small that
+# those taps' logits (log 1e-3, 6 to 7 below the active ones) could never be trained up by SGD.
+CARAFE_INACTIVE_WEIGHT = 1e-3
+
+
+def start_carafe_as_bilinear(module: nn.Module) -> nn.Module:
+    """Set a CARAFE's kernel encoder so that it starts as 2x bilinear interpolation (arm CARAFE); returns it.
+
+    CARAFE's output pixel ``(2i + a, 2j + b)`` is a softmax-weighted sum over the ``k_up x k_up`` neighbourhood of
+    input pixel ``(i, j)``. ``F.interpolate(..., scale_factor=2, mode="bilinear", align_corners=False)`` is such a
+    sum with fixed weights: per side 0.75 on pixel ``i`` and 0.25 on ``i - 1`` (phase 0) or ``i + 1`` (phase 1),
+    their products in 2D. A softmax cannot give other taps an exact zero, so the encoder's weights are zeroed (the
+    kernels no longer depend on the content until trained) and its bias is set to ``log`` of those weights, with
+    :data:`CARAFE_INACTIVE_WEIGHT` on every other tap. The interior then matches bilinear to within about 2 % of
+    the kernel mass; at the one-pixel border CARAFE's zero padding stands where bilinear repeats the edge pixel.
+    This is as close to bilinear (what the DySample arm starts from) as the softmax allows while keeping every tap
+    trainable.
+
+    Args:
+        module: a :class:`srf_upsample.carafe.CARAFE` with ``scale=2`` and ``k_up >= 3``.
+
+    Returns:
+        ``module``, changed in place.
+    """
+    if module.scale != 2 or module.k_up < 3:
+        raise ValueError(
+            f"start_carafe_as_bilinear needs scale=2 and k_up >= 3 (bilinear's 2x2 neighbourhood), got "
+            f"scale={module.scale}, k_up={module.k_up}."
+        )
+    k_up, centre = module.k_up, module.k_up // 2
+    # Per side, phase -> {offset from the source pixel: weight} of 2x bilinear interpolation (align_corners=False).
+    side = {0: {-1: 0.25, 0: 0.75}, 1: {0: 0.75, 1: 0.25}}
+    weights = torch.full((k_up * k_up, 4), CARAFE_INACTIVE_WEIGHT)
+    for tap in range(k_up * k_up):
+        dy, dx = divmod(tap, k_up)
+        for phase in range(4):
+            a, b = divmod(phase, 2)
+            weight = side[a].get(dy - centre, 0.0) * side[b].get(dx - centre, 0.0)
+            if weight:
+                weights[tap, phase] = weight
+    with torch.no_grad():
+        module.encoder.weight.zero_()
+        # The encoder's channel tap * scale**2 + phase is that tap's logit for that phase (CARAFE.kernels).
+        module.encoder.bias.copy_(weights.log().reshape(-1))
+    return module
+
+
+# The upsamplers the baseline stage can train end to end (config ``upsampler``), each with the step that gives it
+# its start after the registry built it: DySample starts as bilinear by construction (None: nothing to do), CARAFE
+# is set to start so.
+END_TO_END_STARTS: dict[str, Any] = {"dysample": None, "carafe": start_carafe_as_bilinear}
+
+
+def patch_upsampler(detector: nn.Module, name: str) -> nn.Module:
+    """Arms DySample and CARAFE: every FPN upsampling site of ``detector`` gets its own upsampler called ``name``.
+
+    The upsampler is built by the registry (:func:`srf_upsample.build_upsampler`), one per site as in the DySample
+    and CARAFE papers, then given its start from :data:`END_TO_END_STARTS`; the detector trains it end to end.
+
+    Args:
+        detector: a detector built by :func:`build_detector`.
+        name: a key of :data:`END_TO_END_STARTS` (``"dysample"``, ``"carafe"``).
+
+    Returns:
+        ``detector``, patched in place.
+    """
+    from ..patch import patch_fpn
+    from ..upsamplers import build_upsampler
+
+    if name not in END_TO_END_STARTS:
+        raise ValueError(f"upsampler must be one of {list(END_TO_END_STARTS)} here, got {name!r}.")
+    start = END_TO_END_STARTS[name]
+
+    def build(channels: int) -> nn.Module:
+        module = build_upsampler(name, channels)
+        return start(module) if start is not None else module
+
+    _, report = patch_fpn(detector, upsampler=build, share=False, strict=True)
+    logger.info("patched the FPN with %s: %s", name, report)
+    return detector
 
 
 def set_fpn_interpolation(detector: nn.Module, mode: str) -> None:

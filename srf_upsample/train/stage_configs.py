@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from .._checks import check_int, check_number
 from .config import TrainConfig, check_values
-from .models import INTERPOLATION_MODES, detector_first_level, level_keys
+from .models import END_TO_END_STARTS, INTERPOLATION_MODES, detector_first_level, level_keys
 from .pyramid import guide_sources
 
 __all__ = [
@@ -154,7 +154,8 @@ class BaselineConfig(TrainConfig):
     stage: str = "baseline"
     warmup_iters: int = 1000
     interpolation: str = "nearest"  # the FPN's own upsampling; "bilinear" is arm B of the protocol
-    # "dysample": each FPN upsampling site gets its own DySample (bilinear start), trained end to end (arm DySample).
+    # "dysample" / "carafe": each FPN upsampling site gets its own one (bilinear start), trained end to end (arms
+    # DySample, CARAFE; models.END_TO_END_STARTS).
     upsampler: str = "interpolate"
 
     def validate(self) -> None:
@@ -162,10 +163,12 @@ class BaselineConfig(TrainConfig):
         super().validate()
         if self.interpolation not in INTERPOLATION_MODES:
             raise ValueError(f"interpolation must be one of {list(INTERPOLATION_MODES)}, got {self.interpolation!r}.")
-        if self.upsampler not in ("interpolate", "dysample"):
-            raise ValueError(f"upsampler must be 'interpolate' or 'dysample', got {self.upsampler!r}.")
-        if self.upsampler == "dysample" and self.interpolation != "nearest":
-            raise ValueError("upsampler='dysample' replaces the FPN's interpolation: leave interpolation at 'nearest'.")
+        if self.upsampler not in ("interpolate", *END_TO_END_STARTS):
+            raise ValueError(f"upsampler must be one of {['interpolate', *END_TO_END_STARTS]}, got {self.upsampler!r}.")
+        if self.upsampler != "interpolate" and self.interpolation != "nearest":
+            raise ValueError(
+                f"upsampler={self.upsampler!r} replaces the FPN's interpolation: leave interpolation at 'nearest'."
+            )
 
 
 @dataclass(frozen=True)

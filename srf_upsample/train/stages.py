@@ -30,7 +30,7 @@ from ..upsample import SRFUpsample
 from .config import TrainConfig
 from .data import scale_targets
 from .feature_cache import batch_features
-from .models import DetectorSpec, patch_generator, set_fpn_interpolation
+from .models import DetectorSpec, patch_generator, patch_upsampler, set_fpn_interpolation
 from .pyramid import downsample_images, extract_levels, guide_sources, prepare_batch, target_batch_size
 from .run_folder import CHECKPOINT_NAME, DISCRIMINATOR_DIR, GENERATOR_DIR, MANIFEST_NAME, read_json, read_manifest
 from .start_generator import load_start_generator, new_generator
@@ -334,17 +334,14 @@ class Baseline(Stage):
     """The detector alone with its plain interpolation (A1 of Table 4): the detection step."""
 
     def build(self, num_classes: int) -> StageModules:
-        """A fresh detector; its FPN's nearest upsampling swapped for ``interpolation`` or for DySample modules."""
+        """A fresh detector; its FPN's nearest upsampling swapped for ``interpolation`` or learned upsamplers."""
         config = self.config
         spec = self.detector_spec(num_classes)
         detector = self.new_detector(spec)
         if config.interpolation != "nearest":
             set_fpn_interpolation(detector, config.interpolation)
-        if config.upsampler == "dysample":
-            from ..dysample import DySample
-            from ..patch import patch_fpn
-
-            patch_fpn(detector, upsampler=DySample, share=False, strict=True)  # one per site, as in its paper
+        if config.upsampler != "interpolate":
+            patch_upsampler(detector, config.upsampler)  # one per site, as in the DySample and CARAFE papers
         return StageModules({"detector": detector}, detector_spec=spec)
 
 

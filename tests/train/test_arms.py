@@ -40,7 +40,7 @@ def test_dysample_and_a1_plus_rows_and_the_budget_order(tmp_path):
     # Both stages accept what the plan gives them (build_config validates without data).
     build_config("baseline", {**dysample.values, "device": "cpu"})
     with pytest.raises(ValueError, match="upsampler must be"):
-        build_config("baseline", {**dysample.values, "device": "cpu", "upsampler": "carafe"})
+        build_config("baseline", {**dysample.values, "device": "cpu", "upsampler": "srf-lite"})
 
 
 def test_one_shared_stage1_per_variant_serves_every_seed(tmp_path):

@@ -172,6 +172,17 @@ ARMS = {
             rank=7,
         ),
         Arm(
+            "CARAFE",
+            "does a content-aware learned upsampler help here? (CARAFE, kernels set to start as bilinear "
+            "interpolation, trained end to end)",
+            "baseline",
+            values=MappingProxyType({"upsampler": "carafe"}),
+            tier=1,
+            rank=9,
+            references=("A1", "B", "DySample"),
+            contrast=MappingProxyType({"DySample": "the two learned peers against each other; above 0: CARAFE wins"}),
+        ),
+        Arm(
             "A1+",
             "what does training A1 once more give? (A1's whole trained detector trained again on the target "
             "schedule; not the extra training C gets: stage 2 on half-size images, then stage 3 with new heads)",
