@@ -442,7 +442,19 @@ def test_runs_archive_rebuilds_the_same_table_and_intervals_come_from_detections
     entry = pooled["B"]["AP_minus_A1"]
     low, high = entry["interval"]
     assert low < entry["mean_sd"][0] < high and low > 0  # B's better boxes: the whole interval above 0
-    assert "[+" in pooled_markdown(pooled)
+    # The interval has the library's level: that share of the paired bootstrap's replicates (resampled detections of
+    # each seed's pair) lies inside it, and the table names that level and prints these bounds.
+    import inspect
+
+    from srf_upsample.train.experiment.stats import paired_bootstrap
+
+    level = inspect.signature(pool_paired).parameters["level"].default
+    seeds = [int(seed) for seed in entry["pairs"]["block 0"]]
+    differences = np.stack([np.asarray(resampled["B"][s]) - np.asarray(resampled["A1"][s]) for s in seeds])
+    replicates = paired_bootstrap({"block 0": differences})
+    assert abs(np.mean((replicates >= low) & (replicates <= high)) - level) <= 2 / replicates.size
+    table = pooled_markdown(pooled)
+    assert f"{round(level * 100)} % interval" in table and f"[{low:+.1f}, {high:+.1f}]" in table
 
 
 def test_pooled_reading_states_effects_with_intervals_and_withholds_a_reading_below_the_pairs_needed():
