@@ -15,20 +15,22 @@
 # machine's cores are shared. At the end it prints the counts (mutmut export-cicd-stats) and the survivors.
 set -euo pipefail
 
-if [[ $# -lt 1 ]]; then
-    sed -n '4,9p' "$0" >&2
-    exit 2
-fi
-module=$1
-shift
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-if ! command -v mutmut >/dev/null && [[ -f .venv/bin/activate ]]; then
-    . .venv/bin/activate
-fi
+# One function, so that bash has read all of it before it runs (the file may change during a long run).
+main() {
+    if [[ $# -lt 1 ]]; then
+        sed -n '4,9p' "${BASH_SOURCE[0]}" >&2
+        exit 2
+    fi
+    module=$1
+    shift
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    cd "$root"
+    if ! command -v mutmut >/dev/null && [[ -f .venv/bin/activate ]]; then
+        . .venv/bin/activate
+    fi
 
-# The module's entry, checked: a source that exists and test files that exist.
-read -r source tests < <(python - "$module" <<'EOF'
+    # The module's entry, checked: a source that exists and test files that exist.
+    read -r source tests < <(python - "$module" <<'EOF'
 import sys, tomllib
 from pathlib import Path
 
@@ -44,22 +46,23 @@ if missing:
     sys.exit(f"{name}: test files {missing} do not exist; fix [tool.srf_upsample.mutation] in pyproject.toml.")
 print(entry["source"], " ".join(entry["tests"]))
 EOF
-)
+    )
+    [[ -n ${source:-} ]] || exit 2
 
-work="$root/mutants/$module"
-if [[ $# -eq 0 ]]; then
-    rm -rf "$work"  # a run starts fresh: mutmut keeps earlier verdicts, which new tests would not revisit
-fi
-mkdir -p "$work"
-rm -rf "$work/srf_upsample" "$work/tests"
-cp -r "$root/srf_upsample" "$root/tests" "$work/"
-# Tests that load shipped generators read weights/ beside the package (mutmut copies the package to $work/mutants/).
-mkdir -p "$work/mutants"
-ln -sfn "$root/weights" "$work/weights"
-ln -sfn "$root/weights" "$work/mutants/weights"
+    work="$root/mutants/$module"
+    if [[ $# -eq 0 ]]; then
+        rm -rf "$work"  # a run starts fresh: mutmut keeps earlier verdicts, which new tests would not revisit
+    fi
+    mkdir -p "$work"
+    rm -rf "$work/srf_upsample" "$work/tests"
+    cp -r "$root/srf_upsample" "$root/tests" "$work/"
+    # Tests that load shipped generators read weights/ beside the package (mutmut copies the package to $work/mutants/).
+    mkdir -p "$work/mutants"
+    ln -sfn "$root/weights" "$work/weights"
+    ln -sfn "$root/weights" "$work/mutants/weights"
 
-# The root pyproject.toml with its [tool.mutmut] replaced by this module's.
-python - "$source" $tests > "$work/pyproject.toml" <<'EOF'
+    # The root pyproject.toml with its [tool.mutmut] replaced by this module's.
+    python - "$source" $tests > "$work/pyproject.toml" <<'EOF'
 import json, re, sys
 from pathlib import Path
 
@@ -74,18 +77,20 @@ print('pytest_add_cli_args = ["-p", "no:cacheprovider"]')
 print(f"pytest_add_cli_args_test_selection = {json.dumps(tests)}")
 EOF
 
-cd "$work"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-if [[ $# -eq 0 ]]; then
-    echo "mutmut run: $source against ${tests// /, } (in $work), $(date -u +%FT%TZ)"
-    # The spinner redraws the counts many times a second; keep one line per mutant in the log.
-    nice -n 10 mutmut run --max-children 1 2>&1 | tr '\r' '\n' | sed -u 's/\x1b\[[0-9;]*[A-Za-z]//g' || status=$?
-    mutmut export-cicd-stats >/dev/null
-    echo "counts (mutants/$module/mutants/mutmut-cicd-stats.json):"
-    cat mutants/mutmut-cicd-stats.json
-    echo
-    echo "not killed:"
-    mutmut results
-    exit "${status:-0}"
-fi
-exec nice -n 10 mutmut "$@"
+    cd "$work"
+    export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+    if [[ $# -eq 0 ]]; then
+        echo "mutmut run: $source against ${tests// /, } (in $work), $(date -u +%FT%TZ)"
+        nice -n 10 mutmut run --max-children 1 || status=$?
+        mutmut export-cicd-stats >/dev/null
+        echo "counts (mutants/$module/mutants/mutmut-cicd-stats.json):"
+        cat mutants/mutmut-cicd-stats.json
+        echo
+        echo "not killed:"
+        mutmut results
+        exit "${status:-0}"
+    fi
+    exec nice -n 10 mutmut "$@"
+}
+
+main "$@"

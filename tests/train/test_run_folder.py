@@ -105,3 +105,28 @@ def test_a_truncated_manifest_is_named(coco, tmp_path, capsys):
     manifest.write_text(manifest.read_text()[:40])
     assert main(base) == 2
     assert f"{str(manifest)!r} is not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("fraction", "accepted"), [(0.25, True), (0.24, False)])
+def test_crowd_boxes_are_counted_apart_and_left_out_of_the_dropped_share(tmp_path, fraction, accepted):
+    # 6 annotations: 2 crowd, 1 unusable (negative width), 3 usable. The share is of non-crowd annotations:
+    # 1 of 4 = 0.25 exactly, which a limit of 0.25 accepts ("the largest share that may be unusable") and 0.24 not;
+    # counted over all 6 it would be 1/6 and pass both.
+    image_dir, ann_file = make_coco(tmp_path, num_images=4)
+    data = json.loads(ann_file.read_text())
+    assert len(data["annotations"]) == 6
+    data["annotations"][0]["iscrowd"] = 1
+    data["annotations"][1]["iscrowd"] = 1
+    data["annotations"][2]["bbox"][2] = -3.0
+    ann_file.write_text(json.dumps(data))
+    if not accepted:
+        with pytest.raises(ValueError, match=r"1 of 4 annotations are unusable .*max_dropped_fraction=0.24"):
+            CocoDetectionDataset(image_dir, ann_file, max_dropped_fraction=fraction)
+        return
+    dataset = CocoDetectionDataset(image_dir, ann_file, max_dropped_fraction=fraction)
+    assert (dataset.report["usable"], dataset.report["crowd_ignored"], dataset.report["dropped"]) == (
+        3,
+        2,
+        {"empty": 1},
+    )
+    assert sum(len(dataset[i][1]["boxes"]) for i in range(len(dataset))) == 3  # crowd boxes are not trained on
