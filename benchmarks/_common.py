@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import hashlib
+import logging
 import os
 import platform
 import shlex
@@ -17,7 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,16 +30,19 @@ __all__ = [
     "MachineLoad",
     "benchmark_parser",
     "command_line",
+    "cudnn_benchmark",
     "environment_lines",
     "format_table",
     "header_lines",
     "interleaved_rounds",
+    "logger_level",
     "machine_name",
     "parse_size",
     "publish",
     "rounds",
     "sync",
     "time_interleaved",
+    "torch_threads",
     "write_section",
 ]
 
@@ -111,6 +115,44 @@ def sync(device: torch.device | str) -> None:
     """Wait for queued kernels, so a timer read after it measures finished work (a no-op on CPU)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(threads)``; the previous count is back afterwards.
+
+    A benchmark's ``main()`` is also called in-process (tests/test_benchmarks.py), so it must not leave the caller's
+    thread count changed.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def logger_level(name: str, level: int) -> Iterator[None]:
+    """Run the body with logger ``name`` at ``level``; its previous level is back afterwards."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """Run the body with ``torch.backends.cudnn.benchmark = enabled``; the previous flag is back afterwards."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def interleaved_rounds(

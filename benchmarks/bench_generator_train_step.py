@@ -26,6 +26,7 @@ from _common import (
     format_table,
     publish,
     time_interleaved,
+    torch_threads,
 )
 
 from srf_upsample import SRFUpsample
@@ -95,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=400, help="image side in px (400)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one per run in the CPU grid)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.quick:
         args.channels, args.batch, args.tile, args.repeats = 8, 1, 64, 1
-    text = run(channels=args.channels, batch=args.batch, tile=args.tile, repeats=args.repeats, quick=args.quick)
+    with torch_threads(args.threads):
+        text = run(channels=args.channels, batch=args.batch, tile=args.tile, repeats=args.repeats, quick=args.quick)
     publish(text, SECTION, args)
     return 0
 

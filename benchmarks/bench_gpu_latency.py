@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     benchmark_parser,
+    cudnn_benchmark,
     format_table,
     header_lines,
     interleaved_rounds,
@@ -323,25 +324,24 @@ def main(argv: list[str] | None = None) -> int:
     size, proposals = (QUICK_SIZE, QUICK_PROPOSALS) if args.quick else (args.size, args.proposals)
     if repeats < 1 or warmup < 0 or proposals < 1:
         parser.error(f"--repeats and --proposals must be >= 1 and --warmup >= 0, got {repeats}, {proposals}, {warmup}.")
-    if device.type == "cuda":
-        # Fixed input sizes: let cuDNN pick its fastest convolution algorithms, as a deployed detector would.
-        torch.backends.cudnn.benchmark = True
-    report = run(
-        device=device,
-        size=size,
-        dtypes=tuple(args.dtypes),
-        variants=tuple(args.variants),
-        warmup=warmup,
-        repeats=repeats,
-        proposals=proposals,
-        use_flops=not args.no_flops,
-    )
-    # A CPU run only checks that the script works (tests/test_benchmarks.py); its title says so.
-    title = f"## GPU latency: Mask R-CNN R50-FPN at {size[0]}x{size[1]}, batch 1 ({report['device_name']})"
-    if device.type != "cuda":
-        title += " — CPU run, not a GPU measurement"
-    dtypes = [torch.float32] + [DTYPES[d] for d in args.dtypes if DTYPES[d] is not None]
-    header = [*header_lines(title, quick=args.quick, device=device, dtypes=dtypes), *_backend_lines(device)]
+    # Fixed input sizes: on CUDA, let cuDNN pick its fastest convolution algorithms, as a deployed detector would.
+    with cudnn_benchmark(True) if device.type == "cuda" else contextlib.nullcontext():
+        report = run(
+            device=device,
+            size=size,
+            dtypes=tuple(args.dtypes),
+            variants=tuple(args.variants),
+            warmup=warmup,
+            repeats=repeats,
+            proposals=proposals,
+            use_flops=not args.no_flops,
+        )
+        # A CPU run only checks that the script works (tests/test_benchmarks.py); its title says so.
+        title = f"## GPU latency: Mask R-CNN R50-FPN at {size[0]}x{size[1]}, batch 1 ({report['device_name']})"
+        if device.type != "cuda":
+            title += " — CPU run, not a GPU measurement"
+        dtypes = [torch.float32] + [DTYPES[d] for d in args.dtypes if DTYPES[d] is not None]
+        header = [*header_lines(title, quick=args.quick, device=device, dtypes=dtypes), *_backend_lines(device)]
     report["header"] = header
     markdown = to_markdown(report, header)
     if args.out is not None:

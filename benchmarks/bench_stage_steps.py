@@ -21,6 +21,7 @@ Benchmarks measure; nothing here asserts a timing.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -30,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import MachineLoad, benchmark_parser, format_table, header_lines, publish, time_interleaved
+from _common import (
+    MachineLoad,
+    benchmark_parser,
+    format_table,
+    header_lines,
+    logger_level,
+    publish,
+    time_interleaved,
+    torch_threads,
+)
 
 from srf_upsample.train.config import load_config_file
 from srf_upsample.train.loop import _Trainer, fit
@@ -237,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             f"--data {str(args.data)!r} holds no annotations/instances_train.json; pass the folder that "
             "examples/deepforest/prepare.py wrote, or leave --data out to write one."
         )
-    logging.getLogger("srf_upsample").setLevel(logging.WARNING)
-    torch.set_num_threads(args.threads)
+    with torch_threads(args.threads), logger_level("srf_upsample", logging.WARNING):  # main() may run in-process
+        return _measure(args, widths)
+
+
+def _measure(args: argparse.Namespace, widths: list[int] | None) -> int:
     repeats, warmup = (1, 1) if args.quick else (args.repeats, args.warmup)
     lines = [*header_lines("## Training-step cost by stage", quick=args.quick, dtypes=[torch.float32]), ""]
     with tempfile.TemporaryDirectory() as tmp, MachineLoad() as load:
