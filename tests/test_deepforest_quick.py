@@ -99,17 +99,24 @@ def test_quick_protocol_runs_every_arm_and_leaves_committed_results_alone(tmp_pa
 
 @pytest.fixture
 def deepforest_run():
-    """``examples/deepforest/run.py`` as a module."""
+    """``examples/deepforest/run.py`` as a module; the environment variables its first import sets (torch's compiler
+    cache folder) are taken back, so the test leaves the process as it found it."""
+    environ = dict(os.environ)
     sys.path.insert(0, str(REPO / "examples" / "deepforest"))
     try:
         import run
     finally:
         sys.path.remove(str(REPO / "examples" / "deepforest"))
+        os.environ.clear()
+        os.environ.update(environ)
     return run
 
 
 def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path, monkeypatch, deepforest_run):
-    monkeypatch.setattr(deepforest_run, "REPO", tmp_path)  # the checkout whose paths become relative
+    from srf_upsample.train.experiment.archive import read_archive
+
+    publish = sys.modules["publish"]
+    monkeypatch.setattr(publish, "REPO", tmp_path)  # the checkout whose paths become relative
     work, target = tmp_path / "runs" / "grid", tmp_path / "committed"
     for name, finished in (("A1", True), ("B", False)):
         folder = work / "seed0" / name
@@ -118,19 +125,19 @@ def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path
         (folder / "checkpoint.safetensors").write_bytes(b"weights stay out of git")
         (folder / "eval.jsonl").write_text('{"step": 1}\n')
     (work / "results.md").write_text("table\n")
-    deepforest_run.copy_small_outputs(work, target)
+    publish.copy_small_outputs(work, target)
     copied = sorted(str(path.relative_to(target)) for path in target.rglob("*") if path.is_file())
     assert copied == ["results.md", "runs.tar.gz"]  # the runs' small files are packed, never loose
-    packed = deepforest_run.read_archive(target / "runs.tar.gz")
+    packed = read_archive(target / "runs.tar.gz")
     assert sorted(packed) == ["seed0/A1/eval.jsonl", "seed0/A1/manifest.json"]  # unfinished B and weights stay out
     assert json.loads(packed["seed0/A1/manifest.json"])["output_dir"] == "runs/grid/seed0/A1"
-    deepforest_run.copy_small_outputs(target, target)  # rebuilding from the committed copies changes nothing
+    publish.copy_small_outputs(target, target)  # rebuilding from the committed copies changes nothing
     assert (target / "results.md").read_text() == "table\n"
-    assert deepforest_run.read_archive(target / "runs.tar.gz") == packed
+    assert read_archive(target / "runs.tar.gz") == packed
 
 
 def test_pooled_folds_read_committed_results_and_name_a_missing_fold(tmp_path, monkeypatch, capsys, deepforest_run):
-    monkeypatch.setattr(deepforest_run, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(sys.modules["publish"], "RESULTS_DIR", tmp_path)
     for fold, aps in ((0, {"A1": [18.0, 19.0], "B": [18.5, 18.0]}), (1, {"A1": [14.0], "B": [15.0]})):
         per_seed = {arm: {str(s): {"AP": ap} for s, ap in enumerate(v)} for arm, v in aps.items()}
         (tmp_path / f"cpu_fold{fold}").mkdir()
@@ -181,15 +188,16 @@ def test_generators_only_plans_the_shared_stage1_and_reports_its_fidelity(tmp_pa
     stopped = {"step": 180, "reason": "plateau"}
     manifest = {"finished": True, "stopped": stopped, "config": {"max_iters": 1200}}
     _stage1_run(tmp_path / "shared" / "stage1-lite", [first, best, last], manifest)
-    text = deepforest_run.generators_text(tmp_path, "python examples/deepforest/run.py ...", "spatial block 0 of 4")
+    generators = sys.modules["generators"]
+    text = generators.generators_text(tmp_path, "python examples/deepforest/run.py ...", "spatial block 0 of 4")
     assert "12 validation tiles" in text
     assert "| lite | 180 of 1200 (plateau stop at 180) | 2.0 | G, step 180 | 0.9100 | 0.7100 | 0.8100 |" in text
     assert "| | | | G, best (step 120) | 0.9000 | 0.7000 | 0.8000 |" in text
     assert "| (fixed) | | | bilinear | 1.0000 | 0.8000 | 0.9000 |" in text
-    copied = deepforest_run.copy_generators(tmp_path, tmp_path / "committed")
+    copied = generators.copy_generators(tmp_path, tmp_path / "committed")
     assert copied == [tmp_path / "committed" / "generators" / "stage1-lite"]
     assert (copied[0] / "config.json").is_file()
-    assert deepforest_run.generators_text(tmp_path / "empty", "", "") is None
+    assert generators.generators_text(tmp_path / "empty", "", "") is None
 
 
 def test_continue_generators_skips_converged_runs_and_refuses_a_generator_an_arm_used(tmp_path, deepforest_run):
@@ -215,8 +223,10 @@ def test_continue_generators_skips_converged_runs_and_refuses_a_generator_an_arm
     assert generators._continued(capped) == ""
 
 
-def test_arms_flag_trains_the_named_arms_and_what_they_need(deepforest_run):
+def test_arms_flag_trains_the_named_arms_and_what_they_need():
     from types import SimpleNamespace
+
+    from srf_upsample.train.experiment import select_arms
 
     def job(name, arm=None, needs=()):
         return SimpleNamespace(name=name, arm=arm, needs=list(needs))
@@ -230,9 +240,9 @@ def test_arms_flag_trains_the_named_arms_and_what_they_need(deepforest_run):
         job("seed1/E2E-lite", "E2E-lite", ["seed1/A1"]),
         job("seed1/A2-lite", "A2-lite", ["shared/stage1-lite", "seed1/A1"]),
     ]
-    names = [j.name for j in deepforest_run.arm_jobs(jobs, ["A2"])]
+    names = [j.name for j in select_arms(jobs, ["A2"])]
     assert names == ["seed0/A1", "shared/stage1-lite", "seed0/A2-lite", "seed1/A1", "seed1/A2-lite"]
-    assert [j.name for j in deepforest_run.arm_jobs(jobs, ["E2E"])] == ["seed0/A1", "seed1/A1", "seed1/E2E-lite"]
+    assert [j.name for j in select_arms(jobs, ["E2E"])] == ["seed0/A1", "seed1/A1", "seed1/E2E-lite"]
 
 
 def test_a_run_with_fewer_variants_keeps_the_work_configs_other_variants(tmp_path, deepforest_run):

