@@ -13,8 +13,8 @@ __all__ = ["plot_forest"]
 def plot_forest(report: Mapping[str, Any], path: str | os.PathLike, title: str = "") -> Path:
     """Draw one row per difference of ``report`` (``results.json``) into a PNG at ``path``; needs matplotlib.
 
-    Each row: the pooled mean (black dot) and its interval (line), each fold's mean (coloured marks, one colour per
-    fold), the smallest effect found at 80 % power as grey ticks at ± that effect around 0, and the zero line.
+    Each row: the pooled mean (black dot) and its interval (line), each fold's mean (coloured diamonds, one colour
+    per fold), the smallest effect found at 80 % power as grey ticks at ± that effect around 0, and the zero line.
 
     Example:
         >>> import tempfile
@@ -42,7 +42,7 @@ def plot_forest(report: Mapping[str, Any], path: str | os.PathLike, title: str =
             if pairs:
                 mean = sum(pairs.values()) / len(pairs)
                 offset = 0.25 * (index - (len(labels) - 1) / 2) / max(len(labels), 1)
-                ax.plot(mean, row + offset, "|", color=colours(index % 10), markersize=7, alpha=0.8)
+                ax.plot(mean, row + offset, "D", color=colours(index % 10), markersize=3.5, alpha=0.85)
         if pooled.get("interval"):
             ax.plot(pooled["interval"], [row, row], color="black", linewidth=1.6)
         ax.plot(pooled["mean"], row, "o", color="black", markersize=4.5)
@@ -53,7 +53,7 @@ def plot_forest(report: Mapping[str, Any], path: str | os.PathLike, title: str =
     ax.set_ylim(-0.7, len(entries) - 0.3)
     ax.set_xlabel("paired AP difference (points)")
     for index, label in enumerate(labels):  # legend entries only
-        ax.plot([], [], "|", color=colours(index % 10), label=f"{label} mean")
+        ax.plot([], [], "D", color=colours(index % 10), markersize=3.5, label=f"{label} mean")
     ax.plot([], [], "|", color="0.55", markersize=11, label="± effect found at 80 % power")
     ax.plot([], [], "o-", color="black", markersize=4.5, label=f"pooled mean, {100 * report['level']:g} % interval")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
