@@ -8,30 +8,28 @@ from pathlib import Path
 
 from .run_folder import EVAL_LOG_NAME, read_jsonl
 
-__all__ = ["plot_generator_curves", "pyplot", "save_figure"]
+__all__ = ["new_figure", "plot_generator_curves", "save_figure"]
 
 
-def pyplot():
-    """``matplotlib.pyplot`` on the file-only Agg backend; a missing matplotlib raises naming the pip command."""
+def new_figure(figsize: tuple[float, float] = (7, 4.2)):
+    """A matplotlib ``(Figure, Axes)`` for a file; a missing matplotlib raises naming the pip command.
+
+    The figure is made without pyplot, so the caller's matplotlib backend and open figures are left as they are.
+    """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError("Plotting the curves needs matplotlib: pip install matplotlib.") from error
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` (PNG, 120 dpi; parent folders created), close it, and return ``path``."""
-    import matplotlib.pyplot as plt
-
+    """Write ``fig`` to ``path`` (PNG, 120 dpi; parent folders created) and return ``path``."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -46,7 +44,7 @@ def plot_generator_curves(runs: Mapping[str, str | os.PathLike], path: str | os.
     Returns:
         ``path``. Dashed lines: the fixed interpolations' L1 on the same images (from the first record holding them).
     """
-    fig, ax = pyplot().subplots(figsize=(7, 4.2))
+    fig, ax = new_figure((7, 4.2))
     drawn_interpolations = False
     for label, folder in runs.items():
         log = Path(folder) / EVAL_LOG_NAME

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..plots import pyplot, save_figure
+from ..plots import new_figure, save_figure
 from .arms import ARMS, arm_order, find_arm
 from .stats import mean_sd, pairs_to_find, references
 from .summary import METRICS
@@ -225,7 +225,7 @@ def pooled_reading(pooled: dict[str, dict[str, Any]], *, variant: str, pairs_nee
 
 def plot_curves(summary: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
     """Validation AP against iterations, one line per arm (mean over seeds, band = min..max); needs matplotlib."""
-    fig, ax = pyplot().subplots(figsize=(7, 4.2))
+    fig, ax = new_figure((7, 4.2))
     for arm in sorted(summary["curves"], key=arm_order):
         runs = summary["curves"][arm]
         steps = sorted({step for curve in runs.values() for step, _ in curve})
