@@ -152,7 +152,10 @@ def _refusals(tmp_path):
     config, work = str(_config(tmp_path)), str(tmp_path / "w")
     split = ["folds", "--work-dir", work, "--data"]
     overlap = json.loads(data.read_text())
-    (tmp_path / "overlap_val.json").write_text(json.dumps({**overlap, "images": overlap["images"][:2]}))
+    overlap_anns = [ann for ann in overlap["annotations"] if ann["image_id"] <= 2]
+    (tmp_path / "overlap_val.json").write_text(
+        json.dumps({**overlap, "images": overlap["images"][:2], "annotations": overlap_anns})
+    )
     run = ["run", "--config", config, "--work-dir", work, "--dry-run"]
     return [
         ([*split, str(data), "--folds", "5", "--split-by", "field:scene"], ["folds=5", "4 groups", "--folds 4"]),

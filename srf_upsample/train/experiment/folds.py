@@ -46,15 +46,13 @@ class Fold:
 
 
 def _read_coco(path: str | os.PathLike) -> dict[str, Any]:
-    """A COCO file as a dict with ``images``, ``annotations`` and ``categories`` (checked to be there)."""
+    """A COCO file as the trainer reads it (:func:`~srf_upsample.train.coco.read_coco`: checked and normalised)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"COCO file {str(path)!r} does not exist; give the path of an annotation JSON file.")
-    dataset = json.loads(path.read_text(encoding="utf-8"))
-    missing = [key for key in ("images", "annotations") if not isinstance(dataset.get(key), list)]
-    if missing:
-        raise ValueError(f"COCO file {str(path)!r} has no {missing} list; give a COCO instances file.")
-    return dataset
+    from ..coco import read_coco
+
+    return read_coco(path).dataset
 
 
 def _subset(dataset: dict[str, Any], image_ids: set) -> dict[str, Any]:
