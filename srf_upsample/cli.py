@@ -10,7 +10,7 @@ _USAGE = """usage: srf-upsample <command> [options]
 
 commands:
   train       run a training stage of the paper (srf-upsample train --help)
-  experiment  the fair protocol: every arm, one schedule, seeds, a results table (srf-upsample experiment --help)
+  experiment  the fair protocol: folds, every arm on one schedule over seeds, a report (srf-upsample experiment --help)
   export      export an upsampler (a name such as carafe, or weights) to ONNX (srf-upsample export --help)
   list        list the shipped pretrained generators
 """
