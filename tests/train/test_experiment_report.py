@@ -173,10 +173,26 @@ def _work_folder(rng, work, config, seeds):
     return ap
 
 
+def _commit_fold(work, config, seeds):
+    """Turn a work folder into a committed fold: runs.tar.gz (ground truth under annotations/), config, seeds."""
+    import shutil
+
+    from srf_upsample.train.experiment.archive import write_archive
+
+    files = {p.relative_to(work).as_posix(): p.read_bytes() for p in sorted(work.glob("seed*/*/*"))}
+    files["annotations/val.json"] = (work / "val.json").read_bytes()
+    for path in [*work.glob("seed*"), work / "val.json", work / "experiment.json"]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    write_archive(work / "runs.tar.gz", files)
+    (work / "experiment_config.json").write_text(json.dumps(config.to_dict()))
+    (work / "results.json").write_text(json.dumps({"seeds": seeds}))
+
+
 def test_report_experiment_writes_table_json_and_forest_from_work_folders(tmp_path):
     rng = np.random.default_rng(2)
     config = _config()
     ap = {label: _work_folder(rng, tmp_path / label, config, [0, 1, 2]) for label in ("north", "south")}
+    _commit_fold(tmp_path / "south", config, [0, 1, 2])  # one work folder, one committed fold
     out = tmp_path / "report"
     report = report_experiment([tmp_path / "north", tmp_path / "south"], out, replicates=60)
     assert sorted(p.name for p in out.iterdir()) == ["forest.png", "results.json", "results.md"]
@@ -193,6 +209,11 @@ def test_report_experiment_writes_table_json_and_forest_from_work_folders(tmp_pa
     assert report["folds"][0]["images"] == 6 and report["folds"][0]["detections"] == ["A1", "B"]
     text = (out / "results.md").read_text()
     assert "| B | A1 | 6 |" in text and "![" in text and "**B** (is SRF just bilinear?" in text
+
+
+def test_replicates_must_have_one_row_per_pair():
+    with pytest.raises(ValueError, match=r"replicates\['a'\]: need one row per pair, shape \(3, B\), got \(2, 50\)"):
+        paired_interval({"a": [0.1, 0.2, 0.3]}, {"a": np.zeros((2, 50))})
 
 
 def test_a_source_without_finished_runs_or_config_is_a_clear_error(tmp_path):

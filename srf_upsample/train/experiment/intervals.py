@@ -126,6 +126,16 @@ def paired_interval(
     if not folds:
         raise ValueError("paired_interval needs at least one fold with a pair; got none.")
     replicates, images = replicates or {}, images or {}
+    for label, values in replicates.items():
+        if label in folds and values is not None and np.shape(values)[:1] != (len(folds[label]),):
+            raise ValueError(
+                f"replicates[{label!r}]: need one row per pair, shape ({len(folds[label])}, B), got "
+                f"{np.shape(values)}; row i is pair i of points[{label!r}] on each resample of the fold's images."
+            )
+        if label in folds and values is not None and (np.ndim(values) != 2 or np.shape(values)[1] < 2):
+            raise ValueError(
+                f"replicates[{label!r}]: need at least 2 resamples, shape (pairs, B), got {np.shape(values)}."
+            )
     counts = {label: len(values) for label, values in folds.items()}
     total = sum(counts.values())
     weights = {label: count / total for label, count in counts.items()}

@@ -88,6 +88,12 @@ def read_fold(folder: str | os.PathLike, *, replicates: int = 1000, seed: int = 
 
     Raises:
         ValueError: the folder is missing, has no experiment config, or has no finished target run.
+
+    Example:
+        >>> read_fold("no/such/fold")
+        Traceback (most recent call last):
+        ...
+        ValueError: sources: 'no/such/fold' is not a folder; give the experiment's work folder or fold.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -150,6 +156,15 @@ def paired_folds(folds: Mapping[str, Mapping[str, Any]], *, level: float = DEFAU
     Returns:
         One entry per (arm, reference) with a pair, in the registry's reading order: ``{"arm", "reference",
         "question", "contrast", "pairs": {label: {seed: diff}}, "pooled": {...}, "folds": {label: {...}}}``.
+
+    Example:
+        >>> folds = {
+        ...     f"block {k}": {"ap": {"A1": {0: 20.0, 1: 21.0}, "B": {0: 20.5 + k, 1: 21.0 + k}}, "resampled": {}}
+        ...     for k in range(2)
+        ... }
+        >>> (entry,) = paired_folds(folds)
+        >>> entry["arm"], entry["reference"], entry["pooled"]["mean"], entry["pooled"]["method"]
+        ('B', 'A1', 0.75, 'between folds')
     """
     images = {label: fold["images"] for label, fold in folds.items() if fold.get("images")}
     arms = sorted({arm for fold in folds.values() for arm in fold["ap"]}, key=arm_order)

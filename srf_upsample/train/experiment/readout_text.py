@@ -74,6 +74,12 @@ def readout_reading(report: Mapping[str, Any]) -> list[str]:
     """The reading: the headline questions per generator variant, then one sentence per arm's question.
 
     Each difference is read off its pooled interval by :func:`difference_phrase`.
+
+    Example:
+        >>> stats = {"n": 12, "mean": 1.2, "interval": (0.2, 2.3), "method": "images+seeds", "mde": 1.5}
+        >>> entry = {"arm": "C", "reference": "A1", "question": "is it G?", "contrast": None, "pooled": stats}
+        >>> readout_reading({"folds": [{"schedule_iters": 400, "stage2_iters": 150}], "differences": [entry]})
+        ['- **C** (is it G?): against A1, above by 1.2 AP [+0.2, +2.3] (12 pairs; found at 80 % power: 1.5 AP).']
     """
     lines = []
     variants = sorted({e["arm"].partition("-")[2] for e in report["differences"] if "-" in e["arm"]})
@@ -140,6 +146,16 @@ def readout_markdown(report: Mapping[str, Any], *, forest: str | None = None) ->
     Args:
         report: what :func:`~srf_upsample.train.experiment.report_experiment` returns (``results.json``).
         forest: the forest plot's file name beside ``results.md``, linked under the reading.
+
+    Example:
+        >>> from srf_upsample.train.experiment.readout import paired_folds
+        >>> folds = {"north": {"ap": {"A1": {0: 20.0, 1: 21.0}, "B": {0: 20.5, 1: 22.0}}, "resampled": {}}}
+        >>> fold = {"label": "north", "path": "runs/north", "seeds": [0, 1], "images": None, "detections": []}
+        >>> fold.update(not_run={}, diverged=[], lineage_excluded={}, schedule_iters=400, stage2_iters=150)
+        >>> report = {"level": 0.95, "replicates": 1000, "seed": 0, "folds": [fold]}
+        >>> text, reading = readout_markdown({**report, "differences": paired_folds(folds)})
+        >>> [line for line in text.splitlines() if line.startswith("| B |")][0].split(" | ")[:6]
+        ['| B', 'A1', '2', '+0.8 ± 0.4', '[-2.4, +3.9]', 't over seeds (no image noise: no detections)']
     """
     level, labels = _percent(report["level"]), [fold["label"] for fold in report["folds"]]
     sources = "; ".join(
