@@ -21,7 +21,7 @@ from torch import nn
 from .coco import CocoFile
 from .data import CocoDetectionDataset, collate
 from .models import disable_detector_resize, enable_detector_resize
-from .run_folder import DETECTIONS_NAME
+from .run_folder import BOX_RESULTS_NAME, DETECTIONS_NAME, MASK_RESULTS_NAME, METRICS_NAME
 
 __all__ = ["METRIC_NAMES", "evaluate_detector", "per_image_detections"]
 
@@ -208,12 +208,12 @@ def evaluate_detector(
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        with open(output_dir / "detections_bbox.json", "w", encoding="utf-8") as f:
+        with open(output_dir / BOX_RESULTS_NAME, "w", encoding="utf-8") as f:
             json.dump(boxes, f)
         if has_masks:
-            with open(output_dir / "detections_segm.json", "w", encoding="utf-8") as f:
+            with open(output_dir / MASK_RESULTS_NAME, "w", encoding="utf-8") as f:
                 json.dump(masks, f)
-        with open(output_dir / "metrics.json", "w", encoding="utf-8") as f:
+        with open(output_dir / METRICS_NAME, "w", encoding="utf-8") as f:
             json.dump(metrics, f, indent=2)
         detections = per_image_detections(boxes, image_ids, ann_file, step)
         temporary = output_dir / (DETECTIONS_NAME + ".tmp")

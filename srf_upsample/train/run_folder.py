@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 __all__ = [
+    "BOX_RESULTS_NAME",
     "CHECKPOINTS_DIR",
     "CHECKPOINT_NAME",
     "DETECTIONS_NAME",
@@ -34,6 +35,9 @@ __all__ = [
     "GENERATOR_DIR",
     "LOG_NAME",
     "MANIFEST_NAME",
+    "MASK_RESULTS_NAME",
+    "METRICS_NAME",
+    "RESTORED_NAME",
     "RUN_CONFIG_NAME",
     "STATE_NAME",
     "TENSORBOARD_DIR",
@@ -61,8 +65,14 @@ DIVERGED_NAME = "diverged.json"  # written when a run stops at a non-finite loss
 GENERATOR_DIR = "generator"
 DISCRIMINATOR_DIR = "discriminator"
 TENSORBOARD_DIR = "tensorboard"  # <output_dir>/tensorboard/<stage>/events.out.tfevents.* (run_log.py)
-DETECTIONS_NAME = "detections.json.gz"  # the final validation's detections per image (evaluate.py)
+# What the last evaluation wrote (evaluate.py): its metrics, COCO results files, and its detections per image.
+METRICS_NAME = "metrics.json"
+BOX_RESULTS_NAME = "detections_bbox.json"
+MASK_RESULTS_NAME = "detections_segm.json"
+DETECTIONS_NAME = "detections.json.gz"  # gzip-compressed JSON, read by experiment/detections.py
 RUN_CONFIG_NAME = "run_config.json"  # the values the experiment runner trained the run with (experiment/run.py)
+# The marker of a run folder rebuilt from committed records (manifest, logs, detections): it holds no weights.
+RESTORED_NAME = "restored.json"
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:

@@ -1,15 +1,48 @@
 """A run folder belongs to one run, data is validated out loud, and bad arguments end in clear errors."""
 
+import ast
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY, data_args, make_coco
 
+from srf_upsample.train import run_folder
 from srf_upsample.train.cli import main, parse_config
 from srf_upsample.train.data import CocoDetectionDataset
 from srf_upsample.train.stages import stage_for
+
+PACKAGE = Path(run_folder.__file__).resolve().parents[1]
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    """The string constants of a module's code (docstrings left out), with their line numbers."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bodies = [node.body for node in ast.walk(tree) if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)]
+    docstrings = {id(body[0].value) for body in bodies if body and isinstance(body[0], ast.Expr)}
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def test_every_run_folder_file_name_is_written_once_in_run_folder():
+    names = {getattr(run_folder, name) for name in run_folder.__all__ if name.endswith("_NAME")}
+    assert {"manifest.json", "eval.jsonl", "detections.json.gz", "run_config.json", "metrics.json"} <= names
+    elsewhere = [
+        f"{path.relative_to(PACKAGE)}:{line} {value!r}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "run_folder.py"
+        for line, value in _string_constants(path)
+        if value in names
+    ]
+    assert elsewhere == []
+    # The scan finds a literal where there is one: run_folder.py itself holds each name once.
+    here = [value for _, value in _string_constants(Path(run_folder.__file__)) if value in names]
+    assert sorted(here) == sorted(names)
 
 
 def test_resuming_another_run_is_refused_with_the_differing_keys(coco, tmp_path, capsys):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..run_folder import CHECKPOINT_NAME, GENERATOR_DIR
 from .arms import ARMS, BASELINE, GENERATOR_VARIANTS, PRETRAINING, Arm, Pretraining
 from .config import SHARED_STAGE1_SEED, ExperimentConfig
 
@@ -99,7 +100,7 @@ def plan_jobs(config: ExperimentConfig, seeds: Sequence[int], work_dir: str | os
         f_seed = SHARED_STAGE1_SEED if shared(run.name) else seed
         if f_seed != seed and key_of(f_seed, BASELINE) not in jobs:
             add_a1(f_seed)
-        pre = {**base, "extractor_weights": str(folder(f_seed, BASELINE) / "checkpoint.safetensors")}
+        pre = {**base, "extractor_weights": str(folder(f_seed, BASELINE) / CHECKPOINT_NAME)}
         values = {**pre, "eval_ann_file": None, **getattr(config, run.settings)}
         if init:
             values["init"] = str(folder(seed, init))
@@ -130,7 +131,7 @@ def plan_jobs(config: ExperimentConfig, seeds: Sequence[int], work_dir: str | os
             add_pretraining(PRETRAINING[arm.init], variant, seed, variant_tier, rank if order else None)
         if init:
             source = folder(seed, init)
-            sources = {"generator": source / "generator", "detector_weights": source / "checkpoint.safetensors"}
+            sources = {"generator": source / GENERATOR_DIR, "detector_weights": source / CHECKPOINT_NAME}
             values[arm.init_as] = str(sources.get(arm.init_as, source))
         if arm.new_generator:
             values.update(_generator_values(config, variant), **{NEW_GENERATOR_KEY: True})

@@ -14,6 +14,7 @@ from ..run_folder import (
     DISCRIMINATOR_DIR,
     GENERATOR_DIR,
     MANIFEST_NAME,
+    RESTORED_NAME,
     RUN_CONFIG_NAME,
     file_sha256,
     is_finished,
@@ -27,7 +28,7 @@ from .plan import Job
 __all__ = [
     "INPUT_KEYS",
     "LINEAGE_KEY",
-    "RESTORED_NAME",
+    "RESTORED_NAME",  # defined with the run folder's other names (run_folder.py)
     "lineage_of",
     "missing_inputs",
     "record_a1_lineage",
@@ -39,8 +40,6 @@ __all__ = [
 LINEAGE_KEY = "lineage"
 # The trainer settings that name what a run starts from; each must exist before the run starts.
 INPUT_KEYS = ("init", "generator", "detector_weights", "extractor_weights")
-# The marker of a run folder rebuilt from committed records (manifest, logs, detections): it holds no weights.
-RESTORED_NAME = "restored.json"
 
 
 def _lineage(job: Job) -> dict[str, Any]:
