@@ -173,6 +173,8 @@ def _refusals(tmp_path):
         ([*run, "--arms", "A2-huge"], ["'A2-huge'", "lite"]),
         ([*run, "--seeds"], ["--seeds is empty", "--seeds 0 1 2"]),
         ([*run, "--folds", "3", "--fold-files", "a:b"], ["--folds 3", "--fold-files"]),
+        (["report", "--work-dir", str(tmp_path), "--out", work], [str(tmp_path)]),
+        (["report", "--work-dir", str(tmp_path), "--out", work, "--labels", "a", "b"], ["2 labels for 1 sources"]),
     ]
 
 
@@ -237,3 +239,6 @@ def test_submitit_local_executor_trains_two_tiny_runs(tmp_path):
         assert results["table"][arm]["AP"][0] == pytest.approx(100 * final)
     assert len(list((work / "submitit").glob("*/*_submitted.pkl"))) == 2  # one job per run
     assert main(args) == 0  # finished runs are skipped: nothing is submitted again
+    # The report step reads the same work folder: B against A1 over the one seed.
+    assert main(["report", "--work-dir", str(work), "--out", str(tmp_path / "report"), "--replicates", "20"]) == 0
+    assert {"results.md", "results.json", "forest.png"} <= {path.name for path in (tmp_path / "report").iterdir()}
