@@ -338,6 +338,8 @@ def read_coco(
 def _refuse_unusable(path: str, counts: dict[str, int], dropped: dict[str, int], fraction: float | None) -> None:
     usable = counts["kept"] - counts["crowd"]
     candidates = usable + counts["dropped"]
+    if counts["images"] == 0:
+        raise ValueError(f"{path!r} has no images; a COCO json with at least one image is needed.")
     if usable == 0:
         raise ValueError(
             f"{path!r} has no usable box: {counts['annotations']} annotation(s), {counts['crowd']} crowd (ignored), "

@@ -92,8 +92,6 @@ class CocoDetectionDataset(CocoDetection):
         self.coco = coco_api(self.coco_file)
         self.ids = sorted(self.coco.imgs)
         ann_file = self.coco_file.path
-        if not self.ids:
-            raise ValueError(f"Dataset {ann_file!r} has no images; a COCO json with at least one image is needed.")
         missing = [
             self.coco.imgs[image_id]["file_name"]
             for image_id in self.ids

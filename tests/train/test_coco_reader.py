@@ -223,6 +223,8 @@ def _edit(values: dict, edit: str) -> object:
         anns[0]["area"] = "big"
     elif edit == "no usable box":
         values["annotations"] = []
+    elif edit == "empty images":
+        values["images"], values["annotations"] = [], []
     elif edit.startswith("no "):
         del values[edit[3:]]
     elif edit == "a list":
@@ -247,6 +249,7 @@ def _edit(values: dict, edit: str) -> object:
         ("NaN bbox", r"\(1 NaN or infinite coordinates\).*bbox is \[x, y, width, height\]"),
         ("area not a number", r"annotation 1000 has area 'big'; area must be a finite number"),
         ("no usable box", r"has no usable box: 0 annotation"),
+        ("empty images", r"has no images; a COCO json with at least one image is needed"),
     ],
 )
 def test_what_cannot_be_read_is_a_clear_error(tool, tmp_path, edit, message) -> None:
