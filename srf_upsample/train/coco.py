@@ -194,6 +194,8 @@ def _normalise(ann: dict, image: dict, area: str, tolerance: float, counts: dict
     out["bbox"] = [float(v) for v in ann["bbox"]]
     if "iscrowd" not in ann:
         counts["iscrowd_filled"] += 1
+    elif isinstance(ann["iscrowd"], str) or ann["iscrowd"] not in (0, 1):  # "0" would read as a crowd box
+        raise ValueError(f"annotation {ann.get('id')!r} has iscrowd {ann['iscrowd']!r}; iscrowd must be 0 or 1.")
     out["iscrowd"] = 1 if ann.get("iscrowd") else 0
     box_area = out["bbox"][2] * out["bbox"][3]
     file_area = ann.get("area")

@@ -221,6 +221,8 @@ def _edit(values: dict, edit: str) -> object:
         anns[0]["bbox"][0] = float("nan")
     elif edit == "area not a number":
         anns[0]["area"] = "big"
+    elif edit == "iscrowd a string":
+        anns[1]["iscrowd"] = "0"
     elif edit == "no usable box":
         values["annotations"] = []
     elif edit == "empty images":
@@ -248,6 +250,7 @@ def _edit(values: dict, edit: str) -> object:
         ("bad bbox", r"1 of 3 annotations are unusable \(1 bbox is not 4 numbers\)"),
         ("NaN bbox", r"\(1 NaN or infinite coordinates\).*bbox is \[x, y, width, height\]"),
         ("area not a number", r"annotation 1000 has area 'big'; area must be a finite number"),
+        ("iscrowd a string", r"annotation 999 has iscrowd '0'; iscrowd must be 0 or 1"),
         ("no usable box", r"has no usable box: 0 annotation"),
         ("empty images", r"has no images; a COCO json with at least one image is needed"),
     ],
