@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import pickle
 
 import pytest
@@ -204,7 +205,12 @@ def test_runtime_routed_neck_exports_with_torch_export() -> None:
     patch_fpn(neck, SMALL_SRF, example_inputs=varargs_inputs())
     neck.eval()
     x = varargs_inputs()
-    program = torch.export.export(neck, x)
+    trace_log = logging.getLogger("torch.__trace")
+    handlers = list(trace_log.handlers)
+    try:
+        program = torch.export.export(neck, x)
+    finally:  # the first export of a process sets up torch's trace logging, dropping its lazy handler
+        trace_log.handlers[:] = handlers
     assert_equal(program.module()(*x), neck(*x))
     # The generator's convolutions are in the exported graph, not only F.interpolate.
     assert sum(node.target == torch.ops.aten.conv2d.default for node in program.graph.nodes) > 8
