@@ -29,6 +29,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Put os.environ back as it was: ``YOLO(...)`` sets CUBLAS_WORKSPACE_CONFIG for good."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def test_use_srf_with_the_guided_variant_runs_unguided_and_says_so() -> None:
     model = use_srf(YOLO("yolov8n.yaml"), GUIDED)
     report = model.srf_report

@@ -124,13 +124,18 @@ def test_use_srf_bad_input() -> None:
         use_srf(torch.nn.Conv2d(3, 3, 1))
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_environ():
-    """Put os.environ back as it was: ultralytics' trainer sets variables (CUBLAS_WORKSPACE_CONFIG, ...) for good."""
-    saved = dict(os.environ)
+    """Put os.environ and torch's thread count back: ultralytics changes them for good.
+
+    ``YOLO(...)`` and its trainer set variables (CUBLAS_WORKSPACE_CONFIG, ...); its ``select_device`` on CPU (training,
+    predicting) calls ``torch.set_num_threads`` with its own count.
+    """
+    saved, threads = dict(os.environ), torch.get_num_threads()
     yield
     os.environ.clear()
     os.environ.update(saved)
+    torch.set_num_threads(threads)
 
 
 def test_train_and_reload_keep_an_upsampler_given_by_name(tiny_dataset, tmp_path, restore_environ) -> None:
