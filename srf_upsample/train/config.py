@@ -12,7 +12,6 @@ import json
 import os
 import types
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -243,8 +242,3 @@ def load_config_file(name_or_path: str) -> dict[str, Any]:
         raise ValueError(f"Config {str(path)!r} must hold a JSON object, got {type(values).__name__}.")
     values.pop("_comment", None)
     return values
-
-
-def stage_names(stages: Sequence[str]) -> str:
-    """``"stage1"``, ``"stage1 or stage2"``: how messages name the stages an ``--init`` may come from."""
-    return " or ".join(stages)

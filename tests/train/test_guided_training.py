@@ -216,7 +216,7 @@ def test_a_guided_g_starts_from_a_trained_lite_g_and_refuses_anything_else(coco,
         for param in lite.parameters():
             param.normal_()
     lite.save_pretrained(str(tmp_path / "lite"))
-    built = build_config("stage1", _stage1_values(tmp_path, coco, generator=str(tmp_path / "lite"))).build(3)
+    built = stage_for(build_config("stage1", _stage1_values(tmp_path, coco, generator=str(tmp_path / "lite")))).build(3)
     guided = built.generator
     assert guided.variant == "guided"
     trunk = lite.state_dict()
@@ -229,13 +229,13 @@ def test_a_guided_g_starts_from_a_trained_lite_g_and_refuses_anything_else(coco,
     _generator("paper").save_pretrained(str(tmp_path / "paper"))
     SRFUpsample(16, hidden_channels=4, num_blocks=1, variant="lite").save_pretrained(str(tmp_path / "narrow"))
     with pytest.raises(ValueError, match="is a 'paper' generator, but generator_variant is 'guided'.*lite G"):
-        build_config("stage1", _stage1_values(tmp_path, coco, generator=str(tmp_path / "paper"))).build(3)
+        stage_for(build_config("stage1", _stage1_values(tmp_path, coco, generator=str(tmp_path / "paper")))).build(3)
     with pytest.raises(ValueError, match=r"does not fit.*shape: body.0.* more.*hidden_channels=4"):
-        build_config("stage1", _stage1_values(tmp_path, coco, generator=str(tmp_path / "narrow"))).build(3)
+        stage_for(build_config("stage1", _stage1_values(tmp_path, coco, generator=str(tmp_path / "narrow")))).build(3)
     # The same variant loads strictly (a lite G continued as a lite G).
     values = _stage1_values(tmp_path, coco, generator=str(tmp_path / "lite"), generator_variant="lite")
     assert torch.equal(
-        build_config("stage1", values).build(3).generator.state_dict()["tail.weight"], trunk["tail.weight"]
+        stage_for(build_config("stage1", values)).build(3).generator.state_dict()["tail.weight"], trunk["tail.weight"]
     )
     # Through the CLI: --generator works for stage 1, and a wrong folder is exit code 2 with the message.
     argv = _stage1(coco, tmp_path / "s1", "--max-iters", "1", "--generator", str(tmp_path / "paper"))

@@ -22,6 +22,17 @@ def test_every_stage_describes_itself_in_the_cli_help():
         assert f"{name:<9} {cls.HELP}" in help_text
 
 
+def test_the_trainer_package_hands_on_its_public_face():
+    import srf_upsample.train as train
+    from srf_upsample.train import loop
+
+    assert sorted(train.__all__) == sorted(
+        ["STAGES", "STAGE_CONFIGS", "FitResult", "Stage", "StageModules", "TrainConfig", "build_config", "fit"]
+        + ["load_config_file"]
+    )
+    assert train.fit is loop.fit and train.STAGES is stages.STAGES and train.build_config is stage_configs.build_config
+
+
 def test_every_training_stage_has_its_settings_and_its_behaviour_under_one_name():
     assert set(stages.STAGES) == set(stage_configs.STAGE_CONFIGS) - {"evaluate"}
     for name, stage in stages.STAGES.items():
