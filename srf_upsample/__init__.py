@@ -1,5 +1,6 @@
 """srf_upsample: SRF-GAN learned feature upsampling for FPN-style detector necks."""
 
+from .carafe import CARAFE as CARAFE
 from .discriminator import FeaturePatchDiscriminator as FeaturePatchDiscriminator
 from .dysample import DySample as DySample
 from .hub import list_shipped as list_shipped
@@ -19,6 +20,7 @@ from .upsamplers import list_upsamplers as list_upsamplers
 __version__ = "0.1.0"
 
 __all__ = [
+    "CARAFE",
     "DySample",
     "FeaturePatchDiscriminator",
     "PatchReport",
