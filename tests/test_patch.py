@@ -391,7 +391,7 @@ def test_untraceable_submodule_routed_at_run_time() -> None:
 def test_bad_inputs() -> None:
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         patch_fpn("fpn")
-    with pytest.raises(TypeError, match="upsampler must be an nn.Module, a factory"):
+    with pytest.raises(TypeError, match=r"upsampler must be a name from .*, an nn.Module, a factory"):
         patch_fpn(PANet(), upsampler=3)
     with pytest.raises(TypeError, match="share must be a bool"):
         patch_fpn(PANet(), share="yes")

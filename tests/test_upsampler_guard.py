@@ -219,6 +219,14 @@ def test_patching_twice_sees_installed_upsamplers_as_patched():
 @pytest.mark.parametrize(
     ("upsampler", "share", "error", "message"),
     [
+        (
+            3,
+            True,
+            TypeError,
+            "upsampler must be a name from srf_upsample.list_upsamplers() (e.g. 'carafe'), an nn.Module, a factory "
+            "called with the channel count (e.g. SRFUpsample or functools.partial(SRFUpsample, variant='lite')), or "
+            "None, got int.",
+        ),
         (SMALL_SRF, "yes", TypeError, "share must be a bool, got 'yes'."),
         (lambda channels: 3, True, TypeError, "upsampler factory must return an nn.Module, got int."),
     ],
