@@ -6,7 +6,10 @@ The optional ``[export]`` extra (``onnx``, ``onnxscript``, ``onnxruntime``) is i
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +138,34 @@ def torch_export(
 ) -> None:
     """Write ``module(*args)`` to ``path`` with ``torch.onnx.export(..., dynamo=True)``; parent folders are created."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    program = torch.onnx.export(
-        module,
-        args,
-        dynamo=True,
-        opset_version=opset,
-        input_names=input_names,
-        output_names=output_names,
-        dynamic_shapes=dynamic_shapes,
-        verbose=False,
-    )
+    with _caller_process_state_kept():
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
     program.save(str(path))
+
+
+@contextlib.contextmanager
+def _caller_process_state_kept() -> Iterator[None]:
+    """Undo what the dynamo exporter changes in the process: environment variables and torch's trace-log handlers.
+
+    Its first use sets ``TORCHINDUCTOR_CACHE_DIR`` and takes the handler off torch's ``torch.__trace`` logger; an
+    export call should leave the caller's process as it found it.
+    """
+    environ = dict(os.environ)
+    trace_logger = logging.getLogger("torch.__trace")
+    handlers = list(trace_logger.handlers)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update(environ)
+        trace_logger.handlers[:] = handlers
