@@ -14,11 +14,16 @@ with one shared ``SRFUpsample(256, variant=...)``, in eval mode and fused. Candi
 - ``lite``: the same generator on its default inference route (in place, tail fused: ``SRFUpsample.uses_fast_pass``);
 - ``lite (onnxruntime)``: the same generator exported by ``srf_upsample.export.export_generator`` and run by
   onnxruntime inside the PyTorch backbone (numpy views in and out, no copies), skipped without the export extra;
-- ``paper``: the paper's generator (6x6 deconvolution, no BatchNorm: the defaults).
+- ``paper``: the paper's generator (6x6 deconvolution, no BatchNorm: the defaults);
+- ``DySample``: ``srf_upsample.DySample(256)`` (the paper's light setting), a learned peer;
+- ``CARAFE``: ``srf_upsample.CARAFE(256)`` (the paper's defaults), a learned peer, on its inference route.
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add; convolutions and matrix
 products only), for the backbone + FPN and for the whole detector in inference with ``box_score_thresh=1.01`` (the
-box head scores every proposal and keeps none, so the heads' work does not depend on the features).
+box head scores every proposal and keeps none, so the heads' work does not depend on the features). The counter
+sees neither CARAFE's reassembly (multiply-adds of tensors) nor DySample's bilinear sampling (``grid_sample``), so
+the FLOP table adds them from their shapes in a separate column: ``2 * k_up**2 * C * H_out * W_out`` per CARAFE call
+and ``2 * 4 * C * H_out * W_out`` (four bilinear taps) per DySample call.
 """
 
 from __future__ import annotations
@@ -44,13 +49,15 @@ from _common import (
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from srf_upsample import SRFUpsample, patch_fpn
+from srf_upsample import CARAFE, DySample, SRFUpsample, patch_fpn
 
 __all__ = ["main", "run"]
 
 FULL_SIZE = (800, 1216)
 QUICK_SIZE = (64, 96)
-CANDIDATES = ("unpatched", "lite (reference pass)", "lite", "lite (onnxruntime)", "paper")
+CANDIDATES = ("unpatched", "lite (reference pass)", "lite", "lite (onnxruntime)", "paper", "DySample", "CARAFE")
+# The learned peers, built like the generators: one module of 256 channels (the FPN's width) shared by every level.
+PEERS: dict[str, type[nn.Module]] = {"DySample": DySample, "CARAFE": CARAFE}
 
 
 def build_detector(size: tuple[int, int]) -> nn.Module:
@@ -72,11 +79,16 @@ def build_detector(size: tuple[int, int]) -> nn.Module:
 
 
 def patched_copy(module: nn.Module, variant: str, *, use_fast_pass: bool = True) -> nn.Module:
-    """A deep copy of ``module`` (a detector or its backbone) with the FPN patched by a fused ``variant`` generator."""
+    """A deep copy of ``module`` (a detector or its backbone) with the FPN patched by a fused ``variant`` generator.
+
+    ``variant`` is an SRFUpsample variant (``"lite"``, ``"paper"``) or a key of ``PEERS`` (``"DySample"``,
+    ``"CARAFE"``), which is patched in with its default configuration (nothing to fuse).
+    """
     module = copy.deepcopy(module)
     backbone = module.backbone if hasattr(module, "backbone") else module
     torch.manual_seed(1)
-    upsampler = SRFUpsample(256, variant=variant)  # the same seed: every copy gets the same generator
+    # The same seed: every copy gets the same upsampler.
+    upsampler = PEERS[variant](256) if variant in PEERS else SRFUpsample(256, variant=variant)
     # Patch the backbone (FPN inside), not the detector: patch_fpn runs its example input through the module.
     patch_fpn(backbone, upsampler=upsampler, example_inputs=(torch.randn(1, 3, 64, 96),), strict=True)
     module.eval()
@@ -130,6 +142,29 @@ def count_flops(module: nn.Module, inputs: tuple) -> tuple[int, int | None]:
     return counter.get_total_flops(), (proposals[0] if proposals else None)
 
 
+def uncounted_flops(module: nn.Module, inputs: tuple) -> int:
+    """FLOPs ``FlopCounterMode`` does not see in one ``module(*inputs)``: CARAFE's reassembly, DySample's sampling.
+
+    Per call, from the shapes: ``2 * k_up**2 * C * H_out * W_out`` for CARAFE (each output value is a
+    ``k_up x k_up`` weighted sum), ``2 * 4 * C * H_out * W_out`` for DySample (four bilinear taps per output value).
+    """
+    total = 0
+
+    def add(upsampler: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        taps = upsampler.k_up**2 if isinstance(upsampler, CARAFE) else 4
+        total += 2 * taps * out.numel()
+
+    handles = [m.register_forward_hook(add) for m in module.modules() if isinstance(m, tuple(PEERS.values()))]
+    try:
+        with torch.inference_mode():
+            module(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
 def _share(flops: int, base: int) -> str:
     return f"{(flops - base) / 1e9:+.2f} ({(flops / base - 1) * 100:+.1f} %)"
 
@@ -153,6 +188,8 @@ def run(
         except ImportError as error:
             print(f"skipping lite (onnxruntime): {error}", file=sys.stderr)
     backbones["paper"] = patched_copy(detector.backbone, "paper")
+    for name in PEERS:
+        backbones[name] = patched_copy(detector.backbone, name)
     image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         reference = backbones["unpatched"](image)
@@ -188,13 +225,15 @@ def run(
             "unpatched": detector,
             "lite": patched_copy(detector, "lite"),
             "paper": patched_copy(detector, "paper"),
+            **{name: patched_copy(detector, name) for name in PEERS},
         }
         base_backbone, _ = count_flops(backbones["unpatched"], (image,))
         base_detector, _ = count_flops(detector, ([image[0]],))
         for name, model in detectors.items():
             backbone_flops, _ = count_flops(backbones[name], (image,))
             detector_flops, proposals = count_flops(model, ([image[0]],))
-            upsampler = next((m for m in model.modules() if isinstance(m, SRFUpsample)), None)
+            uncounted = uncounted_flops(backbones[name], (image,))
+            upsampler = next((m for m in model.modules() if isinstance(m, (SRFUpsample, *PEERS.values()))), None)
             flop_rows.append(
                 [
                     name,
@@ -204,17 +243,19 @@ def run(
                     _share(backbone_flops, base_backbone),
                     f"{detector_flops / 1e9:.1f}",
                     _share(detector_flops, base_detector),
+                    f"{uncounted / 1e9:.2f}",
                     str(proposals),
                 ]
             )
         headers = [
             "model",
-            "generator params (fused)",
+            "upsampler params (fused)",
             "detector params",
             "backbone + FPN GFLOPs",
-            "generator's GFLOPs (share)",
+            "upsampler's GFLOPs (share)",
             "whole detector GFLOPs",
-            "generator's GFLOPs (share)",
+            "upsampler's GFLOPs (share)",
+            "reassembly / sampling GFLOPs not counted",
             "RPN proposals",
         ]
         text += "\n\n### Params and FLOPs (Mask R-CNN R50-FPN, batch 1)\n\n" + format_table(headers, flop_rows)
@@ -248,9 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         "wall time and for the process's CPU time (all threads)",
         "- random weights; generators fused, eval mode; `lite (reference pass)` and `lite` are the same generator on "
         "its module-by-module pass and on its default inference route; `lite (onnxruntime)`: that generator exported "
-        "with `srf_upsample.export.export_generator` and run by onnxruntime inside the backbone",
+        "with `srf_upsample.export.export_generator` and run by onnxruntime inside the backbone; `DySample` and "
+        "`CARAFE`: `DySample(256)` and `CARAFE(256)` with their defaults (CARAFE on its no-autograd route), patched "
+        "in the same way",
         "- FLOPs: `torch.utils.flop_counter.FlopCounterMode` (2 per multiply-add; convolutions and matrix products, "
-        "interpolation counts 0); whole detector in inference with `box_score_thresh=1.01` (fixed head workload: "
+        "interpolation counts 0; CARAFE's reassembly and DySample's sampling, which it does not see, are counted from "
+        "their shapes in their own column: 2 * k_up**2 * C * H_out * W_out and 2 * 4 * C * H_out * W_out); whole "
+        "detector in inference with `box_score_thresh=1.01` (fixed head workload: "
         "`rpn_nms_thresh=1.0` keeps the RPN at its cap of 1000 proposals, the box head keeps none, no mask is run)",
     ]
     publish("\n".join(lines) + "\n\n" + tables, "backbone-fpn-cpu", args)

@@ -170,9 +170,10 @@ class CARAFE(nn.Module):
     bilinearly (``align_corners=False``) to the requested size, as :class:`SRFUpsample` resizes its residual.
     Shrinking and same-size requests raise ValueError (use ``F.interpolate`` for them).
 
-    ONNX: exports with standard operators only at opset 18 with dynamic height and width (``torch.onnx.export``,
-    ``dynamo=True``): Conv, Reshape, Softmax, Pad, Slice, Unsqueeze, Mul, Add, DepthToSpace (the pixel shuffle),
-    Cast and shape arithmetic (Shape, Gather, Concat, ...), plus Resize where the output is resized.
+    ONNX: ``torch.onnx.export(CARAFE(C), (x,), path, dynamo=True, opset_version=18)`` with dynamic batch, height
+    and width gives a graph of standard operators only: Conv, Softmax, Pad, Slice, Mul, Add, Transpose (the phase
+    interleave), Reshape, Unsqueeze, Squeeze and the shape arithmetic Shape, Gather, Concat (torch 2.14, checked with
+    onnxruntime); a ``size`` other than the ``scale``-times size adds a Resize.
 
     Args:
         in_channels: channels C of the input.

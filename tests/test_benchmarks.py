@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from srf_upsample import CARAFE, DySample
 from srf_upsample.upsample import VARIANTS
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -147,7 +148,18 @@ def test_bench_backbone_fpn_quick_writes_its_table(tmp_path: Path) -> None:
     assert "<!-- backbone-fpn-cpu:start -->" in text and "QUICK MODE" in text
     assert "machine load, measured by the script" in text
     labels = [row[0] for row in _table_rows(text)[1:]]
-    assert labels == ["unpatched", "lite (reference pass)", "lite", "paper"]
+    assert labels == ["unpatched", "lite (reference pass)", "lite", "paper", "DySample", "CARAFE"]
+
+
+def test_bench_backbone_fpn_counts_the_peers_uncounted_flops_from_shapes() -> None:
+    # FlopCounterMode sees neither CARAFE's multiply-adds nor DySample's grid_sample; the script adds them by hand:
+    # a 5x7 map to 10x14 with 8 channels is 2 * 25 * 8 * 140 FLOPs for CARAFE (k_up = 5), 2 * 4 * 8 * 140 for DySample.
+    x = torch.rand(1, 8, 5, 7)
+    assert bench_backbone_fpn.uncounted_flops(torch.nn.Sequential(CARAFE(8)), (x,)) == 2 * 25 * 8 * 140
+    assert bench_backbone_fpn.uncounted_flops(torch.nn.Sequential(CARAFE(8, k_up=3)), (x,)) == 2 * 9 * 8 * 140
+    assert bench_backbone_fpn.uncounted_flops(torch.nn.Sequential(DySample(8), DySample(8)), (x,)) == (
+        2 * 4 * 8 * 140 + 2 * 4 * 8 * 560
+    )
 
 
 def test_bench_generator_train_step_quick_writes_its_table(tmp_path: Path) -> None:
