@@ -104,10 +104,11 @@ def reassemble(x: torch.Tensor, kernels: torch.Tensor, scale: int) -> torch.Tens
     ``scale**2`` phases are interleaved at the end (a pixel shuffle): the ``k_up**2``-times larger unfolded tensor is
     never built. Computed in ``x``'s dtype; the output keeps ``x``'s memory format (NCHW or channels_last).
 
-    Without autograd (``torch.no_grad`` / ``torch.inference_mode``, or no input requiring a gradient) and outside
-    ``torch.export`` / ``torch.compile``, the sums run on flattened rows in cache-sized channel blocks, written into
-    one preallocated buffer (``out=``, which autograd does not support); otherwise on 2D shifted views, which autograd
-    and ONNX export handle. Both give the same numbers up to float rounding.
+    On the CPU without autograd (``torch.no_grad`` / ``torch.inference_mode``, or no input requiring a gradient) and
+    outside ``torch.export`` / ``torch.compile``, the sums run on flattened rows in cache-sized channel blocks, written
+    into one preallocated buffer (``out=``, which autograd does not support); otherwise (and on GPUs, where cache
+    blocks would only multiply kernel launches) on 2D shifted views, which autograd and ONNX export handle. Both give
+    the same numbers up to float rounding.
 
     Args:
         x: the feature map.
@@ -134,6 +135,7 @@ def reassemble(x: torch.Tensor, kernels: torch.Tensor, scale: int) -> torch.Tens
     needs_graph = torch.is_grad_enabled() and (x.requires_grad or kernels.requires_grad)
     if (
         needs_graph
+        or x.device.type != "cpu"
         or torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
         or not all(isinstance(s, int) for s in x.shape)
@@ -154,7 +156,8 @@ class CARAFE(nn.Module):
     ``scale=2``, ``compressed_channels=64``, ``k_up=5``, ``k_enc=3`` (74 k parameters at ``C=256``).
 
     The reassembly never builds the ``k_up**2``-times larger unfolded tensor: it is ``k_up**2`` shifted
-    multiply-adds at the input's resolution followed by a pixel shuffle (:func:`reassemble`), in ``x``'s dtype.
+    multiply-adds at the input's resolution, then an interleave of the ``scale**2`` sub-pixel phases (a pixel
+    shuffle) (:func:`reassemble`), in ``x``'s dtype. Its cost in a detector: ``benchmarks/bench_backbone_fpn.py``.
 
     Initialisation: the paper's implementation's start, not a zero start. The compressor has Xavier-uniform weights,
     the encoder normal weights of std 0.001, both zero biases. Such tiny logits give nearly uniform kernels, so a new
