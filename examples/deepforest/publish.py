@@ -11,9 +11,18 @@ import shutil
 from pathlib import Path
 
 from generators import copy_generators, generators_text
+from profiles import default_variants
 from restore import EXPERIMENT_CONFIG_NAME
 
-from srf_upsample.train.experiment import load_experiment, plan_jobs, pool_paired, pooled_markdown, pooled_reading
+from srf_upsample.train.experiment import (
+    DetectorSchedule,
+    ExperimentConfig,
+    load_experiment,
+    plan_jobs,
+    pool_paired,
+    pooled_markdown,
+    pooled_reading,
+)
 from srf_upsample.train.experiment.archive import ARCHIVE_NAME, open_runs, read_archive, write_archive
 from srf_upsample.train.experiment.detections import DETECTIONS_NAME
 from srf_upsample.train.experiment.summary import resampled_ap_of_runs
@@ -178,3 +187,44 @@ def report_generators(work: Path, *, command: str, where: str, write_results: bo
         shutil.copyfile(picture, REPO / "docs" / "images" / f"deepforest_generator_curves_{prefix}{fold}.png")
         title = f"Converged generators: DeepForest{' CPU profile' if prefix else ''}, {where} (issue 31)"
         write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}-generators", title)
+
+
+def fold_command(profile: str, split: str, fold: int, config: ExperimentConfig, *, named: bool) -> str:
+    """The ``run.py`` command line a fold's table names (``--profile`` only when ``named``)."""
+    command = "python examples/deepforest/run.py" + (f" --profile {profile}" if named else "")
+    command += "" if split == "rows" else f" --split {split}"
+    command += f" --fold {fold}" if fold else ""
+    if config.variants != default_variants(profile):
+        command += " --variants " + " ".join(config.variants)
+    if "paper" in config.variant_seeds:
+        command += " --paper-seeds " + " ".join(map(str, config.variant_seeds["paper"]))
+    return command
+
+
+def fold_header(command: str, seeds: list[int], where: str, counts: dict, schedule: DetectorSchedule) -> str:
+    """The paragraph above a fold's table: its command, seeds, tiles and the one target schedule."""
+    return (
+        f"Command: `{command}` (seeds {seeds}; {where}: {counts['train']['tiles']} train tiles, "
+        f"{counts['val']['tiles']} validation tiles with {counts['val']['boxes']} boxes). Every target detector: "
+        f"{schedule.max_iters} iterations of {schedule.batch_size} images, lr {schedule.lr}, "
+        f"warm-up {schedule.warmup_iters}, x0.1 at {schedule.milestones}, validation every "
+        f"{schedule.eval_every}. AP in points (x100), mean ± sd over seeds."
+    )
+
+
+def publish_fold(work: Path, text: str, *, prefix: str, fold: str, where: str, split: str) -> None:
+    """``--write-results``: the fold's committed copies, its curve picture and its section of RESULTS.md."""
+    copy_small_outputs(work, RESULTS_DIR / f"{prefix}{fold}")
+    if (work / "curves.png").is_file():
+        shutil.copyfile(work / "curves.png", REPO / "docs" / "images" / f"deepforest_curves_{prefix}{fold}.png")
+    title = f"Does SRF help? DeepForest{' CPU profile' if prefix else ''}, {where}"
+    title += " (k-fold experiment, issue 32: in progress)" if split == "blocks" else ""
+    write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}", title)
+
+
+def publish_pooled(text: str, profile: str, split: str) -> None:
+    """``--pool-folds --write-results``: the pooled table's section of RESULTS.md."""
+    pooled_name = "pooled" if split == "rows" else f"{split}-pooled"
+    title = "" if split == "rows" else "Does SRF help? The k-fold experiment pooled over spatial blocks"
+    title += f" ({'CPU profile; ' if profile == 'cpu' else ''}issue 32: in progress)" if title else ""
+    write_results_section(text, f"deepforest-{'cpu-' if profile == 'cpu' else ''}{pooled_name}", title)

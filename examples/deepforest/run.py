@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from generators import continue_generators, generator_jobs
@@ -34,11 +33,13 @@ from profiles import BLOCKS_ARMS, PROFILES, default_variants, experiment_values,
 from publish import (
     REPO,
     RESULTS_DIR,
-    copy_small_outputs,
+    fold_command,
+    fold_header,
     fold_name,
     pooled_text,
+    publish_fold,
+    publish_pooled,
     report_generators,
-    write_results_section,
 )
 from restore import EXPERIMENT_CONFIG_NAME, restore_runs
 
@@ -202,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
         print(text)
         if args.write_results:
-            pooled_name = "pooled" if args.split == "rows" else f"{args.split}-pooled"
-            title = "" if args.split == "rows" else "Does SRF help? The k-fold experiment pooled over spatial blocks"
-            title += f" ({'CPU profile; ' if args.profile == 'cpu' else ''}issue 32: in progress)" if title else ""
-            write_results_section(text, f"deepforest-{'cpu-' if args.profile == 'cpu' else ''}{pooled_name}", title)
+            publish_pooled(text, args.profile, args.split)
         return 0
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     prefix = "cpu_" if args.profile == "cpu" and not args.quick else ""
@@ -269,13 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = plan_jobs(config, seeds, work)
         states = train(work, values, seeds, args.arms, args.jobs)
         summary = summarize(jobs, config)
-    command = "python examples/deepforest/run.py" + (f" --profile {args.profile}" if prefix else "")
-    command += "" if args.split == "rows" else f" --split {args.split}"
-    command += f" --fold {args.fold}" if args.fold else ""
-    if config.variants != default_variants(args.profile):
-        command += " --variants " + " ".join(config.variants)
-    if "paper" in config.variant_seeds:
-        command += " --paper-seeds " + " ".join(map(str, config.variant_seeds["paper"]))
+    command = fold_command(args.profile, args.split, args.fold, config, named=bool(prefix))
     where = f"fold {args.fold}" if args.split == "rows" else f"spatial block {args.fold} of {SPLITS[args.split]}"
     if args.split == "blocks":
         report = dict(write_results=args.write_results, prefix=prefix, fold=fold)
@@ -290,14 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.split != "rows":
         summary["split"] = args.split
     (work / "results.json").write_text(json.dumps(summary, indent=2))
-    header = (
-        f"Command: `{command}` (seeds {seeds}; {where}: {counts['train']['tiles']} train tiles, "
-        f"{counts['val']['tiles']} validation tiles with {counts['val']['boxes']} boxes). Every target detector: "
-        f"{config.schedule.max_iters} iterations of {config.schedule.batch_size} images, lr {config.schedule.lr}, "
-        f"warm-up {config.schedule.warmup_iters}, x0.1 at {config.schedule.milestones}, validation every "
-        f"{config.schedule.eval_every}. AP in points (x100), mean ± sd over seeds."
-    )
-    text = header + "\n\n" + markdown_table(summary)
+    text = fold_header(command, seeds, where, counts, config.schedule) + "\n\n" + markdown_table(summary)
     note = args.note or (kept_note(work, text) if args.summarize_only else "")
     text += f"\n\n{note}" if note else ""
     (work / "results.md").write_text(text + "\n")
@@ -306,13 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         title = f"DeepForest{' (CPU profile)' if prefix else ''} {where}: validation AP"
         plot_curves(summary, work / "curves.png", title=title)
     if args.write_results:
-        target = RESULTS_DIR / f"{prefix}{fold}"
-        copy_small_outputs(work, target)
-        if (work / "curves.png").is_file():
-            shutil.copyfile(work / "curves.png", REPO / "docs" / "images" / f"deepforest_curves_{prefix}{fold}.png")
-        title = f"Does SRF help? DeepForest{' CPU profile' if prefix else ''}, {where}"
-        title += " (k-fold experiment, issue 32: in progress)" if args.split == "blocks" else ""
-        write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}", title)
+        publish_fold(work, text, prefix=prefix, fold=fold, where=where, split=args.split)
     failed = [name for name, state in states.items() if state != "done"]
     return 1 if failed else 0
 
