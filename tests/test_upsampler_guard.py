@@ -120,6 +120,7 @@ def test_guard_forwards_every_option_to_the_original_call(options):
         ((2, 4, 8, 11), False),  # another size
         ((2, 4, 9, 12), False),
         ((4, 8, 12), False),  # not 4D
+        ((2, 8, 12), False),  # not 4D, though its first and last two sizes match the output's
     ],
 )
 def test_guard_passes_a_guide_only_when_it_matches_the_output(guide_shape, passed):
@@ -127,6 +128,17 @@ def test_guard_passes_a_guide_only_when_it_matches_the_output(guide_shape, passe
     guide = torch.rand(*guide_shape)
     enlarge_or_interpolate(recorder, torch.rand(2, 4, 4, 6), size=(8, 12), guide=guide)
     assert recorder.calls[0]["guide"] is (guide if passed else None)
+
+
+def test_guard_sizes_a_scale_factor_call_from_height_and_width():
+    # One channel, scale 2: 4x6 -> 8x12, an enlargement that takes the guide; sized from (C, H) it would look like
+    # 2x8, a shrink of one side, and run the original call.
+    recorder = Recorder(1)
+    guide = torch.rand(2, 3, 8, 12)
+    out = enlarge_or_interpolate(recorder, torch.rand(2, 1, 4, 6), scale_factor=2, guide=guide)
+    assert tuple(out.shape) == (2, 1, 8, 12)
+    assert len(recorder.calls) == 1
+    assert recorder.calls[0]["scale_factor"] == 2 and recorder.calls[0]["guide"] is guide
 
 
 def test_guard_ignores_the_guide_where_the_original_call_runs():
@@ -197,6 +209,25 @@ def test_share_builds_one_upsampler_per_channel_count_by_name():
     assert built == [4, 8]
     assert [site.upsampler for site in report.replaced] == ["srf_upsampler_c4", "srf_upsampler_c4", "srf_upsampler_c8"]
     assert patched.get_submodule("srf_upsampler_c4") is not patched.get_submodule("srf_upsampler_c8")
+
+
+def test_share_installs_a_ready_module_itself():
+    instance = Recorder(4)
+    patched, report = patch_fpn(TwoSites(), instance, example_inputs=(two_site_inputs()[0],) * 2)
+    assert {site.upsampler for site in report.replaced} == {"srf_upsampler_c4"}
+    assert patched.get_submodule("srf_upsampler_c4") is instance
+
+
+def test_share_false_calls_the_factory_once_per_site_with_its_channels():
+    built: list[int] = []
+
+    def factory(channels: int) -> nn.Module:
+        built.append(channels)
+        return Recorder(channels)
+
+    patched, report = patch_fpn(TwoSites(), factory, share=False, example_inputs=two_site_inputs())
+    assert built == [4, 4, 8]
+    assert [patched.get_submodule(site.upsampler).in_channels for site in report.replaced] == [4, 4, 8]
 
 
 def test_share_false_copies_a_module_instance_per_site():
