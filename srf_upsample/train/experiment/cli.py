@@ -33,7 +33,7 @@ DESCRIPTION = (
 COMMANDS = ("folds", "run", "report")
 
 
-class _Refused(Exception):
+class _Refused(ValueError):
     """A request refused before anything was written: its message names the value and the fix."""
 
 
@@ -281,6 +281,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"fold {fold.index}: train {fold.train_ann_file}  val {fold.val_ann_file}")
             return 0
         return _run(args) if args.command == "run" else _report(args)
-    except (_Refused, ValueError, TypeError, FileNotFoundError, ImportError, json.JSONDecodeError) as error:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, json.JSONDecodeError) as error:
         print(f"srf-upsample experiment {args.command}: error: {error}", file=sys.stderr)
         return 2
