@@ -9,7 +9,6 @@ rewritten.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -46,6 +45,7 @@ DROP_REASONS = {
     "empty": "zero or negative width or height",
     "outside": "entirely outside its image",
 }
+_NUMBER_TYPES = (int, float)
 _FIX = "Fix the annotation file (bbox is [x, y, width, height] in pixels, category_id one of its 'categories')"
 
 
@@ -91,7 +91,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) in _NUMBER_TYPES  # not bool, a subclass of int
 
 
 def _load_json(path: str) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def _drop_reason(ann: Any, images: dict, categories: dict) -> str | None:
     if not _is_int(ann.get("category_id")) or ann["category_id"] not in categories:
         return "unknown_category"
     box = ann.get("bbox")
-    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(type(v) in _NUMBER_TYPES for v in box):
         return "malformed"
     x, y, w, h = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x, y, w, h)):
@@ -168,10 +168,14 @@ def _polygon_area(segmentation: Any) -> float | None:
         return None
     total = 0.0
     for polygon in segmentation:
-        if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2 or not all(map(_is_number, polygon)):
+        if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
             return None
         xs, ys = polygon[0::2], polygon[1::2]
-        total += abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2
+        corners = zip(xs, ys, xs[1:] + xs[:1], ys[1:] + ys[:1], strict=True)  # each corner and the next
+        try:
+            total += abs(sum(x0 * y1 - x1 * y0 for x0, y0, x1, y1 in corners)) / 2
+        except TypeError:  # a coordinate that is not a number
+            return None
     return total
 
 
@@ -359,7 +363,7 @@ def _refuse_unusable(path: str, counts: dict[str, int], dropped: dict[str, int],
 def coco_api(coco_file: CocoFile):
     """Build pycocotools' ``COCO`` from the normalised dict, without reading the file again.
 
-    It indexes a copy: COCOeval writes into its ground truth (``ignore``), and the :class:`CocoFile` stays as read.
+    It indexes copies of the annotations: COCOeval writes into each (``ignore``); the :class:`CocoFile` stays as read.
 
     Example:
         >>> import json, tempfile
@@ -379,7 +383,7 @@ def coco_api(coco_file: CocoFile):
         raise ImportError("Reading COCO files needs pycocotools: pip install 'srf_upsample[train]'.") from error
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         api = COCO()
-        api.dataset = copy.deepcopy(coco_file.dataset)
+        api.dataset = {**coco_file.dataset, "annotations": [dict(ann) for ann in coco_file.dataset["annotations"]]}
         api.createIndex()
     return api
 
