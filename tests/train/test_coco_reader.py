@@ -368,3 +368,15 @@ def test_images_missing_from_the_folder_are_named(tool, tmp_path) -> None:
             ValueError, match=r"4 of 4 images listed in .* are missing from .*cam_a/0001.png.*--data-root"
         ):
             CocoDetectionDataset(tmp_path, tool[1])
+
+
+def test_a_file_read_once_scores_the_same_at_every_evaluation(tool) -> None:
+    root, ann_file = tool
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coco = read_coco(ann_file, area="box")
+    before = json.dumps(coco.dataset, sort_keys=True)
+    for _ in range(2):  # as the trainer does every eval_every steps
+        metrics = evaluate_detector(ScriptedDetector(), root, coco, category_ids=CATEGORY_IDS)
+        assert {name: pytest.approx(value, abs=1e-9) for name, value in metrics["bbox"].items()} == BY_BOX
+    assert json.dumps(coco.dataset, sort_keys=True) == before  # COCOeval's "ignore" went into its own copies
