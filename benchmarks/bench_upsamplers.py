@@ -4,6 +4,13 @@ Run from the repository root:
     python benchmarks/bench_upsamplers.py                 # full run, CPU, float32 + bfloat16, writes RESULTS.md
     python benchmarks/bench_upsamplers.py --device cuda   # same on a GPU (its own section of RESULTS.md)
     python benchmarks/bench_upsamplers.py --quick         # tiny sizes, one repetition (CI smoke test)
+    python benchmarks/bench_upsamplers.py --registry      # every name of list_upsamplers(): params and FLOPs only
+
+``--registry`` prints (and writes nothing) one row per upsampler name: parameters at 256 channels and the FLOPs of
+its three FPN calls for one 800x1216 image (Mask R-CNN's size), no timings. FLOPs come from
+``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add of convolutions and matrix products), plus what it
+does not see, counted from the shapes as in ``bench_backbone_fpn.py``: ``2 * k_up**2 * C * H_out * W_out`` for
+CARAFE's reassembly and ``2 * 4 * C * H_out * W_out`` (four bilinear taps) for DySample's ``grid_sample``.
 
 Every learned upsampler is timed fused (``.eval().fuse()``), under ``torch.inference_mode()``, with batch size 1,
 interleaved with ``F.interpolate(mode="nearest")`` (what torchvision's FPN calls) on the same input in the same run.
@@ -21,7 +28,7 @@ import torch.nn.functional as F
 from _common import MachineLoad, benchmark_parser, format_table, header_lines, publish, rounds, time_interleaved
 from torch.utils.flop_counter import FlopCounterMode
 
-from srf_upsample import SRFUpsample
+from srf_upsample import SRFUpsample, build_upsampler, list_upsamplers
 from srf_upsample.upsample import VARIANTS
 
 __all__ = ["main", "run"]
@@ -118,14 +125,65 @@ def run(
     return format_table(headers, rows)
 
 
+def _uncounted_flops(module: torch.nn.Module, channels: int, out_size: tuple[int, int]) -> int:
+    """FLOPs FlopCounterMode does not see: CARAFE's reassembly and DySample's bilinear sampling (0 for the rest)."""
+    pixels = channels * out_size[0] * out_size[1]
+    k_up = getattr(module, "k_up", None)
+    if type(module).__name__ == "CARAFE" and isinstance(k_up, int):
+        return 2 * k_up * k_up * pixels
+    if type(module).__name__ == "DySample":
+        return 2 * 4 * pixels
+    return 0
+
+
+def registry_table(*, image: tuple[int, int] = FULL_IMAGE, in_channels: int = 256) -> str:
+    """Params and FLOPs of every upsampler name at the FPN steps of ``image`` (inference: eval mode, SRF fused)."""
+    torch.manual_seed(0)
+    rows = []
+    for name in list_upsamplers():
+        module = build_upsampler(name, in_channels).eval()
+        params = sum(p.numel() for p in module.parameters())
+        if isinstance(module, SRFUpsample):
+            module.fuse()
+        counted = uncounted = 0
+        for _, stride in STEPS:
+            height, width = image[0] // stride, image[1] // stride
+            size = (2 * height, 2 * width)
+            x = torch.randn(1, in_channels, height, width)
+            # A guide-taking upsampler gets, as in a patched FPN, the lateral map its output is added to.
+            extra = {"guide": torch.randn(1, in_channels, *size)} if getattr(module, "accepts_guide", False) else {}
+            with torch.inference_mode():
+                counted += _count_flops(lambda m=module, x=x, size=size, extra=extra: m(x, size=size, **extra))
+            uncounted += _uncounted_flops(module, in_channels, size)
+        rows.append(
+            [
+                name,
+                f"{params:,}",
+                f"{counted / 1e9:.2f}",
+                f"{uncounted / 1e9:.2f}",
+                f"{(counted + uncounted) / 1e9:.2f}",
+            ]
+        )
+    headers = ["upsampler", f"params ({in_channels} ch)", "GFLOPs (counter)", "GFLOPs (not counted)", "GFLOPs"]
+    return format_table(headers, rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser(__doc__, repeats=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--no-channels-last", action="store_true", help="skip the channels_last rows")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--registry", action="store_true", help="params and FLOPs of every upsampler name, no timing")
     args = parser.parse_args(argv)
     image = QUICK_IMAGE if args.quick else FULL_IMAGE
+    if args.registry:
+        print(
+            f"Upsamplers by name: params at 256 channels, FLOPs of the three FPN calls (P5->P4, P4->P3, P3->P2) "
+            f"for one {image[0]}x{image[1]} image, eval mode, SRF generators fused; torch {torch.__version__}\n"
+        )
+        print(registry_table(image=image))
+        return 0
     repeats, warmup = rounds(args)
     with MachineLoad() as load:
         table = run(
