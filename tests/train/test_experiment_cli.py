@@ -205,6 +205,12 @@ def test_a_work_folder_of_another_experiment_is_refused(tmp_path, capsys):
     widened = json.loads((work / "experiment.json").read_text())
     assert widened["seeds"] == [0, 1] and {"DySample", "A2"} <= set(widened["config"]["arms"])
     assert "paper" in widened["config"]["variants"]
+    # What trains is what this command asks for, not the whole record.
+    capsys.readouterr()
+    assert (
+        main(["run", "--config", str(config), "--work-dir", str(work), "--dry-run", "--seeds", "1", "--arms", "B"]) == 0
+    )
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["seed1/A1", "seed1/B"]
 
 
 def test_folds_and_arms_plan_each_fold_on_its_own_files(tmp_path, capsys):

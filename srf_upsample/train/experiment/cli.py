@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -207,35 +208,45 @@ def _run(args: argparse.Namespace) -> int:
     if args.fold is not None and (not folds or len(selected) != len(set(args.fold))):
         known = f"folds 0..{len(folds) - 1}" if folds else "no folds"
         raise _Refused(f"--fold {args.fold}: {args.work_dir} has {known}; name some of those (or leave --fold out).")
-    plans = []  # every fold's config and seeds, checked against its folder's record before anything trains
+    plans = []  # every fold's request and its grown record, checked against its folder before anything trains
     for fold in selected:
         work = fold.work_dir if fold else args.work_dir
-        config, seeds = widen_experiment(work, _fold_config(values, fold), args.seeds)
-        plans.append((work, config, seeds))
+        requested = _fold_config(values, fold)
+        plans.append((work, requested, *widen_experiment(work, requested, args.seeds)))
     launcher = None if args.dry_run or args.summarize_only else _launcher(args)
     jobs_at_once = args.jobs or (1 if args.launcher == "local" else 10**6)
-    failed = []
-    for work, config, seeds in plans:
-        jobs = plan_jobs(config, args.seeds, work)
-        if args.arms is not None:
-            jobs = select_arms(jobs, args.arms)
+    trains = []  # (work, the runs to train now): what this command asked for, not the whole record
+    for work, requested, *_ in plans:
+        jobs = plan_jobs(requested, args.seeds, work)
+        trains.append((work, select_arms(jobs, args.arms) if args.arms is not None else jobs))
         if args.dry_run:
-            for job in jobs:
+            for job in trains[-1][1]:
                 print(f"{job.name:28s} {job.stage:9s} needs {','.join(job.needs) or '-'}")
-            continue
+    if args.dry_run:
+        return 0
+    for work, _, config, seeds in plans:
         write_experiment(work, config, seeds)
+    if args.summarize_only:
+        states = [{} for _ in plans]
+    elif args.launcher == "submitit" and len(trains) > 1:  # a cluster takes every fold's runs at once
+        with ThreadPoolExecutor(len(trains)) as pool:
+            states = list(
+                pool.map(lambda item: run_jobs(item[1], max_parallel=jobs_at_once, launcher=launcher), trains)
+            )
+    else:
+        states = [run_jobs(jobs, max_parallel=jobs_at_once, launcher=launcher) for _, jobs in trains]
+    failed = []
+    for (work, _, config, seeds), fold_states in zip(plans, states, strict=True):
         if args.summarize_only:
-            states: dict[str, str] = {}
             with open_runs(work) as runs_dir:  # the run folders, or their archive unpacked
-                text = _table(work, plan_jobs(config, seeds, runs_dir), config, states)
+                text = _table(work, plan_jobs(config, seeds, runs_dir), config, fold_states)
         else:
-            states = run_jobs(jobs, max_parallel=jobs_at_once, launcher=launcher)
-            text = _table(work, plan_jobs(config, seeds, work), config, states)
+            text = _table(work, plan_jobs(config, seeds, work), config, fold_states)
         print(f"{work}:\n{text}" if folds else text)
-        failed += [name for name, value in states.items() if value != "done"]
+        failed += [name for name, value in fold_states.items() if value != "done"]
     if failed:
         print(f"not finished: {failed}", file=sys.stderr)
-    if folds and not args.dry_run:
+    if folds:
         print(f"report over the folds: srf-upsample experiment report --work-dir {args.work_dir} --out REPORT_DIR")
     return 1 if failed else 0
 

@@ -13,6 +13,7 @@ trains under ``torchrun`` inside its job (one node, one process per GPU).
 from __future__ import annotations
 
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,9 +149,11 @@ class SubmititLauncher:
         if self._executor.cluster != "slurm":
             settings = {key: value for key, value in settings.items() if not key.startswith("slurm_")}
         self._executor.update_parameters(**settings)
+        self._lock = threading.Lock()
 
     def start(self, command: list[str], log_file: Path) -> _SubmititJob:
         """Submit ``command`` as one job (its output appended to ``log_file``)."""
-        self._executor.update_parameters(name=f"srf-{Path(log_file).parent.name}")
         run = TrainingRun(distributed_command(command, self.gpus), str(log_file))
-        return _SubmititJob(self._executor.submit(run))
+        with self._lock:  # folds submit from threads: the job name and the submission go together
+            self._executor.update_parameters(name=f"srf-{Path(log_file).parent.name}")
+            return _SubmititJob(self._executor.submit(run))
