@@ -11,14 +11,25 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SEED", "process_state", "reseed", "rng_states", "set_rng_states", "state_changes"]
+__all__ = ["SEED", "SELF_SET_ENV", "process_state", "reseed", "rng_states", "set_rng_states", "state_changes"]
 
 SEED = 0  # the torch, random and numpy seed every test starts from
+# Environment variables that are not a test's doing: pytest names the running test in PYTEST_CURRENT_TEST, and torch's
+# inductor (torch.compile, torch.export) records its cache folder and compile-worker settings there at its first use.
+SELF_SET_ENV = frozenset(
+    {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "TORCH_WARM_POOL", "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
+)
 
 
 def _handlers(logger: logging.Logger) -> tuple[logging.Handler, ...]:
-    # pytest's logging plugin attaches its own capture handlers around each phase; they are not the test's doing.
-    return tuple(h for h in logger.handlers if not type(h).__module__.startswith("_pytest"))
+    # Not a test's doing: pytest's logging plugin attaches its own capture handlers around each phase, and torch's
+    # LazyTraceHandler on the "torch.__trace" logger removes itself at its first record (the first torch.export or
+    # torch.compile of the process) unless TORCH_TRACE names a folder.
+    return tuple(
+        h
+        for h in logger.handlers
+        if not type(h).__module__.startswith("_pytest") and type(h).__name__ != "LazyTraceHandler"
+    )
 
 
 def _loggers() -> dict[str, tuple[Any, ...]]:
@@ -45,7 +56,7 @@ def process_state() -> dict[str, Any]:
         "torch.backends.cudnn.deterministic": torch.backends.cudnn.deterministic,
         "torch.backends.cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
         "torch.backends.cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "os.environ": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},  # pytest sets it
+        "os.environ": {k: v for k, v in os.environ.items() if k not in SELF_SET_ENV},
         "os.getcwd()": os.getcwd(),
         "logging.disable level": logging.root.manager.disable,
         "loggers": _loggers(),
