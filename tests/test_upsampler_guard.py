@@ -230,6 +230,39 @@ def test_share_false_calls_the_factory_once_per_site_with_its_channels():
     assert [patched.get_submodule(site.upsampler).in_channels for site in report.replaced] == [4, 4, 8]
 
 
+class Plain(nn.Module):
+    """A ready upsampler without an ``in_channels`` attribute: nothing to check, it serves every site."""
+
+    def forward(self, x, size=None, scale_factor=None):
+        return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
+
+
+class WideFactory:
+    """A factory object that happens to carry an ``in_channels`` attribute; a factory is never width-checked."""
+
+    in_channels = 16
+
+    def __call__(self, channels: int) -> nn.Module:
+        return Recorder(channels)
+
+
+@pytest.mark.parametrize("upsampler", [Plain(), WideFactory()])
+def test_only_a_ready_module_with_in_channels_is_width_checked(upsampler):
+    patched, report = patch_fpn(TwoSites(), upsampler, example_inputs=two_site_inputs())
+    assert [site.upsampler for site in report.replaced] == ["srf_upsampler_c4", "srf_upsampler_c4", "srf_upsampler_c8"]
+    assert list(report.skipped) == []
+
+
+def test_share_false_deep_copies_a_module_instance_per_site():
+    instance = SRFUpsample(4, hidden_channels=8, num_blocks=1)
+    patched, report = patch_fpn(TwoSites(), instance, share=False, example_inputs=(two_site_inputs()[0],) * 2)
+    for site in report.replaced:
+        copy = patched.get_submodule(site.upsampler)
+        assert copy is not instance and copy.tail.weight is not instance.tail.weight
+        assert copy.tail.weight.data_ptr() != instance.tail.weight.data_ptr()
+        assert torch.equal(copy.tail.weight, instance.tail.weight)
+
+
 def test_share_false_copies_a_module_instance_per_site():
     instance = Recorder(4)
     patched, report = patch_fpn(TwoSites(), instance, share=False, example_inputs=(two_site_inputs()[0],) * 2)
