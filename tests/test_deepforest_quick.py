@@ -350,3 +350,37 @@ def test_restore_rebuilds_finished_runs_and_refuses_what_needs_their_weights(tmp
     assert "seed0/stage2-lite cannot start: init" in caplog.text and not (work / "seed0" / "stage2-lite").exists()
     with pytest.raises(SystemExit):
         deepforest_run.main(["--restore", "--quick"])
+
+
+def test_training_goes_through_the_public_command(tmp_path, monkeypatch, deepforest_run):
+    calls = []
+
+    def experiment(argv):
+        calls.append(argv)
+        (tmp_path / "results.json").write_text(json.dumps({"states": {"seed1/A1": "done", "seed1/C": "failed"}}))
+        return 1
+
+    monkeypatch.setattr(deepforest_run, "experiment", experiment)
+    values = {"arms": ["A1", "C"], "variants": ["lite"]}
+    states = deepforest_run.train(tmp_path, values, [1, 2], ["A5", "C"], 2)
+    config = str(tmp_path / "train_config.json")
+    expected = ["run", "--config", config, "--work-dir", str(tmp_path), "--jobs", "2", "--seeds", "1", "2"]
+    assert calls == [[*expected, "--arms", "A5", "C"]]
+    assert json.loads((tmp_path / "train_config.json").read_text()) == values
+    assert states == {"seed1/A1": "done", "seed1/C": "failed"}  # what the command's results.json says
+    deepforest_run.train(tmp_path, values, [0], None, 1)
+    assert "--arms" not in calls[-1]
+    monkeypatch.setattr(deepforest_run, "experiment", lambda argv: 2)  # refused before training
+    with pytest.raises(SystemExit, match="refused to start"):
+        deepforest_run.train(tmp_path, values, [0], None, 1)
+
+
+def test_summarize_only_keeps_the_note_under_an_unchanged_table(tmp_path, deepforest_run):
+    table = "Command: `x`.\n\n| arm | AP |\n|---|---|\n| A1 | 1.0 |\n\nPlanned but not finished: B (seeds 0)."
+    (tmp_path / "results.md").write_text(table + "\n\nWhere the runs ran: here.\n\nAnd there.\n")
+    assert deepforest_run.kept_note(tmp_path, table) == "Where the runs ran: here.\n\nAnd there."
+    changed = table.replace("| 1.0 |", "| 2.0 |")  # a new number in the table: its last paragraph still ends it
+    assert deepforest_run.kept_note(tmp_path, changed) == "Where the runs ran: here.\n\nAnd there."
+    finished = table.rsplit("\n\n", 1)[0] + "\n\nEvery planned run finished."  # another last paragraph: no note
+    assert deepforest_run.kept_note(tmp_path, finished) == ""
+    assert deepforest_run.kept_note(tmp_path / "new", table) == ""
