@@ -317,3 +317,44 @@ def test_a_module_of_the_wrong_width_is_refused_with_the_fix():
 def test_default_upsampler_is_srfupsample():
     patched, report = patch_fpn(TwoSites(), None, example_inputs=two_site_inputs())
     assert isinstance(patched.get_submodule(report.replaced[0].upsampler), SRFUpsample)
+
+
+class OwnGenerator(nn.Module):
+    """A neck that already calls a generator of its own, next to a plain enlargement."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gen = SRFUpsample(4, hidden_channels=8, num_blocks=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gen(x, scale_factor=2) + F.interpolate(x, scale_factor=2.0)
+
+
+def test_a_generator_the_neck_already_has_is_reported_as_patched_not_replaced():
+    patched, report = patch_fpn(OwnGenerator(), SMALL_SRF, example_inputs=(torch.rand(1, 4, 3, 3),))
+    actions = {site["node"]: (site["action"], site["upsampler"]) for site in report.to_dict()["sites"]}
+    assert actions == {"gen": ("already patched", "gen"), "interpolate": ("replaced", "srf_upsampler_c4")}
+
+
+def test_a_registry_name_builds_that_upsampler_per_channel_count():
+    patched, report = patch_fpn(TwoSites(), "srf-lite", example_inputs=two_site_inputs())
+    modules = {name: patched.get_submodule(name) for name in ("srf_upsampler_c4", "srf_upsampler_c8")}
+    assert all(isinstance(m, SRFUpsample) and m.variant == "lite" for m in modules.values())
+    assert [m.in_channels for m in modules.values()] == [4, 8]
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "output_shape", "reason"),
+    [
+        (None, None, "no shape on the example input (the call did not run)"),
+        ((2, 4, 8, 12), None, "no shape on the example input (the call did not run)"),
+        ((2, 4, 8, 12), (2, 4, 8), "not a 4D feature map (input shape (2, 4, 8, 12))"),
+        ((2, 4, 8), (2, 4, 16), "not a 4D feature map (input shape (2, 4, 8))"),
+        ((2, 4, 8, 12), (2, 4, 16, 24), ""),
+    ],
+)
+def test_direction_of_recorded_shapes(input_shape, output_shape, reason):
+    # The rule patch_fpn applies to each recorded call (its reasons are the report's): the unusual records directly.
+    from srf_upsample.patch._upsamplers import direction
+
+    assert direction(input_shape, output_shape) == reason
