@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ._checks import check_positive_int
+from .carafe import CARAFE
 from .dysample import DySample
 from .hub import CONFIG_NAME, list_shipped, shipped_weights_dir
 from .upsample import SRFUpsample
@@ -30,13 +31,6 @@ __all__ = [
 ]
 
 
-def _carafe(channels: int) -> nn.Module:
-    # Imported on first use: srf_upsample.carafe is a sibling module written separately from this registry.
-    from .carafe import CARAFE
-
-    return CARAFE(channels)
-
-
 @dataclass(frozen=True)
 class UpsamplerSpec:
     """A built-in upsampler: its one-line description and the factory called with the channel count."""
@@ -47,7 +41,7 @@ class UpsamplerSpec:
 
 UPSAMPLERS: dict[str, UpsamplerSpec] = {
     "carafe": UpsamplerSpec(
-        "CARAFE (Wang et al., ICCV 2019): content-aware reassembly with predicted 5x5 kernels", _carafe
+        "CARAFE (Wang et al., ICCV 2019): content-aware reassembly with predicted 5x5 kernels", CARAFE
     ),
     "dysample": UpsamplerSpec(
         "DySample (Liu et al., ICCV 2023): bilinear sampling at learned offsets, starts as bilinear", DySample
@@ -170,8 +164,4 @@ def resolve_upsampler(name: str) -> nn.Module | Callable[[int], nn.Module]:
 
 def upsampler_types() -> tuple[type[nn.Module], ...]:
     """The module classes behind the registry's names (an instance of one is recognised as an upsampler)."""
-    try:
-        from .carafe import CARAFE
-    except ImportError:  # an installation without the CARAFE module still recognises the others
-        return (SRFUpsample, DySample)
     return (SRFUpsample, DySample, CARAFE)
