@@ -10,8 +10,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-from srf_upsample import DySample, SRFUpsample, patch_fpn
-from srf_upsample.carafe import CARAFE
+from srf_upsample import CARAFE, DySample, SRFUpsample, patch_fpn
 from srf_upsample.export import (
     PARITY_TOLERANCE,
     check_backbone_parity,

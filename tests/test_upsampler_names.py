@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import detection
 
-from srf_upsample import DySample, SRFUpsample, build_upsampler, list_shipped, list_upsamplers, patch_fpn
-from srf_upsample.carafe import CARAFE
+from srf_upsample import CARAFE, DySample, SRFUpsample, build_upsampler, list_shipped, list_upsamplers, patch_fpn
 from srf_upsample.train.models import CARAFE_INACTIVE_WEIGHT, start_carafe_as_bilinear
 from srf_upsample.train.stage_configs import build_config
 
