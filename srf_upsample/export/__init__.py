@@ -1,9 +1,9 @@
-"""ONNX export of SRFUpsample generators and of patched detector backbones, with an onnxruntime parity check.
+"""ONNX export of upsamplers (SRFUpsample, DySample, CARAFE) and of patched detector backbones, with a parity check.
 
 The optional ``[export]`` extra (``onnx``, ``onnxscript``, ``onnxruntime``) is imported inside functions only, so
 ``import srf_upsample.export`` works without it. Graphs are written by ``torch.onnx.export(..., dynamo=True)`` and hold
 only standard operators of the default ONNX domain (see ``docs/export.md``). One job per module: ``_onnx`` (the ONNX
-side: extras, opset, writing, sessions), ``_generator`` (one generator), ``_backbone`` (a patched backbone + FPN),
+side: extras, opset, writing, sessions), ``_generator`` (one upsampler), ``_backbone`` (a patched backbone + FPN),
 ``_parity`` (onnxruntime vs. PyTorch) and ``cli`` (``srf-upsample export``).
 """
 
