@@ -248,3 +248,26 @@ def test_submitit_local_executor_trains_two_tiny_runs(tmp_path):
     # The report step reads the same work folder: B against A1 over the one seed.
     assert main(["report", "--work-dir", str(work), "--out", str(tmp_path / "report"), "--replicates", "20"]) == 0
     assert {"results.md", "results.json", "forest.png"} <= {path.name for path in (tmp_path / "report").iterdir()}
+
+
+def test_a_job_appends_to_its_log_fails_loudly_and_requeues_the_same_command(tmp_path):
+    import sys
+
+    submitit = pytest.importorskip("submitit")
+    from srf_upsample.train.experiment.launch import TrainingRun, distributed_command
+
+    log = tmp_path / "train.log"
+    log.write_text("earlier attempt\n")
+    assert TrainingRun([sys.executable, "-c", "print('step 1')"], str(log))() == 0
+    failing = TrainingRun([sys.executable, "-c", "print('step 2'); raise SystemExit(3)"], str(log))
+    with pytest.raises(RuntimeError, match=f"exited with 3; see {log}"):
+        failing()
+    assert log.read_text() == "earlier attempt\nstep 1\nstep 2\n"  # appended, as a resumed run's log is
+    requeued = failing.checkpoint()  # what submitit calls on preemption or timeout
+    assert isinstance(requeued, submitit.helpers.DelayedSubmission)
+    assert requeued.function == failing and requeued.function is not failing and requeued.args == ()
+    command = ["python", "-m", "srf_upsample.cli", "train", "stage1", "--config", "c.json"]
+    assert distributed_command(command, 4) == [
+        "python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
+        "-m", "srf_upsample.cli", "train", "stage1", "--config", "c.json",
+    ]  # fmt: skip
