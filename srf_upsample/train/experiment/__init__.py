@@ -17,7 +17,8 @@ FPN width.
 Modules: ``arms`` (the registry), ``config`` (the experiment file), ``plan`` (runs and their order), ``run`` (the
 process scheduler), ``summary`` (reading finished runs), ``stats``, ``report`` (Markdown, curves), ``intervals``
 (one paired difference's interval and variance split), ``readout`` (:func:`report_experiment`: the report step over
-folds, with ``readout_text`` and ``forest``), ``cli``.
+folds, with ``readout_text`` and ``forest``), ``folds`` (k-fold splits of one COCO file), ``launch`` (local
+processes or one submitit job per run), ``cli``.
 """
 
 from .archive import open_runs as open_runs
