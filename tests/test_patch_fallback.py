@@ -29,7 +29,17 @@ def assert_equal(actual, expected) -> None:
 
 
 def generator_grads(model: nn.Module) -> list[bool]:
-    return [p.grad is not None for m in model.modules() if isinstance(m, SRFUpsample) for p in m.parameters()]
+    """Per generator: every parameter has a finite gradient and the tail's is not zero.
+
+    A fresh generator's tail conv is zero, so only the tail gets a non-zero gradient at first (the convs before it
+    get zeros); a detached generator would leave even the tail's at zero.
+    """
+    return [
+        all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in m.parameters())
+        and bool(m.tail.weight.grad.abs().sum() > 0)
+        for m in model.modules()
+        if isinstance(m, SRFUpsample)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------

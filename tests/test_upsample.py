@@ -115,7 +115,7 @@ def test_any_batch_size_and_gradients_reach_every_parameter(batch, variant, norm
     up = give_trained_weights(tiny(variant=variant, norm=norm)).train()
     x = torch.randn(batch, 4, 5, 7, requires_grad=True)
     up(x, size=(9, 13)).square().mean().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for name, p in up.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
