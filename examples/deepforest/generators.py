@@ -1,4 +1,4 @@
-"""The converged generators of a ``--split blocks`` fold (issue 31): which runs train them, how far each got, and
+"""The converged generators of a ``--split blocks`` fold: which runs train them, how far each got, and
 continuing one that reached its iteration cap before the plateau criterion.
 """
 
@@ -32,7 +32,7 @@ def _run_minutes(run: Path) -> float:
 
 
 def generators_text(work: Path, command: str, where: str) -> str | None:
-    """The converged generators of a ``--split blocks`` fold (issue 31): how long each stage 1 ran, why it stopped,
+    """The converged generators of a ``--split blocks`` fold: how long each stage 1 ran, why it stopped,
     and G's held-out L1 per level at its last evaluation against nearest, bilinear and bicubic on the same tiles.
     ``None`` where no shared stage-1 run has evaluated G yet.
     """

@@ -46,7 +46,7 @@ STAGE2 = {
     "init_from_extractor": True,
     "anchor_scale": 0.5,
 }
-# The CPU profile: what the issue's budget asks for (one seed of every lite arm in about 90 minutes on 2 CPU cores).
+# The CPU profile: the budget it is sized for (one seed of every lite arm in about 90 minutes on 2 CPU cores).
 # The FPN and the RPN at P2 dominate this detector's cost, so the FPN is 64 channels wide instead of 256 (18 s ->
 # 5 s per step of 8 tiles here); the batch is halved (lr with it, so the same lr per image) over the GPU profile's
 # 400 iterations: 26 epochs, x0.1 after 18 (A1 on the GPU profile plateaued after 15-20 epochs; a first CPU try with
@@ -99,13 +99,13 @@ QUICK = {
 }
 
 
-# --split blocks (issue 32): the arms in their budget order (the paper variant's arms follow when --variants has
+# --split blocks: the arms in their budget order (the paper variant's arms follow when --variants has
 # it), and one converged stage-1 run per fold and variant serving every seed (the paper's reuse of one G).
 BLOCKS_ARMS = ["A1", "B", "A2", "E2E", "DySample", "A5", "C", "A1+"]
 BLOCKS_ORDER = ["A1", "B", "A2-{v}", "E2E-{v}", "DySample", "A5-{v}", "C", "A1+"]
 # Stage 1 to a plateau of G's held-out L1 (measured on the fold's validation tiles, which no detector trains on):
-# 8x the short schedule at most, stopped after 5 evaluations without a 1 % gain. The CPU profile's D is ours to size
-# (issue 31): at 64/128/128 it takes 3.9 of a stage-1 step's 4.6 s (1.7x a detector step even with F cached); at
+# 8x the short schedule at most, stopped after 5 evaluations without a 1 % gain. The CPU profile's D is ours to
+# size: at 64/128/128 it takes 3.9 of a stage-1 step's 4.6 s (1.7x a detector step even with F cached); at
 # 16/32/32 a step is 0.27x a detector step (`benchmarks/bench_stage_steps.py --setup deepforest`). G's loss is
 # L1 + 0.001 x adversarial, so D's width moves G's gradient little; the GPU profile keeps the paper's D.
 STAGE1_CONVERGED = {
@@ -130,7 +130,7 @@ def blocks_values(data: Path, profile: str, stage1: dict, variants: list[str], a
 
 def default_variants(profile: str) -> list[str]:
     """The generator variants a profile trains unless --variants says otherwise."""
-    # The guided variant (issue 34) is an arm only with --variants: its own trainer path feeds G its guide.
+    # The guided variant is an arm only with --variants: its own trainer path feeds G its guide.
     return ["lite"] if profile == "cpu" else [variant for variant in GENERATOR_VARIANTS if variant != "guided"]
 
 

@@ -185,7 +185,7 @@ def report_generators(work: Path, *, command: str, where: str, write_results: bo
         copy_small_outputs(work, target)
         copy_generators(work, target)
         shutil.copyfile(picture, REPO / "docs" / "images" / f"deepforest_generator_curves_{prefix}{fold}.png")
-        title = f"Converged generators: DeepForest{' CPU profile' if prefix else ''}, {where} (issue 31)"
+        title = f"Converged generators: DeepForest{' CPU profile' if prefix else ''}, {where}"
         write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}-generators", title)
 
 
@@ -218,7 +218,7 @@ def publish_fold(work: Path, text: str, *, prefix: str, fold: str, where: str, s
     if (work / "curves.png").is_file():
         shutil.copyfile(work / "curves.png", REPO / "docs" / "images" / f"deepforest_curves_{prefix}{fold}.png")
     title = f"Does SRF help? DeepForest{' CPU profile' if prefix else ''}, {where}"
-    title += " (k-fold experiment, issue 32: in progress)" if split == "blocks" else ""
+    title += " (spatial k-fold experiment)" if split == "blocks" else ""
     write_results_section(text, f"deepforest-{prefix.replace('_', '-')}{fold}", title)
 
 
@@ -226,5 +226,5 @@ def publish_pooled(text: str, profile: str, split: str) -> None:
     """``--pool-folds --write-results``: the pooled table's section of RESULTS.md."""
     pooled_name = "pooled" if split == "rows" else f"{split}-pooled"
     title = "" if split == "rows" else "Does SRF help? The k-fold experiment pooled over spatial blocks"
-    title += f" ({'CPU profile; ' if profile == 'cpu' else ''}issue 32: in progress)" if title else ""
+    title += " (CPU profile)" if title and profile == "cpu" else ""
     write_results_section(text, f"deepforest-{'cpu-' if profile == 'cpu' else ''}{pooled_name}", title)
