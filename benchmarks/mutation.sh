@@ -62,19 +62,21 @@ EOF
     ln -sfn "$root/weights" "$work/mutants/weights"
 
     # The root pyproject.toml with its [tool.mutmut] replaced by this module's.
-    python - "$source" $tests > "$work/pyproject.toml" <<'EOF'
-import json, re, sys
+    python - "$module" > "$work/pyproject.toml" <<'EOF'
+import json, re, sys, tomllib
 from pathlib import Path
 
 text = Path("pyproject.toml").read_text()
+entry = tomllib.loads(text)["tool"]["srf_upsample"]["mutation"][sys.argv[1]]
 text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[[a-z]|\Z)", "", text)
-source, tests = sys.argv[1], sys.argv[2:]
 print(text.rstrip() + "\n")
 print("[tool.mutmut]")
 print('source_paths = ["srf_upsample"]')
-print(f"only_mutate = [{json.dumps(source)}]")
+print(f"only_mutate = [{json.dumps(entry['source'])}]")
 print('pytest_add_cli_args = ["-p", "no:cacheprovider"]')
-print(f"pytest_add_cli_args_test_selection = {json.dumps(tests)}")
+print(f"pytest_add_cli_args_test_selection = {json.dumps(entry['tests'])}")
+for key, value in entry.get("mutmut", {}).items():  # the module's own mutmut settings
+    print(f"{key} = {json.dumps(value)}")
 EOF
 
     cd "$work"

@@ -4,6 +4,7 @@ import json
 import math
 import statistics
 
+import numpy as np
 import pytest
 
 from srf_upsample.train.experiment import pool_paired
@@ -27,3 +28,15 @@ def test_a_seed_missing_in_the_middle_pairs_the_others_by_seed():
     assert sd == pytest.approx(2.5 / math.sqrt(2))
     assert entry["sign_test_p"] == pytest.approx(0.5)  # 2 of 2 above 0: 2 * P(X <= 0) = 2 / 4
     assert entry["interval"] is None  # no resampled detections given
+
+
+def test_a_tie_is_not_above_zero_and_a_missing_resample_leaves_no_interval():
+    summary = _summary({"A1": {0: 30.0, 1: 31.0, 2: 32.0}, "B": {0: 30.0, 1: 33.0, 2: 31.0}})  # 0, +2, -1
+    rows = np.ones(50)
+    complete = {"B": {0: rows, 1: rows, 2: rows}, "A1": {0: rows, 1: rows, 2: rows}}
+    entry = pool_paired({"fold 0": summary}, {"fold 0": complete})["B"]["AP_minus_A1"]
+    assert entry["above_zero"] == 1 and entry["sign_test_p"] == pytest.approx(1.0)  # the tie is left out: 1 of 2
+    assert entry["interval"] == (0.0, 0.0)  # identical resampled AP: every replicate's difference is 0
+    without_seed_2 = {"B": complete["B"], "A1": {0: rows, 1: rows}}
+    for resampled in (without_seed_2, {"B": complete["B"]}, {"A1": complete["A1"]}):
+        assert pool_paired({"fold 0": summary}, {"fold 0": resampled})["B"]["AP_minus_A1"]["interval"] is None

@@ -72,6 +72,7 @@ def test_pairs_to_find_is_the_first_n_that_reaches_the_effect():
     assert pairs_to_find(minimal_detectable_effect(1.0, 12), 1.0) == 12
     assert pairs_to_find(1e-6, 1.0, limit=50) == 50  # not even the limit is enough
     assert pairs_to_find(0.5, 0.0) == 2  # no spread: the fewest pairs with an sd
+    assert pairs_to_find(1e-6, 1.0) == 100_000  # the default limit
 
 
 @pytest.mark.parametrize(("effect", "sd"), [(0.0, 1.0), (-1.0, 1.0), (0.3, -0.5)])
@@ -92,8 +93,9 @@ def test_paired_bootstrap_weighs_each_pair_once_over_folds():
     # over the 3 pairs is (2 * [1, 2, 3] + [4, 4, 4]) / 3.
     differences = {"a": np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]), "b": np.array([[4.0, 4.0, 4.0]])}
     np.testing.assert_allclose(paired_bootstrap(differences), [2.0, 8 / 3, 10 / 3], rtol=1e-12)
-    with pytest.raises(ValueError, match="paired_bootstrap needs at least one fold with pairs."):
+    with pytest.raises(ValueError) as info:
         paired_bootstrap({})
+    assert str(info.value) == "paired_bootstrap needs at least one fold with pairs."
 
 
 def test_paired_bootstrap_resamples_pairs_with_replacement():
