@@ -22,10 +22,11 @@ from .upsample import MAX_SCALE_FACTOR
 
 __all__ = ["CARAFE", "INFERENCE_CHANNEL_CHUNK", "reassemble"]
 
-# Channels per block of the inference route: a block's sum for one phase (64 x H x (W + 4) floats) is what the 25 taps
-# read and write in turn, so the smaller the block the more of it stays in cache between taps, and the more small
-# operations Python dispatches. 64 suits FPN levels of 256 channels up to 100x152 (an 800x1216 image).
-INFERENCE_CHANNEL_CHUNK = 64
+# Channels per block of the inference route. A block's sums (scale**2 x 32 x H x (W + 4) floats) are what the taps
+# read and write in turn: the smaller the block, the more of it stays in cache between taps, but the more small
+# operations Python dispatches (and, with several threads, the more parallel regions start and join). 32 suits FPN
+# levels of 256 channels up to 100x152 (an 800x1216 image).
+INFERENCE_CHANNEL_CHUNK = 32
 
 
 def _check_odd(name: str, value: object, hint: str) -> int:
@@ -67,9 +68,9 @@ def _reassemble_inference(
     """The route without autograd: the same sums on flat rows, in cache-sized blocks, written into one buffer.
 
     The padded input is flattened, so the neighbour of tap ``(dy, dx)`` is the flat array shifted by
-    ``dy * (W + 2p) + dx``: every multiply-add runs over one long contiguous row instead of H short ones. Each output
-    row gets ``2p`` extra columns (which read the padding and the next row) that are dropped at the end. Each
-    (phase, block of ``channel_chunk`` channels) sum stays in cache over its ``k_up**2`` taps.
+    ``dy * (W + 2p) + dx``: every multiply-add runs over long contiguous rows instead of H short ones. Each output
+    row gets ``2p`` extra columns (which read the padding and the next row) that are dropped at the end. The sums of a
+    block of ``channel_chunk`` channels (all phases) stay in cache over the ``k_up**2`` taps.
     """
     batch, channels, height, width = x.shape
     k_up = math.isqrt(kernels.shape[1])
@@ -77,20 +78,19 @@ def _reassemble_inference(
     padded_width = width + 2 * pad
     length = height * padded_width
     # One extra zero row at the bottom: the extra columns of the last row read up to 2p elements past the padding.
-    flat = F.pad(x, (pad, pad, pad, pad + 1)).contiguous().flatten(2)
+    flat = F.pad(x, (pad, pad, pad, pad + 1)).contiguous().flatten(2).unsqueeze(1)  # (N, 1, C, (H + 2p + 1) * (W + 2p))
     weights = F.pad(kernels, (0, 2 * pad)).flatten(3).unsqueeze(3)  # (N, k*k, s*s, 1, H * (W + 2p))
     out = x.new_empty(batch, scale * scale, channels, length)
-    for phase in range(scale * scale):
-        for start in range(0, channels, channel_chunk):
-            block = flat[:, start : start + channel_chunk]
-            acc = out[:, phase, start : start + channel_chunk]
-            for tap in range(k_up * k_up):
-                dy, dx = divmod(tap, k_up)
-                offset = dy * padded_width + dx
-                if tap == 0:
-                    torch.mul(block[:, :, offset : offset + length], weights[:, tap, phase], out=acc)
-                else:
-                    acc.addcmul_(block[:, :, offset : offset + length], weights[:, tap, phase])
+    for start in range(0, channels, channel_chunk):
+        block = flat[:, :, start : start + channel_chunk]
+        acc = out[:, :, start : start + channel_chunk]
+        for tap in range(k_up * k_up):
+            dy, dx = divmod(tap, k_up)
+            offset = dy * padded_width + dx
+            if tap == 0:
+                torch.mul(block[..., offset : offset + length], weights[:, tap], out=acc)
+            else:
+                acc.addcmul_(block[..., offset : offset + length], weights[:, tap])
     out = out.view(batch, scale, scale, channels, height, padded_width)[..., :width]
     return _output_layout(out, x, scale)
 
