@@ -73,6 +73,11 @@ def test_pairs_to_find_is_the_first_n_that_reaches_the_effect():
     assert pairs_to_find(1e-6, 1.0, limit=50) == 50  # not even the limit is enough
     assert pairs_to_find(0.5, 0.0) == 2  # no spread: the fewest pairs with an sd
     assert pairs_to_find(1e-6, 1.0) == 100_000  # the default limit
+    # Below the limit with the asked power or alpha, though not with the defaults (scipy: 0.497 at 18 pairs and
+    # 0.514 at 17 for power 0.5; 0.489 at 20 and 0.503 at 19 for alpha 0.2; 0.66 and 0.58 at the limits with both
+    # defaults).
+    assert pairs_to_find(0.5, 1.0, power=0.5, limit=20) == 18
+    assert pairs_to_find(0.5, 1.0, alpha=0.2, limit=25) == 20
 
 
 @pytest.mark.parametrize(("effect", "sd"), [(0.0, 1.0), (-1.0, 1.0), (0.3, -0.5)])
