@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,6 +77,26 @@ def tiny_dataset(tmp_path):
     return data
 
 
+def _train_one_epoch(model, data: Path, project: Path, name: str, **options) -> Path:
+    """Train ``model`` for one tiny CPU epoch on ``data`` into ``project/name``; the path of its ``last.pt``."""
+    model.train(
+        data=str(data),
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        workers=0,
+        device="cpu",
+        plots=False,
+        amp=False,
+        project=str(project),
+        name=name,
+        exist_ok=True,
+        verbose=False,
+        **options,
+    )
+    return project / name / "weights" / "last.pt"
+
+
 def test_train_one_epoch_reload_predict(tiny_dataset, tmp_path) -> None:
     model = use_srf(YOLO("yolov8n.yaml"), SMALL_SRF)
     assert len(model.srf_report.replaced) == 2
@@ -90,21 +111,7 @@ def test_train_one_epoch_reload_predict(tiny_dataset, tmp_path) -> None:
         start.update({k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("srf_")})
 
     model.add_callback("on_pretrain_routine_end", remember)
-    model.train(
-        data=str(tiny_dataset),
-        epochs=1,
-        imgsz=64,
-        batch=4,
-        workers=0,
-        device="cpu",
-        plots=False,
-        amp=False,
-        project=str(tmp_path / "runs"),
-        name="srf",
-        exist_ok=True,
-        verbose=False,
-    )
-    last = tmp_path / "runs" / "srf" / "weights" / "last.pt"
+    last = _train_one_epoch(model, tiny_dataset, tmp_path / "runs", "srf")
     assert last.exists() and start
     reloaded = YOLO(str(last))
     network = reloaded.model
@@ -149,23 +156,9 @@ def test_train_and_reload_keep_an_upsampler_given_by_name(tiny_dataset, tmp_path
         "on_pretrain_routine_end",
         lambda trainer: built.append({n: m.in_channels for n, m in trainer.model.named_modules() if type(m) is CARAFE}),
     )
-    model.train(
-        data=str(tiny_dataset),
-        epochs=1,
-        imgsz=64,
-        batch=4,
-        workers=0,
-        device="cpu",
-        plots=False,
-        amp=False,
-        val=False,
-        project=str(tmp_path / "runs"),
-        name="carafe",
-        exist_ok=True,
-        verbose=False,
-    )
+    last = _train_one_epoch(model, tiny_dataset, tmp_path / "runs", "carafe", val=False)
     assert built == [{"srf_upsampler_c256": 256, "srf_upsampler_c128": 128}]
-    network = YOLO(str(tmp_path / "runs" / "carafe" / "weights" / "last.pt")).model
+    network = YOLO(str(last)).model
     sites = [m for m in network.modules() if isinstance(m, UpsampleSite)]
     assert len(sites) == 2
     assert {n: m.in_channels for n, m in network.named_modules() if type(m) is CARAFE} == built[0]

@@ -54,14 +54,7 @@ STAGE2 = {
 # 512/1024/1024): at 1/4 (128/256/256) one stage-1 step takes 14 s. Same tiles, tile size, anchors, RoIs and
 # evaluation as the GPU profile.
 DETECTOR_CPU = {**DETECTOR, "fpn_channels": 64}
-SCHEDULE_CPU = {
-    "max_iters": 400,
-    "lr": 0.005,
-    "milestones": [280, 360],
-    "warmup_iters": 40,
-    "batch_size": 4,
-    "eval_every": 20,
-}
+SCHEDULE_CPU = {**SCHEDULE, "lr": 0.005, "batch_size": 4}
 STAGE1_CPU = {
     **STAGE1,
     "max_iters": 150,
