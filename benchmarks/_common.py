@@ -67,11 +67,13 @@ def benchmark_parser(
     repeats: int | None = 5,
     warmup: bool = True,
     quick_help: str = "tiny sizes and one round, for smoke tests",
+    size: tuple[int, int] | None = None,
 ) -> argparse.ArgumentParser:
     """An argument parser with the flags every benchmark shares.
 
     ``--quick`` (smoke-test sizes), ``--results`` (the markdown file to update), ``--no-write`` (print only) and,
-    unless ``repeats`` is None, ``--repeats`` (timed rounds, default ``repeats``) and ``--warmup`` (untimed rounds).
+    unless ``repeats`` is None, ``--repeats`` (timed rounds, default ``repeats``) and ``--warmup`` (untimed rounds);
+    with ``size``, ``--size HxW`` (the image size, default ``size``) for the scripts that time one image.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if repeats is not None:
@@ -83,6 +85,10 @@ def benchmark_parser(
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
+    if size is not None:
+        parser.add_argument(
+            "--size", type=parse_size, default=size, help=f"HxW of the image (default {size[0]}x{size[1]})"
+        )
     return parser
 
 

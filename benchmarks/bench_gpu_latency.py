@@ -39,16 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    benchmark_parser,
-    cudnn_benchmark,
-    format_table,
-    header_lines,
-    interleaved_rounds,
-    parse_size,
-    publish,
-    rounds,
-)
+from _common import benchmark_parser, cudnn_benchmark, format_table, header_lines, interleaved_rounds, publish, rounds  # noqa: E402
 from bench_backbone_fpn import count_flops  # noqa: E402
 from bench_detectors import FixedWorkRPN  # noqa: E402
 from bench_detectors import build as build_detector  # noqa: E402
@@ -306,11 +297,14 @@ def to_markdown(report: dict[str, object], header: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser(
-        __doc__, repeats=50, warmup=False, quick_help="64x96 image, 16 proposals, one round: a CPU smoke test"
+        __doc__,
+        repeats=50,
+        warmup=False,
+        quick_help="64x96 image, 16 proposals, one round: a CPU smoke test",
+        size=FULL_SIZE,
     )
     parser.add_argument("--warmup", type=int, default=10, help="untimed rounds before timing (default 10)")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    parser.add_argument("--size", type=parse_size, default=FULL_SIZE, help="HxW of the image (default 800x1216)")
     parser.add_argument("--dtypes", nargs="+", default=list(DEFAULT_DTYPES), choices=list(DTYPES))
     parser.add_argument("--variants", nargs="+", default=list(MODELS[1:]), choices=list(MODELS[1:]))
     parser.add_argument("--proposals", type=int, default=PROPOSALS, help="fixed RPN proposals (default 1000)")

@@ -24,16 +24,7 @@ import sys
 
 import torch
 import torchvision
-from _common import (
-    MachineLoad,
-    benchmark_parser,
-    format_table,
-    header_lines,
-    parse_size,
-    publish,
-    rounds,
-    time_interleaved,
-)
+from _common import MachineLoad, benchmark_parser, format_table, header_lines, publish, rounds, time_interleaved
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -151,8 +142,7 @@ def run(*, size: tuple[int, int], warmup: int, repeats: int, use_flops: bool) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = benchmark_parser(__doc__, repeats=5, quick_help="tiny image, one round, no FLOPs")
-    parser.add_argument("--size", type=parse_size, default=FULL_SIZE, help="HxW of the image (default 800x1216)")
+    parser = benchmark_parser(__doc__, repeats=5, quick_help="tiny image, one round, no FLOPs", size=FULL_SIZE)
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     args = parser.parse_args(argv)
     size = QUICK_SIZE if args.quick else args.size
