@@ -1,6 +1,8 @@
 """Helpers shared by test modules (tests/ is on sys.path under pytest's default import mode)."""
 
 import functools
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -52,3 +54,13 @@ def trained_looking(
         channels, hidden_channels=8, num_blocks=num_blocks, variant=variant, norm=norm, deconv_kernel=deconv_kernel
     )
     return give_trained_weights(module).eval()
+
+
+def quick_results(main: Callable[[list[str]], int], folder: Path) -> str:
+    """Run a benchmark's ``main`` in quick mode, writing into ``folder/RESULTS.md``; the text it wrote.
+
+    The run must succeed (``main`` returns 0).
+    """
+    path = folder / "RESULTS.md"
+    assert main(["--quick", "--results", str(path)]) == 0
+    return path.read_text()
