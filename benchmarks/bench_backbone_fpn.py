@@ -34,18 +34,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import bench_detectors
 import torch
-import torchvision
-from _common import (
-    MachineLoad,
-    benchmark_parser,
-    format_table,
-    header_lines,
-    parse_size,
-    publish,
-    rounds,
-    time_interleaved,
-)
+from _common import MachineLoad, benchmark_parser, format_table, header_lines, publish, rounds, time_interleaved
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -65,17 +56,10 @@ def build_detector(size: tuple[int, int]) -> nn.Module:
 
     With random weights the heads' work would follow the features: ``rpn_nms_thresh=1.0`` makes the RPN's NMS keep
     every box, so it passes its cap of 1000 proposals whatever the features, and ``box_score_thresh=1.01`` makes the
-    box head score them all and keep none, so no mask is computed.
+    box head score them all and keep none, so no mask is computed. It is ``bench_detectors``' unpatched Mask R-CNN,
+    in eval mode.
     """
-    torch.manual_seed(0)
-    return torchvision.models.detection.maskrcnn_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
-        min_size=min(size),
-        max_size=max(size),
-        rpn_nms_thresh=1.0,
-        box_score_thresh=1.01,
-    ).eval()
+    return bench_detectors.build("maskrcnn", None, size).eval()
 
 
 def patched_copy(module: nn.Module, variant: str, *, use_fast_pass: bool = True) -> nn.Module:
@@ -263,8 +247,9 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = benchmark_parser(__doc__, repeats=11, quick_help="tiny image, one round, no FLOPs, no onnxruntime")
-    parser.add_argument("--size", type=parse_size, default=FULL_SIZE, help="HxW of the image (default 800x1216)")
+    parser = benchmark_parser(
+        __doc__, repeats=11, quick_help="tiny image, one round, no FLOPs, no onnxruntime", size=FULL_SIZE
+    )
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime candidate")
     args = parser.parse_args(argv)
