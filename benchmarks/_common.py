@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import os
@@ -124,41 +125,36 @@ def sync(device: torch.device | str) -> None:
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
+def _setting(get: Callable[[], T], put: Callable[[T], object], value: T) -> Iterator[None]:
+    """Run the body with ``put(value)`` in force, then ``put`` back what ``get`` read before it."""
+    previous = get()
+    put(value)
+    try:
+        yield
+    finally:
+        put(previous)
+
+
+def torch_threads(threads: int) -> contextlib.AbstractContextManager[None]:
     """Run the body with ``torch.set_num_threads(threads)``; the previous count is back afterwards.
 
     A benchmark's ``main()`` is also called in-process (tests/test_benchmarks.py), so it must not leave the caller's
     thread count changed.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    return _setting(torch.get_num_threads, torch.set_num_threads, threads)
 
 
-@contextlib.contextmanager
-def logger_level(name: str, level: int) -> Iterator[None]:
+def logger_level(name: str, level: int) -> contextlib.AbstractContextManager[None]:
     """Run the body with logger ``name`` at ``level``; its previous level is back afterwards."""
     logger = logging.getLogger(name)
-    previous = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
+    return _setting(lambda: logger.level, logger.setLevel, level)
 
 
-@contextlib.contextmanager
-def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+def cudnn_benchmark(enabled: bool) -> contextlib.AbstractContextManager[None]:
     """Run the body with ``torch.backends.cudnn.benchmark = enabled``; the previous flag is back afterwards."""
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = previous
+    return _setting(
+        lambda: torch.backends.cudnn.benchmark, functools.partial(setattr, torch.backends.cudnn, "benchmark"), enabled
+    )
 
 
 def interleaved_rounds(
