@@ -64,3 +64,71 @@ def quick_results(main: Callable[[list[str]], int], folder: Path) -> str:
     path = folder / "RESULTS.md"
     assert main(["--quick", "--results", str(path)]) == 0
     return path.read_text()
+
+
+# The schedule of a tiny experiment, and the values of its config (paths that are never read: runs are faked).
+EXPERIMENT_SCHEDULE = {
+    "max_iters": 4,
+    "lr": 0.01,
+    "milestones": [3],
+    "warmup_iters": 1,
+    "batch_size": 2,
+    "eval_every": 2,
+}
+
+
+def experiment_values(**overrides) -> dict:
+    """A tiny experiment config's values: Faster R-CNN R18 at 64 px, ``EXPERIMENT_SCHEDULE``, then ``overrides``."""
+    return {
+        "train_data_root": "train",
+        "train_ann_file": "train.json",
+        "val_data_root": "val",
+        "val_ann_file": "val.json",
+        "detector": {"detector": "fasterrcnn", "backbone": "resnet18", "min_size": 64, "max_size": 64},
+        "schedule": EXPERIMENT_SCHEDULE,
+        **overrides,
+    }
+
+
+def fake_coco(
+    rng,
+    images: list[dict],
+    *,
+    boxes_per_image: tuple[int, int],
+    corner_max: float,
+    sides: tuple[float, float],
+    crowd_rate: float | None = None,
+) -> dict:
+    """A one-category ("tree") COCO ground truth: ``images`` (COCO image records), each with random boxes.
+
+    Per image ``rng.integers(*boxes_per_image)`` boxes, corners uniform in ``[0, corner_max)``, sides uniform in
+    ``sides``; with ``crowd_rate``, each box is a crowd box with that probability (one more draw per box).
+    """
+    annotations = []
+    for image in images:
+        for _ in range(int(rng.integers(*boxes_per_image))):
+            x, y, w, h = (*rng.uniform(0, corner_max, 2), *rng.uniform(*sides, 2))
+            crowd = 0 if crowd_rate is None else int(rng.random() < crowd_rate)
+            box = {"image_id": image["id"], "category_id": 1, "bbox": [x, y, w, h], "area": w * h, "iscrowd": crowd}
+            annotations.append({"id": len(annotations) + 1, **box})
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "tree"}]}
+
+
+def fake_detections(rng, truth: dict, jitter: float, *, false_boxes: tuple[float, int] | None = None) -> list[dict]:
+    """Per image of ``truth``: its boxes moved by normal noise (std ``jitter``), random scores (detections.json.gz).
+
+    With ``false_boxes=(corner_max, most)``, each image also gets up to ``most`` false 30x30 boxes (corners uniform in
+    ``[0, corner_max)``) and the scores are rounded to 2 decimals, so that they tie as real scores do.
+    """
+    images = []
+    for image in truth["images"]:
+        boxes = [a["bbox"] for a in truth["annotations"] if a["image_id"] == image["id"]]
+        boxes = [[x + rng.normal(0, jitter), y + rng.normal(0, jitter), w, h] for x, y, w, h in boxes]
+        if false_boxes is None:
+            scores = [float(v) for v in rng.random(len(boxes))]
+        else:
+            corner_max, most = false_boxes
+            boxes += [[*rng.uniform(0, corner_max, 2), 30.0, 30.0] for _ in range(int(rng.integers(0, most + 1)))]
+            scores = [round(float(v), 2) for v in rng.random(len(boxes))]
+        images.append({"image_id": image["id"], "boxes": boxes, "scores": scores, "labels": [1] * len(boxes)})
+    return images

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from _helpers import EXPERIMENT_SCHEDULE, experiment_values, fake_coco, fake_detections
 
 from srf_upsample.train.experiment import (
     load_experiment,
@@ -13,24 +14,17 @@ from srf_upsample.train.experiment import (
     summarize,
 )
 
-SCHEDULE = {"max_iters": 4, "lr": 0.01, "milestones": [3], "warmup_iters": 1, "batch_size": 2, "eval_every": 2}
+SCHEDULE = EXPERIMENT_SCHEDULE
 
 
 def _config(**overrides):
-    values = {
-        "train_data_root": "train",
-        "train_ann_file": "train.json",
-        "val_data_root": "val",
-        "val_ann_file": "val.json",
-        "detector": {"detector": "fasterrcnn", "backbone": "resnet18", "min_size": 64, "max_size": 64},
-        "schedule": SCHEDULE,
+    defaults = {
         "stage1": {"max_iters": 2, "lr": 0.5},
         "stage2": {"max_iters": 3, "lr": 0.7},
         "variants": ["lite", "paper"],
         "variant_seeds": {"paper": [0]},
     }
-    values.update(overrides)
-    return load_experiment(values)
+    return load_experiment(experiment_values(**{**defaults, **overrides}))
 
 
 def test_every_target_detector_gets_the_one_schedule(tmp_path):
@@ -326,28 +320,15 @@ def test_paired_bootstrap_interval_covers_a_known_mean():
 
 
 def _coco_ground_truth(rng, num_images):
-    images, annotations = [], []
-    for index in range(num_images):
-        image_id = 10 + 3 * index
-        images.append({"id": image_id, "width": 400, "height": 400, "file_name": f"{image_id}.png"})
-        for _ in range(int(rng.integers(1, 7))):
-            x, y, w, h = (*rng.uniform(0, 300, 2), *rng.uniform(10, 80, 2))
-            crowd = int(rng.random() < 0.1)
-            box = {"image_id": image_id, "category_id": 1, "bbox": [x, y, w, h], "area": w * h, "iscrowd": crowd}
-            annotations.append({"id": len(annotations) + 1, **box})
-    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "tree"}]}
+    """400x400 images (ids 10, 13, ...) with 1 to 6 boxes each, about one in ten a crowd box."""
+    ids = [10 + 3 * index for index in range(num_images)]
+    images = [{"id": i, "width": 400, "height": 400, "file_name": f"{i}.png"} for i in ids]
+    return fake_coco(rng, images, boxes_per_image=(1, 7), corner_max=300, sides=(10, 80), crowd_rate=0.1)
 
 
 def _noisy_detections(rng, ground_truth, jitter):
-    """Per image of ``ground_truth``: detections near its boxes (and a few false ones), detections.json.gz style."""
-    images = []
-    for image in ground_truth["images"]:
-        boxes = [a["bbox"] for a in ground_truth["annotations"] if a["image_id"] == image["id"]]
-        boxes = [[x + rng.normal(0, jitter), y + rng.normal(0, jitter), w, h] for x, y, w, h in boxes]
-        boxes += [[*rng.uniform(0, 300, 2), 30.0, 30.0] for _ in range(int(rng.integers(0, 3)))]
-        scores = [round(float(v), 2) for v in rng.random(len(boxes))]  # rounded: ties, as real scores have
-        images.append({"image_id": image["id"], "boxes": boxes, "scores": scores, "labels": [1] * len(boxes)})
-    return images
+    """Per image of ``ground_truth``: detections near its boxes and up to two false ones, scores with ties."""
+    return fake_detections(rng, ground_truth, jitter, false_boxes=(300, 2))
 
 
 def test_average_precision_on_resampled_images_is_pycocotools_on_those_images(tmp_path):

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from _helpers import EXPERIMENT_SCHEDULE, experiment_values, fake_coco, fake_detections
 
 from srf_upsample.train.experiment import load_experiment, paired_interval, plan_jobs, report_experiment
 from srf_upsample.train.experiment.intervals import DEFAULT_LEVEL, EXTRA_SEEDS
@@ -17,7 +18,7 @@ def _percentile_covers(resampled, true, seed):
     return low < true < high
 
 
-SCHEDULE = {"max_iters": 4, "lr": 0.01, "milestones": [3], "warmup_iters": 1, "batch_size": 2, "eval_every": 2}
+SCHEDULE = EXPERIMENT_SCHEDULE
 
 
 def _draws(rng, *, draws, folds, seeds, images, true, image_sd, seed_sd, noise_sd, replicates=400):
@@ -115,39 +116,15 @@ def test_projection_of_more_seeds_and_more_images_follows_the_estimated_parts():
 
 
 def _config(arms=("A1", "B")):
-    return load_experiment(
-        {
-            "train_data_root": "train",
-            "train_ann_file": "train.json",
-            "val_data_root": "val",
-            "val_ann_file": "val.json",
-            "detector": {"detector": "fasterrcnn", "backbone": "resnet18", "min_size": 64, "max_size": 64},
-            "schedule": SCHEDULE,
-            "variants": ["lite"],
-            "arms": list(arms),
-        }
-    )
+    return load_experiment(experiment_values(variants=["lite"], arms=list(arms)))
 
 
 def _ground_truth(rng, num_images):
-    images, annotations = [], []
-    for index in range(num_images):
-        images.append({"id": index + 1, "width": 200, "height": 200, "file_name": f"{index}.png"})
-        for _ in range(int(rng.integers(2, 6))):
-            x, y, w, h = (*rng.uniform(0, 150, 2), *rng.uniform(10, 40, 2))
-            box = {"image_id": index + 1, "category_id": 1, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
-            annotations.append({"id": len(annotations) + 1, **box})
-    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "tree"}]}
-
-
-def _detections(rng, truth, jitter):
-    images = []
-    for image in truth["images"]:
-        boxes = [a["bbox"] for a in truth["annotations"] if a["image_id"] == image["id"]]
-        boxes = [[x + rng.normal(0, jitter), y + rng.normal(0, jitter), w, h] for x, y, w, h in boxes]
-        scores = [float(v) for v in rng.random(len(boxes))]
-        images.append({"image_id": image["id"], "boxes": boxes, "scores": scores, "labels": [1] * len(boxes)})
-    return images
+    """200x200 images (ids 1, 2, ...) with 2 to 5 boxes each."""
+    images = [
+        {"id": index + 1, "width": 200, "height": 200, "file_name": f"{index}.png"} for index in range(num_images)
+    ]
+    return fake_coco(rng, images, boxes_per_image=(2, 6), corner_max=150, sides=(10, 40))
 
 
 def _work_folder(rng, work, config, seeds):
@@ -160,7 +137,7 @@ def _work_folder(rng, work, config, seeds):
     (work / "experiment.json").write_text(json.dumps({"config": config.to_dict(), "seeds": seeds}))
     ground_truth, ap = read_ground_truth(work / "val.json"), {}
     for job in plan_jobs(config, seeds, work):
-        images = _detections(rng, truth, jitter=1.5 if job.arm == "B" else 6.0)  # B's boxes are closer
+        images = fake_detections(rng, truth, 1.5 if job.arm == "B" else 6.0)  # B's boxes are closer
         value = average_precision(match_run({"images": images}, ground_truth))
         ap.setdefault(job.arm, {})[job.seed] = 100 * value
         job.output_dir.mkdir(parents=True)
