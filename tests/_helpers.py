@@ -66,6 +66,30 @@ def quick_results(main: Callable[[list[str]], int], folder: Path) -> str:
     return path.read_text()
 
 
+def generator_parity(module: nn.Module, path: Path, **options) -> list:
+    """``check_generator_parity`` of an exported upsampler on one thread, asserted within ``PARITY_TOLERANCE``.
+
+    ``options`` go to ``srf_upsample.export.check_generator_parity`` (``sizes``, ``fuse``, ...); returns its results.
+    """
+    from srf_upsample.export import PARITY_TOLERANCE, check_generator_parity
+
+    results = check_generator_parity(module, path, num_threads=1, **options)
+    assert max(r.rel_error for r in results) <= PARITY_TOLERANCE, [str(r) for r in results]
+    return results
+
+
+def backbone_parity(model: nn.Module, path: Path, **options) -> list:
+    """``check_backbone_parity`` of an exported backbone on one thread, asserted within ``PARITY_TOLERANCE``.
+
+    ``options`` go to ``srf_upsample.export.check_backbone_parity`` (``image_size``, ...); returns its results.
+    """
+    from srf_upsample.export import PARITY_TOLERANCE, check_backbone_parity
+
+    results = check_backbone_parity(model, path, num_threads=1, **options)
+    assert max(r.rel_error for r in results) <= PARITY_TOLERANCE, [str(r) for r in results]
+    return results
+
+
 # The schedule of a tiny experiment, and the values of its config (paths that are never read: runs are faked).
 EXPERIMENT_SCHEDULE = {
     "max_iters": 4,

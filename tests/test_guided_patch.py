@@ -8,6 +8,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import backbone_parity, generator_parity
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
@@ -175,7 +176,7 @@ class TinyBackbone(nn.Module):
 def test_patched_guided_backbone_exports_to_onnx(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from srf_upsample.export import PARITY_TOLERANCE, check_backbone_parity, export_backbone
+    from srf_upsample.export import export_backbone
 
     model = TinyBackbone().eval()
     model, report = patch_fpn(model, GUIDED, example_inputs=(torch.rand(2, 3, 64, 64),))
@@ -183,21 +184,19 @@ def test_patched_guided_backbone_exports_to_onnx(tmp_path):
     _give_guide_weights(model)
     path = export_backbone(model, tmp_path / "backbone.onnx", image_size=(64, 64))
     # Dynamic H/W: the graph exported at 64x64 runs an odd, non-square image with the guides wired.
-    results = check_backbone_parity(model, path, image_size=(72, 57), num_threads=1)
-    assert max(r.rel_error for r in results) <= PARITY_TOLERANCE, [str(r) for r in results]
+    backbone_parity(model, path, image_size=(72, 57))
 
 
 def test_guided_generator_exports_to_onnx(tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from srf_upsample.export import PARITY_TOLERANCE, check_generator_parity, export_generator
+    from srf_upsample.export import export_generator
 
     up = GUIDED(8, guide_channels=5)
     _give_guide_weights(up)
     path = export_generator(up, tmp_path / "guided.onnx")
     assert [i.name for i in onnx.load(str(path)).graph.input] == ["x", "guide"]
-    results = check_generator_parity(up, path, sizes=(((17, 25), (33, 49)), ((6, 11), (12, 20))), num_threads=1)
-    assert max(r.rel_error for r in results) <= PARITY_TOLERANCE, [str(r) for r in results]
+    generator_parity(up, path, sizes=(((17, 25), (33, 49)), ((6, 11), (12, 20))))
 
 
 class AddForms(nn.Module):
