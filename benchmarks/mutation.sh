@@ -69,6 +69,8 @@ from pathlib import Path
 text = Path("pyproject.toml").read_text()
 entry = tomllib.loads(text)["tool"]["srf_upsample"]["mutation"][sys.argv[1]]
 text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[[a-z]|\Z)", "", text)
+# mutmut runs pytest with -p no:randomly (its own order), which makes a --randomly-seed in addopts an unknown option.
+text = re.sub(r" ?--randomly-seed=[^\s\"]+", "", text)
 print(text.rstrip() + "\n")
 print("[tool.mutmut]")
 print('source_paths = ["srf_upsample"]')
