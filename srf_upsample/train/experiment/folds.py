@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..coco import CocoFile, read_coco, subset, write_coco
+
 __all__ = ["FOLDS_NAME", "SPLIT_KINDS", "Fold", "group_images", "make_folds", "read_folds", "split_groups"]
 
 # The record of a work folder's folds: the split's arguments and the files each fold trains and validates on.
@@ -45,23 +47,12 @@ class Fold:
     val_ann_file: Path
 
 
-def _read_coco(path: str | os.PathLike) -> dict[str, Any]:
+def _read_coco(path: str | os.PathLike) -> CocoFile:
     """A COCO file as the trainer reads it (:func:`~srf_upsample.train.coco.read_coco`: checked and normalised)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"COCO file {str(path)!r} does not exist; give the path of an annotation JSON file.")
-    from ..coco import read_coco
-
-    return read_coco(path).dataset
-
-
-def _subset(dataset: dict[str, Any], image_ids: set) -> dict[str, Any]:
-    """The images ``image_ids`` of ``dataset`` with their annotations; other top-level keys kept as they are."""
-    return {
-        **dataset,
-        "images": [image for image in dataset["images"] if image["id"] in image_ids],
-        "annotations": [ann for ann in dataset["annotations"] if ann["image_id"] in image_ids],
-    }
+    return read_coco(path)
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -241,38 +232,35 @@ def make_folds(
                 "recorded split arguments (or none, to use them), or choose another --work-dir."
             )
         return read_folds(work)
-    written: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    written: list[tuple[CocoFile, CocoFile]] = []
     if pairs:
         for index, (train_file, _, val_file, _) in enumerate(request["pairs"]):
             train, val = _read_coco(train_file), _read_coco(val_file)
-            _check_pair(index, train, val, f" ({train_file} : {val_file})")
+            _check_pair(index, train.dataset, val.dataset, f" ({train_file} : {val_file})")
             written.append((train, val))
     else:
-        dataset = _read_coco(request["ann_file"])
-        ids = [image["id"] for image in dataset["images"]]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"COCO file {request['ann_file']!r} lists an image id twice; give each image one id.")
-        parts = split_groups(group_images(dataset["images"], split_by), folds, seed)
+        coco_file = _read_coco(request["ann_file"])  # read_coco refuses an image id given twice
+        ids = [image["id"] for image in coco_file.dataset["images"]]
+        parts = split_groups(group_images(coco_file.dataset["images"], split_by), folds, seed)
         for index, part in enumerate(parts):
             val_ids = set(part)
-            val, train = _subset(dataset, val_ids), _subset(dataset, set(ids) - val_ids)
-            _check_pair(index, train, val, f" of split_by={split_by!r}, seed {seed}")
+            val, train = subset(coco_file, val_ids), subset(coco_file, [i for i in ids if i not in val_ids])
+            _check_pair(index, train.dataset, val.dataset, f" of split_by={split_by!r}, seed {seed}")
             written.append((train, val))
     entries = []
     for index, (train, val) in enumerate(written):
         folder = work / f"fold{index}"
         files = {"train": folder / "annotations" / "instances_train.json"}
         files["val"] = folder / "annotations" / "instances_val.json"
-        for part, dataset in (("train", train), ("val", val)):
-            files[part].parent.mkdir(parents=True, exist_ok=True)
-            files[part].write_text(json.dumps(dataset), encoding="utf-8")
+        for part, coco_file in (("train", train), ("val", val)):
+            write_coco(coco_file, files[part])
         entries.append(
             {
                 "work_dir": folder.name,
                 **{part: path.relative_to(work).as_posix() for part, path in files.items()},
-                "train_images": len(train["images"]),
-                "val_images": len(val["images"]),
-                "val_boxes": len(val["annotations"]),
+                "train_images": len(train.dataset["images"]),
+                "val_images": len(val.dataset["images"]),
+                "val_boxes": len(val.dataset["annotations"]),
             }
         )
     record.write_text(json.dumps({"split": request, "folds": entries}, indent=2) + "\n", encoding="utf-8")
