@@ -13,6 +13,7 @@ from torch import nn
 from .fidelity import INTERPOLATIONS, feature_pairs, fidelity, guided_feature_pairs
 
 if TYPE_CHECKING:
+    from .coco import CocoFile
     from .config import TrainConfig
 
 __all__ = ["HeldoutFeatures"]
@@ -49,17 +50,19 @@ class HeldoutFeatures:
         device: torch.device,
         *,
         guide_sources: Sequence[int | None] | None = None,
+        eval_file: CocoFile | None = None,
     ) -> HeldoutFeatures:
         """The pairs of every readable image of ``config.eval_ann_file``, resized like training, not flipped.
 
         ``guide_sources`` (``pyramid.guide_sources``, for the guided generator) also keeps, per image, the lateral
-        maps of I_lr that stage 1 feeds G as guides.
+        maps of I_lr that stage 1 feeds G as guides. ``eval_file``: that file as already read
+        (a :class:`~srf_upsample.train.coco.CocoFile`), so it is not read again; ``None`` reads it.
         """
         from .data import CocoDetectionDataset
 
         dataset = CocoDetectionDataset(
             config.eval_data_root or config.data_root,
-            config.eval_ann_file,
+            eval_file if eval_file is not None else config.eval_ann_file,
             min_size=config.min_size,
             max_size=config.max_size,
         )

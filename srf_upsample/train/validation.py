@@ -127,6 +127,7 @@ class Validation:
                     trainer.levels,
                     trainer.device,
                     guide_sources=guide_sources(trainer.keys) if guided else None,
+                    eval_file=self.eval_file,
                 )
             # The fixed interpolations once per run: at the first evaluation that eval.jsonl does not already hold.
             earlier = read_jsonl(trainer.output_dir / EVAL_LOG_NAME)
