@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..run_folder import DIVERGED_NAME, EVAL_LOG_NAME, LOG_NAME, MANIFEST_NAME, is_finished, read_jsonl
+from ..run_folder import DIVERGED_NAME, EVAL_LOG_NAME, LOG_NAME, MANIFEST_NAME, is_finished, read_json, read_jsonl
 from .config import ExperimentConfig
 from .detections import DETECTIONS_NAME, match_run, read_detections, read_ground_truth, resampled_ap
 from .plan import Job
@@ -113,7 +112,7 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
     a1_sha256 = {}
     for job in jobs:
         if is_a1(job) and is_finished(job.output_dir):
-            lineage = json.loads((job.output_dir / MANIFEST_NAME).read_text(encoding="utf-8")).get(LINEAGE_KEY) or {}
+            lineage = read_json(job.output_dir / MANIFEST_NAME).get(LINEAGE_KEY) or {}
             if "a1_sha256" in lineage:
                 a1_sha256[job.name] = lineage["a1_sha256"]
     for job in jobs:
@@ -121,14 +120,14 @@ def summarize(jobs: Sequence[Job], config: ExperimentConfig) -> dict[str, Any]:
         if finished and (job.output_dir / LOG_NAME).is_file():
             compute.setdefault(job.seed, {})[job.name.split("/", 1)[1]] = _compute_minutes(job.output_dir)
         if not finished and (job.output_dir / DIVERGED_NAME).is_file():
-            diverged[job.name] = json.loads((job.output_dir / DIVERGED_NAME).read_text(encoding="utf-8"))
+            diverged[job.name] = read_json(job.output_dir / DIVERGED_NAME)
             continue
         if job.arm is None:
             continue
         if not finished:
             missing.setdefault(job.arm, []).append(job.seed)
             continue
-        manifest = json.loads((job.output_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        manifest = read_json(job.output_dir / MANIFEST_NAME)
         saved = manifest["config"]
         conflict = lineage_conflict(manifest.get(LINEAGE_KEY) or {}, a1_sha256)
         if conflict:
