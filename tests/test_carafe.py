@@ -341,3 +341,142 @@ def test_patch_fpn_routes_a_feature_pyramid_network_to_carafe() -> None:
         out = fpn(features)
     assert out["0"].shape == (2, 8, 17, 25)
     assert any(module is up for module in fpn.modules())
+
+
+# --- (7) boundaries, routes and messages ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"k_up": 4},
+            r"k_up must be an odd positive int, got 4; the neighbourhood is centred on the source pixel \(the",
+        ),
+        ({"k_enc": 2}, r"k_enc must be an odd positive int, got 2; the encoder keeps the input's size with padding"),
+        ({"k_up": -1}, "k_up must be a positive int, got -1"),  # odd, but not a size
+        ({"k_enc": -3}, "k_enc must be a positive int, got -3"),
+    ],
+)
+def test_kernel_sizes_must_be_odd_and_positive_and_the_message_says_why(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        CARAFE(4, **kwargs)
+
+
+@pytest.mark.parametrize("k_enc", [1, 3, 5, 7])
+def test_the_encoder_keeps_the_input_size_for_every_odd_k_enc(k_enc: int) -> None:
+    up = CARAFE(4, compressed_channels=4, k_enc=k_enc)
+    assert up.encoder.padding == (k_enc // 2, k_enc // 2)
+    assert tuple(up.kernels(torch.randn(1, 4, 7, 9)).shape) == (1, 25, 4, 7, 9)
+    assert tuple(up(torch.randn(1, 4, 7, 9)).shape) == (1, 4, 14, 18)
+
+
+def test_kernels_of_a_bfloat16_module_are_float32_and_sum_to_one() -> None:
+    up = randomize(CARAFE(4, compressed_channels=4)).to(torch.bfloat16)
+    kernels = up.kernels(torch.randn(1, 4, 5, 6, dtype=torch.bfloat16))
+    assert kernels.dtype == torch.float32
+    torch.testing.assert_close(kernels.sum(dim=1), torch.ones(1, 4, 5, 6))
+
+
+@pytest.mark.parametrize("use_grad", [False, True])
+def test_reassembly_computes_in_the_dtype_of_x(use_grad: bool) -> None:
+    x = torch.randn(1, 3, 4, 5, dtype=torch.bfloat16, requires_grad=use_grad)
+    grid_kernels = torch.softmax(torch.randn(1, 9, 8, 10), dim=1)  # float32, on the output grid
+    out = reassemble(x, phase_major(grid_kernels, 2), 2)
+    assert out.dtype == torch.bfloat16
+    expected = reference_reassemble(x.detach().float(), grid_kernels.bfloat16().float(), 2)
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize(
+    ("case", "route"),
+    [
+        ("grad enabled, nothing requires a gradient", "inference"),
+        ("no_grad", "inference"),
+        ("x requires a gradient", "differentiable"),
+        ("kernels require a gradient", "differentiable"),
+        ("x requires a gradient under no_grad", "inference"),
+        ("compiling", "differentiable"),
+        ("exporting", "differentiable"),
+        ("another device", "differentiable"),
+    ],
+)
+def test_reassemble_takes_the_documented_route(monkeypatch, case: str, route: str) -> None:
+    from srf_upsample import carafe
+
+    taken = []
+    for name in ("inference", "differentiable"):
+        original = getattr(carafe, f"_reassemble_{name}")
+        monkeypatch.setattr(carafe, f"_reassemble_{name}", lambda *a, _n=name, _f=original: taken.append(_n) or _f(*a))
+    x, kernels = torch.randn(1, 2, 3, 4), torch.softmax(torch.randn(1, 9, 4, 3, 4), dim=1)
+    grad = case != "no_grad" and "under no_grad" not in case
+    x.requires_grad_(case.startswith("x requires"))
+    kernels.requires_grad_(case.startswith("kernels"))
+    if case in ("compiling", "exporting"):
+        monkeypatch.setattr(torch.compiler, f"is_{case}", lambda: True)
+    if case == "another device":
+        x = x.to("meta")  # not the CPU: the 2D route, whatever the autograd state
+        kernels = kernels.to("meta")
+    with torch.set_grad_enabled(grad):
+        out = reassemble(x, kernels, 2)
+    assert taken == [route] and tuple(out.shape) == (1, 2, 6, 8)
+
+
+def test_a_non_contiguous_nchw_input_gives_a_contiguous_nchw_output() -> None:
+    up = randomize(CARAFE(4, compressed_channels=4))
+    x = torch.randn(1, 4, 7, 18)[..., ::2]  # strided: neither contiguous nor channels_last
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = up(x)
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, up(x.contiguous()))
+
+
+def test_a_request_at_scale_times_makes_no_resize_even_when_channels_equal_the_size() -> None:
+    up = randomize(CARAFE(8, compressed_channels=4))
+    x = torch.randn(1, 8, 4, 4)  # output 8x8: channels, height and width all 8
+    with torch.no_grad():
+        torch.testing.assert_close(up(x), reassemble(x, up.kernels(x), 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("size", "passes"), [((17, 50), 1), ((34, 25), 1), ((17, 100), 2), ((68, 25), 2)])
+def test_enlarging_one_side_and_keeping_the_other_is_accepted(size: tuple[int, int], passes: int) -> None:
+    up = randomize(CARAFE(4, compressed_channels=4))
+    x = torch.randn(1, 4, 17, 25)
+    with torch.no_grad():
+        full = up(x) if passes == 1 else up(up(x))
+        torch.testing.assert_close(up(x, size=size), F.interpolate(full, size=size, mode="bilinear"))
+
+
+@pytest.mark.parametrize("size", [(34, 24), (16, 50)])
+def test_enlarging_one_side_and_shrinking_the_other_is_refused(size: tuple[int, int]) -> None:
+    with pytest.raises(ValueError, match=f"only enlarges feature maps: input is 17x25, requested {size[0]}x{size[1]}"):
+        CARAFE(4, compressed_channels=4)(torch.randn(1, 4, 17, 25), size=size)
+
+
+def test_exactly_max_scale_factor_per_side_is_accepted_and_one_more_pixel_is_not() -> None:
+    up = CARAFE(4, compressed_channels=4)
+    x = torch.randn(1, 4, 2, 3)
+    assert tuple(up(x, size=(32, 48)).shape) == (1, 4, 32, 48)
+    for size in ((33, 48), (32, 49), (33, 6)):
+        with pytest.raises(ValueError) as error:
+            up(x, size=size)
+        message = str(error.value)
+        assert f"at most MAX_SCALE_FACTOR=16 times per call: input is 2x3, requested {size[0]}x{size[1]}" in message
+        assert message.endswith(
+            "Ask for at most 32x48, and resize further with F.interpolate if a larger map is really meant."
+        )
+
+
+def test_a_bool_scale_factor_is_a_type_error_not_a_size() -> None:
+    with pytest.raises(TypeError, match="scale_factor must be a positive float or a pair of them, got True"):
+        CARAFE(4, compressed_channels=4)(torch.randn(1, 4, 5, 5), scale_factor=True)
+
+
+def test_torch_export_with_dynamic_sizes_gives_the_eager_numbers() -> None:
+    up = randomize(CARAFE(4, compressed_channels=4, k_up=3)).eval()
+    height, width = torch.export.Dim("height", min=2, max=64), torch.export.Dim("width", min=2, max=64)
+    program = torch.export.export(up, (torch.randn(1, 4, 6, 7),), dynamic_shapes=({2: height, 3: width},))
+    x = torch.randn(1, 4, 9, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), up(x))
