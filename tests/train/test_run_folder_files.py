@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file as safetensors_load
 from safetensors.torch import save_file
 
 from srf_upsample import SRFUpsample
@@ -197,4 +198,60 @@ def test_load_trained_detector_patches_the_runs_generator_in(tmp_path):
     assert all(torch.equal(loaded[key], value) for key, value in saved.state_dict().items())
     (tmp_path / "generator").rename(tmp_path / "elsewhere")
     with pytest.raises(Exception, match="generator"):
+        run_folder.load_trained_detector(tmp_path)
+
+
+def test_messages_name_the_folder_they_are_about(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        run_folder.read_manifest(tmp_path, ("stage1",))
+    assert str(error.value) == f"{str(tmp_path)!r} has no manifest.json; expected the output dir of a stage1 run."
+    (tmp_path / "manifest.json").write_text("3", encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        run_folder.read_manifest(tmp_path, ("stage1",))
+    assert str(error.value) == f"{str(tmp_path / 'manifest.json')!r} must hold a JSON object, got int."
+    run_folder.write_json(tmp_path / "manifest.json", {"stage": "stage1"})
+    with pytest.raises(ValueError) as error:
+        run_folder.read_manifest(tmp_path, ("stage2",))
+    assert str(error.value) == (
+        f"{str(tmp_path)!r} holds a 'stage1' checkpoint, but a stage2 one is expected here (progressive learning runs "
+        "stage1 -> stage2 -> stage3)."
+    )
+    (tmp_path / "manifest.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        run_folder.read_json(tmp_path / "manifest.json")
+    assert str(error.value).endswith(
+        "the file is truncated or damaged. Restore it from the newest complete checkpoint (checkpoints/step_*/) or "
+        "start the run again in a new --output-dir."
+    )
+
+
+def test_a_record_without_a_step_counts_as_step_zero(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"x": 1}\n{"step": 1}\n', encoding="utf-8")
+    run_folder.truncate_jsonl(path, 0)
+    assert path.read_text(encoding="utf-8") == '{"x": 1}\n'
+
+
+def test_check_run_folder_message_in_full_and_a_manifest_with_neither_fingerprint_nor_config(tmp_path):
+    config = _config(tmp_path)
+    run_folder.write_json(tmp_path / "manifest.json", {"stage": "baseline", "step": 2, "fingerprint": {"lr": 0.1}})
+    with pytest.raises(ValueError) as error:
+        run_folder.check_run_folder(tmp_path, config, {"lr": 0.2})
+    assert str(error.value) == (
+        f"{str(tmp_path)!r} holds another run (baseline, step 2): 1 key(s) that define a run differ: lr: 0.1 there, "
+        "0.2 now. Either train this config in a new --output-dir, or pass --resume-despite-changes to continue that "
+        "run with these values (recorded in its manifest)."
+    )
+    run_folder.write_json(tmp_path / "manifest.json", {"stage": "baseline"})
+    assert run_folder.check_run_folder(tmp_path, config, {"lr": 0.2}) == {}  # nothing saved to compare
+
+
+def test_load_trained_detector_moves_to_the_device_and_names_a_checkpoint_that_does_not_fit(tmp_path):
+    _saved_run(tmp_path, "baseline")
+    detector, _ = run_folder.load_trained_detector(tmp_path, device="meta")
+    assert {p.device.type for p in detector.parameters()} == {"meta"}
+    state = safetensors_load(tmp_path / "checkpoint.safetensors")
+    state.pop(next(iter(state)))
+    save_file(state, tmp_path / "checkpoint.safetensors")
+    with pytest.raises(ValueError, match=f"Cannot load the baseline checkpoint in {str(tmp_path)!r} into FasterRCNN"):
         run_folder.load_trained_detector(tmp_path)
