@@ -95,8 +95,9 @@ def test_masks_of_an_image_without_targets_are_an_empty_stack(tmp_path):
     second = {"id": 2, "file_name": "a.png", "height": 40, "width": 80}
     root, ann_file = _write(tmp_path, [_box(4, 2, 10, 6, image_id=2)], extra_images=[second])
     image, target = CocoDetectionDataset(root, ann_file, use_masks=True, min_size=20)[0]
-    assert target["masks"].shape == (0, 20, 40) and target["boxes"].shape == (0, 4)
-    assert target["labels"].shape == (0,)
+    assert target["masks"].shape == (0, 20, 40) and target["masks"].dtype == torch.uint8
+    assert target["boxes"].shape == (0, 4) and target["boxes"].dtype == torch.float32
+    assert target["labels"].shape == (0,) and target["labels"].dtype == torch.int64
 
 
 def test_categories_outside_the_given_mapping_are_not_targets(tmp_path):
@@ -208,9 +209,9 @@ def test_scale_targets_scales_boxes_per_axis_and_resizes_masks_nearest():
     masks = torch.zeros(1, 4, 8, dtype=torch.uint8)
     masks[0, :2, :4] = 1
     target = {"boxes": torch.tensor([[0.0, 0.0, 8.0, 4.0]]), "masks": masks, "labels": torch.tensor([1])}
-    (scaled,) = scale_targets([target], [torch.zeros(3, 4, 8)], [torch.zeros(3, 2, 2)])
-    assert scaled["boxes"].tolist() == [[0.0, 0.0, 2.0, 2.0]]  # x by 1/4, y by 1/2
-    assert scaled["masks"].dtype == torch.uint8 and scaled["masks"].tolist() == [[[1, 0], [0, 0]]]
+    (scaled,) = scale_targets([target], [torch.zeros(3, 4, 8)], [torch.zeros(3, 2, 3)])
+    assert scaled["boxes"].tolist() == [[0.0, 0.0, 3.0, 2.0]]  # x by 3/8, y by 1/2
+    assert scaled["masks"].dtype == torch.uint8 and scaled["masks"].tolist() == [[[1, 1, 0], [0, 0, 0]]]
     assert scaled["labels"] is target["labels"] and target["boxes"].tolist() == [[0.0, 0.0, 8.0, 4.0]]
     empty = {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 4, 8, dtype=torch.uint8)}
     (scaled,) = scale_targets([empty], [torch.zeros(3, 4, 8)], [torch.zeros(3, 2, 3)])
@@ -223,11 +224,83 @@ def test_key_batch_sampler_resumes_at_a_batch_across_epochs():
     def batches_of_epoch(epoch):
         return [[(epoch, 0)], [(epoch, 1)], [(epoch, 2)]]
 
+    stream = data.iterate_forever(batches_of_epoch, 0)
+    assert [next(stream)[0] for _ in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     sampler = iter(KeyBatchSampler(batches_of_epoch, start=2))
     assert [next(sampler) for _ in range(4)] == [[(0, 2)], [(1, 0)], [(1, 1)], [(1, 2)]]
     everything = iter(KeyBatchSampler(batches_of_epoch))
     assert next(everything) == [(0, 0)]
     stream = data.iterate_forever(batches_of_epoch, 3)
     assert next(stream) == (1, [(1, 0)])
-    with pytest.raises(ValueError, match="An epoch has no batches"):
+    with pytest.raises(ValueError, match="^An epoch has no batches; the dataset is empty for this rank.$"):
         next(iter(KeyBatchSampler(lambda epoch: [])))
+
+
+def test_the_seed_of_an_epochs_order_is_seed_times_100003_plus_epoch():
+    # Pinned: committed runs resume on this order; changing it would change what a resumed run sees.
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(2 * 100_003 + 5)).tolist()
+    assert [index for batch in epoch_batches(6, 6, epoch=5, seed=2, flip=False) for index, _ in batch] == order
+
+
+def test_a_coco_file_already_read_is_used_as_it_is(tmp_path):
+    from srf_upsample.train.coco import read_coco
+
+    root, ann_file = _write(tmp_path, [_box(4, 2, 10, 6, 7)])
+    coco_file = read_coco(ann_file)
+    dataset = CocoDetectionDataset(root, coco_file)
+    assert dataset.coco_file is coco_file and dataset[0][1]["labels"].tolist() == [2]
+
+
+def test_the_report_holds_the_counts_the_area_rule_and_the_file(tmp_path):
+    root, ann_file = _write(tmp_path, [_box(4, 2, 10, 6), _box(4, 2, 0, 6)])
+    report = CocoDetectionDataset(root, ann_file, area="box", max_dropped_fraction=None).report
+    assert (report["ann_file"], report["area"], report["dropped"]) == (str(ann_file), "box", {"empty": 1})
+    assert (report["usable"], report["crowd_ignored"], report["kept"]) == (1, 0, 1)
+    with pytest.raises(ValueError, match="1 of 2 annotations are unusable"):
+        CocoDetectionDataset(root, ann_file, max_dropped_fraction=0.0)
+    with pytest.raises(ValueError, match="more than max_dropped_fraction=0.4"):
+        CocoDetectionDataset(root, ann_file, max_dropped_fraction=0.4)
+
+
+def test_missing_images_list_at_most_five_and_the_mask_message_in_full(tmp_path):
+    extra = [{"id": i, "file_name": f"gone{i}.png", "height": 40, "width": 80} for i in range(2, 9)]
+    root, ann_file = _write(tmp_path, [_box(4, 2, 10, 6)], extra_images=extra)
+    with pytest.raises(ValueError) as error:
+        CocoDetectionDataset(root, ann_file)
+    expected = [f"gone{i}.png" for i in range(2, 7)]
+    assert str(error.value).endswith(f"e.g. {expected}; check --data-root.") and "7 of 8 images" in str(error.value)
+    no_mask = _box(4, 2, 10, 6)
+    del no_mask["segmentation"]
+    root, ann_file = _write(tmp_path, [no_mask])
+    with pytest.raises(ValueError) as error:
+        CocoDetectionDataset(root, ann_file, use_masks=True)
+    assert str(error.value) == (
+        f"{str(ann_file)!r}: 1 of 1 annotations have no segmentation, and use_masks (the maskrcnn detector) trains on "
+        "masks. Add the masks, or train a box-only detector (--detector fasterrcnn)."
+    )
+
+
+def test_a_box_of_one_pixel_or_more_is_kept(tmp_path):
+    root, ann_file = _write(tmp_path, [_box(4, 2, 10, 6), _box(20, 10, 1.0, 1.5)])
+    assert CocoDetectionDataset(root, ann_file)[0][1]["boxes"].tolist() == [[4, 2, 14, 8], [20, 10, 21, 11.5]]
+
+
+def test_an_unreadable_image_is_logged_at_debug_with_its_id(tmp_path, caplog):
+    root, ann_file = _write(tmp_path, [_box(4, 2, 10, 6)])
+    (tmp_path / "a.png").write_bytes(b"not an image")
+    with caplog.at_level(logging.DEBUG, logger=data.__name__):
+        assert CocoDetectionDataset(root, ann_file)[0] is None
+    (record,) = [r for r in caplog.records if r.name == data.__name__]
+    assert record.getMessage().startswith("skipping unreadable image 1: cannot identify image file")
+
+
+def test_boxes_are_float32_whatever_the_default_dtype(tmp_path):
+    root, ann_file = _write(tmp_path, [_box(4, 2, 10, 6)])
+    dataset = CocoDetectionDataset(root, ann_file)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        target = dataset[0][1]
+    finally:
+        torch.set_default_dtype(previous)
+    assert target["boxes"].dtype == torch.float32
