@@ -215,15 +215,17 @@ def test_an_intact_newest_checkpoint_is_chosen_with_nothing_skipped(tmp_path):
     assert choose_checkpoint(tmp_path / "none") == (None, [])
 
 
+def _rehash(folder, name):
+    """Record a rewritten part's size and SHA-256 in the checkpoint's manifest (so that only its content tells)."""
+    parts = json.loads((folder / "manifest.json").read_text())["parts"]
+    parts[name] = {"bytes": (folder / name).stat().st_size, "sha256": checkpoint.file_sha256(folder / name)}
+    _rewrite_manifest(folder, parts=parts)
+
+
 def _retag_trainer_state(folder, step):
     state = torch.load(folder / "trainer_state.pt", weights_only=True)
     torch.save({**state, "step": step}, folder / "trainer_state.pt")
-    parts = json.loads((folder / "manifest.json").read_text())["parts"]
-    parts["trainer_state.pt"] = {
-        "bytes": (folder / "trainer_state.pt").stat().st_size,
-        "sha256": checkpoint.file_sha256(folder / "trainer_state.pt"),
-    }
-    _rewrite_manifest(folder, parts=parts)
+    _rehash(folder, "trainer_state.pt")
 
 
 def test_a_part_from_another_step_falls_back_with_a_warning(tmp_path, caplog):
@@ -314,3 +316,179 @@ def test_publishing_copies_where_hard_links_fail(tmp_path, monkeypatch):
     _save(tmp_path, 1)
     top, kept = tmp_path / "checkpoint.safetensors", _step(tmp_path, 1) / "checkpoint.safetensors"
     assert not os.path.samefile(top, kept) and top.read_bytes() == kept.read_bytes()
+
+
+@pytest.mark.parametrize("phase", checkpoint.KILL_PHASES)
+def test_each_kill_phase_fires_once_at_its_point_of_the_write(tmp_path, monkeypatch, phase):
+    """The test hook: SIGKILL (recorded here, not sent) at ``phase`` of step 2 only, with what is on disk then."""
+    kills = []
+
+    def record_kill(pid, sig):
+        staged = _step(tmp_path, 2).with_name("step_000002.tmp")
+        on_disk = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*")) if staged.is_dir() else None
+        kills.append((pid, sig, on_disk, _step(tmp_path, 2).is_dir(), (tmp_path / "checkpoint.safetensors").exists()))
+
+    monkeypatch.setattr(os, "kill", record_kill)
+    monkeypatch.setenv(TEST_KILL_ENV, f"{phase}:2")
+    _save(tmp_path, 1)
+    assert kills == []  # another step
+    _save(tmp_path, 2)
+    ((pid, sig, on_disk, committed, published),) = kills
+    assert (pid, sig) == (os.getpid(), checkpoint.signal.SIGKILL)
+    before_commit = {
+        "rng": ["rng_state_0.pt"],
+        "weights_partial": ["checkpoint.safetensors", "rng_state_0.pt"],
+        "weights": ["checkpoint.safetensors", "rng_state_0.pt"],
+        "trainer_state": ["checkpoint.safetensors", "rng_state_0.pt", "trainer_state.pt"],
+        "folders": [
+            "checkpoint.safetensors",
+            "generator",
+            "generator/README.md",
+            "generator/config.json",
+            "generator/model.safetensors",
+            "rng_state_0.pt",
+            "trainer_state.pt",
+        ],
+    }
+    if phase in before_commit:
+        assert on_disk == before_commit[phase] and not committed
+    elif phase == "manifest":
+        assert "manifest.json" in on_disk and not committed
+    else:
+        assert on_disk is None and committed  # renamed into place
+    assert published  # step 1's weights, or step 2's after "publish"
+
+
+def test_the_weights_partial_phase_leaves_half_the_weights_file(tmp_path, monkeypatch):
+    _save(tmp_path / "whole", 2)
+    size = (_step(tmp_path / "whole", 2) / "checkpoint.safetensors").stat().st_size
+    monkeypatch.setattr(os, "kill", lambda pid, sig: None)
+    monkeypatch.setenv(TEST_KILL_ENV, "weights_partial:2")
+    _save(tmp_path / "cut", 2)
+    assert (_step(tmp_path / "cut", 2) / "checkpoint.safetensors").stat().st_size == size // 2
+    # Its manifest recorded the cut file, so only the step tag inside the weights tells (not readable: safetensors).
+    assert choose_checkpoint(tmp_path / "cut") == (2, [])
+
+
+def test_fsync_opens_folders_with_o_directory_and_files_read_only(tmp_path, monkeypatch):
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, flags, *a: opened.append(flags) or real_open(path, flags, *a))
+    (tmp_path / "f").write_text("x")
+    checkpoint._fsync(tmp_path)
+    checkpoint._fsync(tmp_path / "f")
+    assert opened == [os.O_RDONLY | os.O_DIRECTORY, os.O_RDONLY]
+
+
+def test_the_rng_file_holds_its_step_and_no_cuda_state_without_a_gpu(tmp_path):
+    _save(tmp_path, 4)
+    rng = torch.load(_step(tmp_path, 4) / "rng_state_0.pt", weights_only=True)
+    assert sorted(rng) == ["cuda", "python", "step", "torch"] and rng["step"] == 4
+    if not torch.cuda.is_available():
+        assert rng["cuda"] is None
+
+
+def test_an_rng_file_of_another_step_falls_back(tmp_path, caplog):
+    _save(tmp_path, 1)
+    _save(tmp_path, 2)
+    folder = _step(tmp_path, 2)
+    rng = torch.load(folder / "rng_state_0.pt", weights_only=False)
+    torch.save({**rng, "step": 1}, folder / "rng_state_0.pt")
+    _rehash(folder, "rng_state_0.pt")
+    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+        assert load_checkpoint(tmp_path, _state(0))["step"] == 1
+    assert (
+        f"checkpoint {tmp_path} is incomplete or damaged (step 2: ValueError: its parts are from other steps "
+        "({'rng_state_0.pt': 1})); falling back to an older one"
+    ) in [record.getMessage() for record in caplog.records]
+
+
+def test_clearing_a_run_without_checkpoints_is_fine(tmp_path):
+    clear_checkpoints(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_checkpoints_are_kept_by_default(tmp_path):
+    for step in (1, 2, 3):
+        state = _state(0)
+        counters = {"step": step, "batch_cursor": 0, "skipped_images": 0}
+        save_checkpoint(tmp_path, state, counters, folders={}, record={})
+    assert checkpoint_steps(tmp_path) == [3, 2]
+
+
+def test_publishing_clears_leftovers_of_a_publish_that_died(tmp_path):
+    _save(tmp_path, 1)
+    (tmp_path / "generator.tmp").mkdir()
+    (tmp_path / "generator.tmp" / "stale.bin").write_bytes(b"x")
+    (tmp_path / "generator.old").mkdir()
+    (tmp_path / "generator.old" / "stale.bin").write_bytes(b"x")
+    _save(tmp_path, 2, seed=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors", "checkpoints", "generator"]
+    assert os.path.samefile(
+        _step(tmp_path, 2) / "generator" / "model.safetensors", tmp_path / "generator" / "model.safetensors"
+    )
+
+
+def test_a_trainer_state_holding_more_than_tensors_and_plain_values_is_refused(tmp_path, caplog):
+    import datetime
+
+    _save(tmp_path, 1)
+    _save(tmp_path, 2)
+    _retag_trainer_state(_step(tmp_path, 2), 2)  # rewritten with the same values: still loadable
+    assert load_checkpoint(tmp_path, _state(0))["step"] == 2
+    folder = _step(tmp_path, 2)
+    state = torch.load(folder / "trainer_state.pt", weights_only=True)
+    torch.save({**state, "when": datetime.date(2026, 1, 1)}, folder / "trainer_state.pt")
+    _rehash(folder, "trainer_state.pt")
+    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+        assert load_checkpoint(tmp_path, _state(0))["step"] == 1  # weights_only: not unpickled
+    assert any("step 2: UnpicklingError" in record.getMessage() for record in caplog.records)
+
+
+def test_weights_that_do_not_fit_name_the_checkpoint_folder(tmp_path, caplog):
+    _save(tmp_path, 1)
+    wide = TrainingState({"model": nn.Linear(3, 5)}, {}, {}, torch.amp.GradScaler("cpu", enabled=False))
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(tmp_path, wide)
+    message = str(error.value)
+    assert message.startswith(f"{str(tmp_path)!r} has checkpoints but none is complete (step 1: ValueError: ")
+    assert f"model weights of {_step(tmp_path, 1)}" in message
+    assert message.endswith("Start the run over with --no-resume (it deletes them) or use a new --output-dir.")
+
+
+def test_two_reasons_are_joined_in_the_error(tmp_path):
+    _save(tmp_path, 1)
+    _save(tmp_path, 2)
+    for step in (1, 2):
+        (_step(tmp_path, step) / "trainer_state.pt").unlink()
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(tmp_path, _state(0))
+    assert "(step 2: trainer_state.pt is missing; step 1: trainer_state.pt is missing)." in str(error.value)
+
+
+def test_a_given_step_is_loaded_even_when_a_newer_one_is_intact(tmp_path):
+    _save(tmp_path, 1, seed=1)
+    _save(tmp_path, 2, seed=2)
+    restored = _state(5)
+    assert load_checkpoint(tmp_path, restored, step=1)["step"] == 1
+    assert torch.equal(restored.modules["model"].weight, _state(1).modules["model"].weight)
+
+
+def test_the_warnings_in_full_and_each_failed_step_once(tmp_path, caplog):
+    _save(tmp_path, 1)
+    _save(tmp_path, 2)
+    _retag_trainer_state(_step(tmp_path, 2), 1)
+    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+        load_checkpoint(tmp_path, _state(0))
+    assert [record.getMessage() for record in caplog.records] == [
+        f"checkpoint {tmp_path} is incomplete or damaged (step 2: ValueError: its parts are from other steps "
+        "({'trainer_state.pt': 1})); falling back to an older one",
+        f"resuming {tmp_path} from step 1, the newest complete checkpoint",
+    ]
+    caplog.clear()
+    _save(tmp_path / "few", 1)
+    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+        load_checkpoint(tmp_path / "few", _state(0), rank=2)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{_step(tmp_path / 'few', 1)} has no RNG state for rank 2 (more processes than when it was written)"
+    ]
