@@ -228,3 +228,42 @@ def test_satterthwaite_df_by_hand():
     assert satterthwaite_df([(0.0, 3), (2.0, 5)]) == pytest.approx(5.0)
     assert satterthwaite_df([(1.0, math.inf)]) == math.inf
     assert satterthwaite_df([(0.0, 3)]) == math.inf
+
+
+def test_image_counts_of_one_and_two():
+    points = {"a": [1.0, 3.0]}
+    replicates = {"a": np.array([[0.0, 2.0], [2.0, 4.0]])}  # fold means [1, 3]: bootstrap variance 2
+    # m = 2: factor 2 at 1 df; the image part 4 and the seed part 2 / 1 / 2 = 1, each at 1 df.
+    answer = paired_interval(points, replicates, images={"a": 2})
+    assert answer["method"] == "images+seeds"  # one fold: 1 within-fold df is enough
+    assert answer["variance"] == {"images": pytest.approx(4.0), "seeds": pytest.approx(1.0)}
+    assert answer["df"] == pytest.approx(25 / 17)
+    # Twice the images: 2 at 2 m - 1 = 3 df, with the seed part's 1 at 1 df: 9 / (4 / 3 + 1) = 3.86, t at 3 df.
+    assert answer["projection"]["twice_images"] == pytest.approx(t(0.975, 3) * math.sqrt(3.0))
+    # m = 1: no correction and no df from the images.
+    answer = paired_interval(points, replicates, images={"a": 1})
+    assert answer["variance"]["images"] == pytest.approx(2.0) and answer["df"] == pytest.approx(9.0)
+
+
+def test_two_pairs_have_an_sd():
+    answer = paired_interval({"f0": [1.0], "f1": [3.0]})
+    assert answer["sd"] == pytest.approx(math.sqrt(2.0))
+
+
+def test_more_seeds_keeps_a_small_image_part_as_estimated():
+    # Fold means [1.5, 2.5, ...] and [3, 5, ...]: image parts 1/4 * 5/4 * 1/3 = 5/48 and 1/4 * 9/8 * 4/3 = 3/8,
+    # 23/48 in all (below 1).
+    replicates = {"a": np.tile([1.5, 2.5, 1.5, 2.5], (3, 1)), "b": np.tile([3.0, 5.0, 3.0, 5.0], (3, 1))}
+    answer = paired_interval(POINTS, replicates, images=IMAGES)
+    image_variance = 5 / 48 + 3 / 8
+    assert answer["variance"]["images"] == pytest.approx(image_variance)
+    image_df = _sat((5 / 48, 4), (3 / 8, 8))
+    df = _sat((image_variance, image_df), (SEED_VARIANCE, 4))
+    more = _sat((image_variance, image_df), (2.5 / 12, 10))
+    expected = t(0.975, math.floor(max(more, df))) * math.sqrt(image_variance + 2.5 / 12)
+    assert answer["projection"]["more_seeds"] == pytest.approx(expected)
+
+
+def test_the_empty_error_is_the_whole_message():
+    with pytest.raises(ValueError, match=r"^paired_interval needs at least one fold with a pair; got none\.$"):
+        paired_interval({"a": []})
