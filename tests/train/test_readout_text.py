@@ -37,9 +37,9 @@ def _report():
             "seeds": [0, 1, 2],
             "images": 8,
             "detections": ["A1", "B"],
-            "not_run": {"CARAFE": [1, 2]},
-            "diverged": ["seed1/E2E-lite"],
-            "lineage_excluded": {"seed2/A5-lite": "x"},
+            "not_run": {"DySample": [2], "CARAFE": [1, 2]},
+            "diverged": ["seed1/E2E-lite", "seed2/E2E-lite"],
+            "lineage_excluded": {"seed2/C": "x", "seed2/A5-lite": "x"},
             "schedule_iters": 400,
             "stage2_iters": 150,
         },
@@ -61,11 +61,11 @@ def _report():
         "reference": "B",
         "question": "does G alone help?",
         "contrast": None,
-        "pooled": _stats(4, 0.55, 1.2, (-0.45, 1.44), "images+seeds", 3, 0.625, 1.34, 0.04, 0.01, 0.71, 0.82),
-        "pairs": {"north": {0: 0.2, 1: 0.4, 2: 0.6}, "south": {0: 1.0}},
+        "pooled": _stats(4, 0.3, 0.26, (-0.45, 1.04), "images+seeds", 3, 0.25, 1.34, 0.04, 0.01, 0.71, 0.82),
+        "pairs": {"north": {0: 0.2, 1: 0.4, 2: 0.6}, "south": {0: 0.0}},
         "folds": {
             "north": _stats(3, 0.4, 0.2, (-0.1, 0.9), "seeds only", 3, 0.25, 0.7),
-            "south": _stats(1, 1.0, 0.0, None, "none", 1, 1.0, None),
+            "south": _stats(1, 0.0, 0.0, None, "none", 0, None, None),
         },
     }
     e2e = {
@@ -131,5 +131,6 @@ def test_difference_phrase_turned_around():
     assert difference_phrase(stats, sign=-1, above="up", below="down") == (
         "down by 0.9 AP [-1.6, -0.2] (12 pairs; t over fold means; found at 80 % power: 1.0 AP)"
     )
+    assert difference_phrase({**stats, "mean": 0.5, "interval": (0.1, 0.9)}).startswith("above by 0.5 AP [+0.1, +0.9]")
     assert difference_phrase({**stats, "interval": (0.0, 1.6)}).startswith("no difference larger than 1.6 AP")
     assert difference_phrase({**stats, "interval": (-1.6, 0.0), "mean": -0.9}).startswith("no difference larger")
