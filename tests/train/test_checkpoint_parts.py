@@ -445,6 +445,20 @@ def test_a_trainer_state_holding_more_than_tensors_and_plain_values_is_refused(t
     assert any("step 2: UnpicklingError" in record.getMessage() for record in caplog.records)
 
 
+def test_an_rng_file_holding_more_than_tensors_and_plain_values_is_refused(tmp_path, caplog):
+    import datetime
+
+    _save(tmp_path, 1)
+    _save(tmp_path, 2)
+    folder = _step(tmp_path, 2)
+    rng = torch.load(folder / "rng_state_0.pt", weights_only=True)
+    torch.save({**rng, "when": datetime.date(2026, 1, 1)}, folder / "rng_state_0.pt")
+    _rehash(folder, "rng_state_0.pt")
+    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+        assert load_checkpoint(tmp_path, _state(0))["step"] == 1
+    assert any("step 2: UnpicklingError" in record.getMessage() for record in caplog.records)
+
+
 def test_weights_that_do_not_fit_name_the_checkpoint_folder(tmp_path, caplog):
     _save(tmp_path, 1)
     wide = TrainingState({"model": nn.Linear(3, 5)}, {}, {}, torch.amp.GradScaler("cpu", enabled=False))
