@@ -4,7 +4,7 @@
 #
 # Usage: benchmarks/mutation.sh MODULE [MUTMUT_COMMAND ...]
 #   MODULE          a key of [tool.srf_upsample.mutation] in pyproject.toml: losses, interpolate, upsamplers,
-#                   run_folder, checkpoint, data, stats, coco, carafe
+#                   carafe, run_folder, checkpoint, data, coco, stats, intervals, reading
 #   MUTMUT_COMMAND  default "run"; e.g. "results", "show NAME", "tests-for-mutant NAME" on an earlier run
 # In the background, as documented in docs/testing.md:
 #   nohup benchmarks/mutation.sh losses > mutants/losses.log 2>&1 &
