@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import signal
 
 import pytest
 import safetensors.torch
@@ -334,7 +335,7 @@ def test_each_kill_phase_fires_once_at_its_point_of_the_write(tmp_path, monkeypa
     assert kills == []  # another step
     _save(tmp_path, 2)
     ((pid, sig, on_disk, committed, published),) = kills
-    assert (pid, sig) == (os.getpid(), checkpoint.signal.SIGKILL)
+    assert (pid, sig) == (os.getpid(), signal.SIGKILL)
     before_commit = {
         "rng": ["rng_state_0.pt"],
         "weights_partial": ["checkpoint.safetensors", "rng_state_0.pt"],
