@@ -114,6 +114,11 @@ def experiment_values(**overrides) -> dict:
     }
 
 
+def coco_box(number: int, bbox: list, image_id: int = 1, **extra) -> dict:
+    """A COCO annotation ``number`` of category 1 on image ``image_id`` with ``bbox`` ([x, y, w, h]) and ``extra``."""
+    return {"id": number, "image_id": image_id, "category_id": 1, "bbox": bbox, **extra}
+
+
 def fake_coco(
     rng,
     images: list[dict],

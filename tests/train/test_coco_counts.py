@@ -4,12 +4,9 @@ import json
 import warnings
 
 import pytest
+from _helpers import coco_box as _box
 
 from srf_upsample.train.coco import read_coco
-
-
-def _box(number, bbox, **extra):
-    return {"id": number, "image_id": 1, "category_id": 1, "bbox": bbox, **extra}
 
 
 def _read(tmp_path, annotations, **kwargs):

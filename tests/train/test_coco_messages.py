@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from _helpers import coco_box as _box
 
 from srf_upsample.train import coco as coco_module
 from srf_upsample.train.coco import coco_api, describe_drops, read_coco, subset, write_coco
@@ -23,10 +24,6 @@ def _write(tmp_path, annotations=None, *, images=None, categories=None, name="in
     path = tmp_path / name
     path.write_text(json.dumps(values) if raw is None else raw, encoding="utf-8")
     return path
-
-
-def _box(number, bbox, image_id=1, **extra):
-    return {"id": number, "image_id": image_id, "category_id": 1, "bbox": bbox, **extra}
 
 
 def _read(path, **kwargs):
