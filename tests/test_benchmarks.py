@@ -181,11 +181,11 @@ def test_bench_gpu_latency_runs_on_cpu_at_a_tiny_size(tmp_path: Path) -> None:
     import bench_gpu_latency
 
     path = tmp_path / "RESULTS.md"
-    argv = ["--device", "cpu", "--size", "64x96", "--repeats", "2", "--warmup", "1", "--proposals", "16"]
+    argv = ["--device", "cpu", "--size", "32x64", "--repeats", "2", "--warmup", "1", "--proposals", "16"]
     argv += ["--dtypes", "fp32", "bf16", "--out", str(tmp_path), "--results", str(path)]
     assert bench_gpu_latency.main(argv) == 0
     report = json.loads((tmp_path / "gpu_latency.json").read_text())
-    assert report["timer"] == "time.perf_counter" and report["image"] == [64, 96]
+    assert report["timer"] == "time.perf_counter" and report["image"] == [32, 64]
     parts = ("backbone + FPN", "whole detector")
     expected = [(d, p, m) for d in ("fp32", "bf16") for p in parts for m in bench_gpu_latency.MODELS]
     assert [(r["dtype"], r["part"], r["model"]) for r in report["results"]] == expected
