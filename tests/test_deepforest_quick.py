@@ -134,6 +134,11 @@ def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path
     publish.copy_small_outputs(target, target)  # rebuilding from the committed copies changes nothing
     assert (target / "results.md").read_text() == "table\n"
     assert read_archive(target / "runs.tar.gz") == packed
+    # A path outside the checkout (here a data cache elsewhere) is refused before anything is written.
+    (work / "seed0" / "A1" / "run_config.json").write_text(json.dumps({"backbone_weights": "/elsewhere/w.pth"}))
+    with pytest.raises(ValueError, match=r"seed0/A1/run_config.json names '/elsewhere/w.pth', outside this checkout"):
+        publish.copy_small_outputs(work, tmp_path / "refused")
+    assert not (tmp_path / "refused" / "runs.tar.gz").exists()
 
 
 def test_pooled_folds_read_committed_results_and_name_a_missing_fold(tmp_path, monkeypatch, capsys, deepforest_run):

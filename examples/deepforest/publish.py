@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -34,13 +35,31 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def _relative_paths(data: bytes, name: str) -> bytes:
-    """A small output with this checkout's folder taken out of its paths (JSON, and the detections' ann_file)."""
+    """A small output with this checkout's folder taken out of its paths (JSON, and the detections' ann_file).
+
+    Raises ValueError when a path outside the checkout remains (a data cache or work folder elsewhere on this
+    machine), which a clone would not have.
+    """
     if name.endswith(".json"):
-        return data.decode().replace(f"{REPO}/", "").encode()
+        text = data.decode().replace(f"{REPO}/", "")
+        _refuse_outside_paths(text, name)
+        return text.encode()
     if name.endswith(DETECTIONS_NAME):
         text = gzip.decompress(data).decode().replace(f"{REPO}/", "")
+        _refuse_outside_paths(text, name)
         return gzip.compress(text.encode(), mtime=0)
     return data
+
+
+def _refuse_outside_paths(text: str, name: str) -> None:
+    """Raise ValueError naming the first absolute path (a JSON string starting with "/") left in ``text``."""
+    found = re.search(r'"(/[^"]*)"', text)
+    if found:
+        raise ValueError(
+            f"{name} names {found.group(1)!r}, outside this checkout ({REPO}), which a clone would not have. Keep "
+            "the data cache and the work folder inside the checkout (SRF_UPSAMPLE_DATA_CACHE=.cache/srf_upsample, "
+            "--work-dir runs/...) for runs whose records are committed."
+        )
 
 
 def detections_from_coco_results(run: Path) -> bytes | None:
