@@ -141,6 +141,27 @@ def test_committed_copies_take_finished_runs_only_without_machine_paths(tmp_path
     assert not (tmp_path / "refused" / "runs.tar.gz").exists()
 
 
+@pytest.mark.parametrize("fold", [0, 1, 2, 3])
+def test_committed_k_fold_records_name_no_folder_of_the_machine_they_ran_on(fold):
+    # A path that starts at "/" names the machine's folders (the data cache, the checkout), which a reader's clone
+    # does not have; the committed copies hold paths relative to the checkout only.
+    import gzip
+    import re
+
+    from srf_upsample.train.experiment.archive import read_archive
+
+    folder = COMMITTED_RESULTS / f"cpu_block{fold}"
+    texts = {name: (folder / name).read_text() for name in ("experiment_config.json", "results.json", "results.md")}
+    for name, data in read_archive(folder / "runs.tar.gz").items():
+        if name.endswith((".json", ".jsonl")):
+            texts[name] = data.decode()
+        elif name.endswith(".json.gz"):
+            texts[name] = gzip.decompress(data).decode()
+    absolute = re.compile(r'"/[^"]*"')
+    found = {name: absolute.findall(text)[:2] for name, text in texts.items() if absolute.search(text)}
+    assert not found, f"absolute paths in examples/deepforest/results/cpu_block{fold}: {found}"
+
+
 def test_pooled_folds_read_committed_results_and_name_a_missing_fold(tmp_path, monkeypatch, capsys, deepforest_run):
     monkeypatch.setattr(sys.modules["publish"], "RESULTS_DIR", tmp_path)
     for fold, aps in ((0, {"A1": [18.0, 19.0], "B": [18.5, 18.0]}), (1, {"A1": [14.0], "B": [15.0]})):
