@@ -95,7 +95,7 @@ QUICK = {
         "min_size": 160,
         "max_size": 160,
         "detector_kwargs": {
-            **DETECTOR["detector_kwargs"],
+            **DETECTOR_CPU["detector_kwargs"],
             "rpn_pre_nms_top_n_test": 100,
             "rpn_post_nms_top_n_test": 100,
         },
