@@ -14,13 +14,24 @@ own per-test seed; torch it leaves alone).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import torch
 from _process_state import process_state, reseed, rng_states, set_rng_states, state_changes
 
 _previous: tuple[str, dict[str, Any]] | None = None  # (node id, state) after the last guarded test
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n``), each worker gets an equal share of torch's threads, so the workers do not
+    oversubscribe the cores; a run without ``-n`` keeps torch's default. Set before any test, so the guard sees it as
+    every test's starting state."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, torch.get_num_threads() // int(workers)))
 
 
 @pytest.fixture(autouse=True)

@@ -25,8 +25,7 @@ def test_two_process_ddp_keeps_ranks_in_sync(coco, tmp_path):
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29533",
+        "--standalone",  # a free port, so two runs of the suite at once do not collide
         str(worker),
         str(tmp_path),
         *data_args(coco),
